@@ -1,0 +1,98 @@
+"""Atomic, durable file output.
+
+Every file the toolkit produces is first written under a temporary name in the
+same directory, flushed and fsync'ed, then renamed over the final name (rename
+is atomic within one filesystem), and the directory is fsync'ed so the rename
+itself survives a power loss.  A reader therefore sees either the old complete
+file or the new complete file, never a prefix.  Temporary names start with
+``.`` and contain ``.tmp-`` so that a crashed writer's leftovers are easy to
+recognise and are never mistaken for outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+TMP_MARKER = ".tmp-"
+
+
+def fsync_dir(directory: PathLike) -> None:
+    """fsync a directory so that a rename inside it is durable."""
+    fd = os.open(os.fspath(directory), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temp_name_for(path: PathLike) -> Path:
+    """A fresh temporary path next to ``path`` (same filesystem, so rename is atomic)."""
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}{TMP_MARKER}", dir=final.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def fsync_file(path: PathLike) -> None:
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path; on clean exit fsync it and rename it to ``path``.
+
+    For writers that take a file name (``faiss.write_index``, ``np.save``).
+    On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    final = Path(path)
+    tmp = temp_name_for(final)
+    try:
+        yield tmp
+        fsync_file(tmp)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file for writing; rename it to ``path`` when the block ends cleanly."""
+    if not mode.startswith("w"):
+        raise ValueError(f"atomic_open only writes, got mode {mode!r}")
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temporaries(directory: PathLike) -> list[Path]:
+    """Delete leftovers of writers that crashed before their rename. Returns what was removed."""
+    removed = []
+    for p in Path(directory).glob(f".*{TMP_MARKER}*"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
