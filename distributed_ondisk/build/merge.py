@@ -1,0 +1,290 @@
+"""Merge vertical slices into one horizontal on-disk shard (lists ``[l0, l1)``).
+
+Output: a contiguous ``OnDiskInvertedLists`` data file holding, for each list
+in the range, the codes then the ids of all slices (in slice id order), and an
+index file whose on-disk lists point at the data file by a path *relative to
+the index's directory* (see :mod:`distributed_ondisk.build.shards` for opening).
+
+The data file is written here with plain sequential writes from bounded
+batches read with ``pread`` (faiss's ``merge_from_multiple`` writes through a
+shared mapping of the whole output, so its resident memory grows with the
+shard).  Reader threads (``threads``) fetch and checksum the next batch from
+all slices while the main thread writes the current one.  Every input is
+checked before any work: exists, readable, trained, same trained-index
+fingerprint and structure, manifest agrees with the file, disjoint id ranges.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import faiss
+import numpy as np
+
+from distributed_ondisk import manifest as mf
+from distributed_ondisk.atomic import atomic_open, atomic_path
+from distributed_ondisk.build.plan import IDX_BYTES, find_overlaps, plan_merge_batches, resolve_range
+from distributed_ondisk.build.slicefile import (BlockVerifier, SliceLayout, check_header_trailer,
+                                                read_layout)
+from distributed_ondisk.build.structure import read_index
+from distributed_ondisk.errors import IndexFileError, InputError
+from distributed_ondisk.log import Progress
+from distributed_ondisk.workdir import default_invlists_for
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+KIND = "hslice"
+DEFAULT_BATCH_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class MergeJob:
+    inputs: Sequence[str]
+    out: Path
+    invlists: Optional[Path] = None
+    l0: Optional[int] = None
+    l1: Optional[int] = None
+    nslice: Optional[int] = None
+    slice_no: Optional[int] = None
+    trained: Optional[Path] = None     # if given, slices must come from this trained index
+    threads: int = 2
+    batch_bytes: int = DEFAULT_BATCH_BYTES
+    force: bool = False
+
+
+@dataclass
+class Vslice:
+    path: Path
+    doc: dict[str, Any]
+    layout: SliceLayout
+    id_range: tuple[int, int]
+    verifier: Optional[BlockVerifier] = field(default=None, repr=False)
+
+
+def resolve_inputs(specs: Sequence[str]) -> list[Path]:
+    """Files, directories (their ``*.index``) or glob patterns -> sorted distinct paths.
+
+    A name that matches nothing is an error, never skipped.
+    """
+    out: list[Path] = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            found = sorted(q for q in p.glob("*.index") if not q.name.startswith("."))
+            if not found:
+                raise IndexFileError(f"{spec}: directory holds no *.index slice")
+        elif glob.has_magic(spec):
+            found = sorted(Path(q) for q in glob.glob(spec) if not Path(q).name.startswith("."))
+            if not found:
+                raise IndexFileError(f"{spec}: pattern matches no file")
+        elif p.exists():
+            found = [p]
+        else:
+            raise IndexFileError(f"{spec}: no such vslice file")
+        out.extend(found)
+    seen: dict[Path, str] = {}
+    for p in out:
+        key = p.resolve()
+        if key in seen:
+            raise InputError(f"vslice {p} is given twice (also as {seen[key]})")
+        seen[key] = str(p)
+    if not out:
+        raise InputError("no input vslices given")
+    return out
+
+
+def open_vslice(path: Path) -> Vslice:
+    doc = mf.load_manifest(path, "vslice")
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise IndexFileError(f"{path}: unreadable: {e.strerror}") from e
+    if size != doc["files"]["index"]["size"]:
+        raise IndexFileError(f"{path}: {size} bytes, its manifest says "
+                             f"{doc['files']['index']['size']} (truncated or rewritten?)")
+    layout = read_layout(path)
+    if not layout.is_trained:
+        raise IndexFileError(f"{path}: index is not trained")
+    if layout.structure != doc.get("structure"):
+        raise IndexFileError(f"{path}: index structure differs from its manifest")
+    if layout.ntotal != doc["rows"] or not np.array_equal(
+            layout.sizes, mf.decode_counts(doc["list_sizes"])):
+        raise IndexFileError(f"{path}: list sizes differ from its manifest")
+    check_header_trailer(layout, doc["regions"])
+    i0, i1 = doc["id_range"]
+    return Vslice(path, doc, layout, (int(i0), int(i1)))
+
+
+def check_vslices(paths: Sequence[Path], trained_fingerprint: Optional[str],
+                  threads: int) -> list[Vslice]:
+    """Open and cross-check all inputs; raise naming the first bad file."""
+    with ThreadPoolExecutor(max(1, threads)) as ex:
+        slices = list(ex.map(open_vslice, paths))
+    ref = slices[0]
+    want_fp = trained_fingerprint or ref.doc["trained_fingerprint"]
+    for s in slices:
+        if s.doc["trained_fingerprint"] != want_fp:
+            other = "the given trained index" if trained_fingerprint else str(ref.path)
+            raise IndexFileError(f"{s.path} was built from a different trained index than "
+                                 f"{other} (fingerprints {s.doc['trained_fingerprint'][:12]} "
+                                 f"vs {want_fp[:12]})")
+        if (s.layout.structure, s.layout.nlist, s.layout.code_size) != (
+                ref.layout.structure, ref.layout.nlist, ref.layout.code_size):
+            raise IndexFileError(f"{s.path} and {ref.path} have different index structures")
+    for a, b in find_overlaps([s.id_range for s in slices]):
+        raise IndexFileError(f"id ranges overlap: {slices[a].path} has {list(slices[a].id_range)}"
+                             f", {slices[b].path} has {list(slices[b].id_range)}")
+    return sorted(slices, key=lambda s: s.id_range)
+
+
+def _pread_exact(fd: int, n: int, offset: int) -> bytearray:
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = os.preadv(fd, [view[got:]], offset + got)
+        if k == 0:
+            raise IndexFileError(f"file ends early at byte {offset + got}")
+        got += k
+    return buf
+
+
+class _SliceReader:
+    """Reads consecutive byte ranges of one slice in order, verifying list blocks."""
+
+    def __init__(self, s: Vslice, l0: int, l1: int) -> None:
+        self.s = s
+        self.verifier = BlockVerifier(s.layout, s.doc["regions"])
+        self.fd = os.open(s.path, os.O_RDONLY)
+        offs = s.layout.offsets
+        self.pos = self.verifier.start_of_block(int(offs[l0]))
+        self.tail_end = self.verifier.end_of_block(int(offs[l1]))
+
+    def read(self, end: int) -> tuple[int, bytearray]:
+        """Bytes from the current position up to ``end``; returns (start offset, data)."""
+        start = self.pos
+        data = _pread_exact(self.fd, end - start, start)
+        self.verifier.feed(memoryview(data), start)
+        self.pos = end
+        return start, data
+
+    def finish(self) -> None:
+        if self.tail_end > self.pos:
+            self.read(self.tail_end)
+        os.close(self.fd)
+
+
+def _assemble(slices: list[_SliceReader], chunks: list[tuple[int, bytearray]], la: int, lb: int,
+              code_size: int) -> list[memoryview]:
+    """Output segments for lists [la, lb): per list the codes of all slices, then their ids."""
+    segs: list[memoryview] = []
+    views = [memoryview(c[1]) for c in chunks]
+    for j in range(la, lb):
+        ids = []
+        for r, (start, _), v in zip(slices, chunks, views):
+            n = int(r.s.layout.sizes[j])
+            if n:
+                o = int(r.s.layout.offsets[j]) - start
+                segs.append(v[o:o + n * code_size])
+                ids.append(v[o + n * code_size:o + n * (code_size + IDX_BYTES)])
+        segs.extend(ids)
+    return segs
+
+
+def write_lists(slices: list[Vslice], l0: int, l1: int, dest: Path, threads: int,
+                batch_bytes: int) -> tuple[np.ndarray, str]:
+    """Write the shard data file for lists [l0, l1); returns (sizes, sha256 of the file)."""
+    cs = slices[0].layout.code_size
+    sizes = np.sum([s.layout.sizes[l0:l1] for s in slices], axis=0).astype(np.int64)
+    batches = [(l0 + a, l0 + b) for a, b in plan_merge_batches(sizes, cs, batch_bytes)]
+    readers = [_SliceReader(s, l0, l1) for s in slices]
+    h = hashlib.sha256()
+
+    def read_batch(lb: int) -> list[tuple[int, bytearray]]:
+        return list(pool.map(lambda r: r.read(int(r.s.layout.offsets[lb])), readers))
+
+    total = int(sizes.sum()) * (cs + IDX_BYTES)
+    with ThreadPoolExecutor(max(1, threads)) as pool, ThreadPoolExecutor(1) as side, \
+            ThreadPoolExecutor(1) as hasher, atomic_open(dest, "wb") as f, Progress(total, f"merge lists [{l0}, {l1})", "B",
+                                                   logger=log) as prog:
+        pending = side.submit(read_batch, batches[0][1]) if batches else None
+        for k, (la, lb) in enumerate(batches):
+            chunks = pending.result()
+            pending = side.submit(read_batch, batches[k + 1][1]) if k + 1 < len(batches) else None
+            buf = b"".join(_assemble(readers, chunks, la, lb, cs))
+            hashing = hasher.submit(h.update, buf) if len(buf) > (1 << 20) else None
+            f.write(buf)
+            if hashing is None:
+                h.update(buf)
+            else:
+                hashing.result()
+            prog.update(len(buf))
+        for r in readers:
+            r.finish()
+    return sizes, h.hexdigest()
+
+
+def _relative_invlists_name(index_path: Path, invlists_path: Path) -> str:
+    return os.path.relpath(os.path.abspath(invlists_path), os.path.dirname(os.path.abspath(index_path)))
+
+
+def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
+                       sizes: np.ndarray) -> None:
+    """Write the shard's index file: the slice structure with on-disk lists pointing
+    (relatively) at ``invlists_path``, lists outside [l0, l1) empty."""
+    index = read_index(template, faiss.IO_FLAG_MMAP)
+    ivf = faiss.extract_index_ivf(index)
+    full = np.zeros(ivf.nlist, dtype=np.uint64)
+    full[l0:l0 + len(sizes)] = sizes
+    od = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size,
+                                   _relative_invlists_name(out, invlists_path))
+    od.set_all_lists_sizes(faiss.swig_ptr(full))
+    od.totsize = int(full.sum()) * (ivf.code_size + IDX_BYTES)
+    ivf.replace_invlists(od, True)   # frees the slice's mapping
+    od.this.disown()
+    index.ntotal = ivf.ntotal = int(full.sum())
+    with atomic_path(out) as tmp:
+        faiss.write_index(index, os.fspath(tmp))
+
+
+def merge_hslice(job: MergeJob) -> dict[str, Any]:
+    """Build one horizontal shard (skipped when already complete); returns its manifest."""
+    from distributed_ondisk.build.trained_index import load_trained_index
+
+    out = Path(job.out)
+    il_path = Path(job.invlists) if job.invlists else default_invlists_for(out)
+    if il_path.resolve() == out.resolve():
+        raise InputError(f"--outputIL {il_path} must differ from --output")
+    paths = resolve_inputs(job.inputs)
+    trained_fp = load_trained_index(job.trained)[1] if job.trained else None
+    for p in (out, il_path):
+        mf.remove_stale_for(p)
+    slices = check_vslices(paths, trained_fp, job.threads)
+    nlist = slices[0].layout.nlist
+    l0, l1 = resolve_range(nlist, job.l0, job.l1, job.nslice, job.slice_no, "lists")
+    inputs = [{"name": os.path.abspath(s.path), "sha256": s.doc["files"]["index"]["sha256"],
+               "id_range": list(s.id_range)} for s in slices]
+    params = {"lists": [l0, l1], "inputs": inputs,
+              "trained_fingerprint": slices[0].doc["trained_fingerprint"]}
+    if not job.force and mf.is_complete(out, KIND, params):
+        log.info("%s is complete, skipping (use --force to rebuild)", out)
+        return mf.load_manifest(out, KIND)
+    log.info("merging lists [%d, %d) of %d vslices into %s", l0, l1, len(slices), out)
+    # data first, then the index that points at it: the index never names a missing file
+    sizes, il_sha = write_lists(slices, l0, l1, il_path, job.threads, job.batch_bytes)
+    write_hslice_index(slices[0].path, out, il_path, l0, sizes)
+    doc = mf.write_manifest(out, KIND, {"index": out, "invlists": il_path},
+                            known_sha256={"invlists": il_sha}, params=params,
+                            trained_fingerprint=params["trained_fingerprint"],
+                            structure=slices[0].layout.structure, list_range=[l0, l1],
+                            list_sizes=mf.encode_counts(sizes), rows=int(sizes.sum()),
+                            quantizer=slices[0].doc["quantizer"])
+    log.info("wrote %s + %s (%d vectors, %d bytes of lists)", out, il_path, doc["rows"],
+             doc["files"]["invlists"]["size"])
+    return doc

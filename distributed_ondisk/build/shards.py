@@ -1,0 +1,103 @@
+"""Open horizontal shards read-only, alone or together as one searchable index.
+
+A shard's index file names its lists file relative to the index's own
+directory, so shards can be moved (together with their lists files).  faiss
+would resolve that name against the process's working directory, so the
+index is read with ``IO_FLAG_SKIP_IVF_DATA`` (nothing mapped yet), the name is
+resolved here, the size checked (mapping a short file would crash on access
+instead of failing), and only then mapped read-only.  Shards are opened with
+``IO_FLAG_READ_ONLY`` only: adding ``IO_FLAG_MMAP`` makes faiss 1.15 crash on
+``get_ids`` of on-disk lists.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import faiss
+
+from distributed_ondisk import manifest as mf
+from distributed_ondisk.build.structure import read_index
+from distributed_ondisk.build.trained_index import load_trained_index
+from distributed_ondisk.errors import IndexFileError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+@dataclass
+class Hslice:
+    path: Path
+    index: faiss.Index
+    invlists: faiss.OnDiskInvertedLists
+    list_range: tuple[int, int]
+    manifest: Optional[dict[str, Any]]
+
+
+def open_hslice(path: PathLike, *, require_manifest: bool = True) -> Hslice:
+    """Read one shard read-only with its lists file memory-mapped."""
+    p = Path(path)
+    doc = mf.load_manifest(p, "hslice") if require_manifest or mf.manifest_path(p).exists() \
+        else None
+    index = read_index(p, faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_SKIP_IVF_DATA)
+    ivf = faiss.extract_index_ivf(index)
+    od = faiss.downcast_InvertedLists(ivf.invlists)
+    if not isinstance(od, faiss.OnDiskInvertedLists):
+        raise IndexFileError(f"{p}: not an on-disk shard (its lists are not OnDiskInvertedLists)")
+    data = Path(od.filename)
+    if not data.is_absolute():
+        data = p.parent / data
+    try:
+        size = data.stat().st_size
+    except OSError as e:
+        raise IndexFileError(f"{p}: its lists file {data} is missing or unreadable") from e
+    if size < od.totsize:
+        raise IndexFileError(f"{p}: lists file {data} has {size} bytes, needs {od.totsize}")
+    if doc is not None and doc["files"]["invlists"]["size"] != size:
+        raise IndexFileError(f"{p}: lists file {data} size differs from the shard's manifest")
+    od.filename = os.fspath(data)
+    od.read_only = True
+    if od.totsize:
+        od.do_mmap()
+    lr = tuple(doc["list_range"]) if doc else (0, int(ivf.nlist))
+    return Hslice(p, index, od, lr, doc)
+
+
+def open_hslices(trained: PathLike, hslices: Sequence[PathLike]) -> faiss.Index:
+    """The trained index (with its quantizer) searching the lists of all given shards.
+
+    Shards must come from this trained index (fingerprint) and have disjoint
+    list ranges; lists no shard covers are empty.  Read-only, zero-copy: each
+    list is served by the shard that holds it.
+    """
+    index, fingerprint = load_trained_index(trained)
+    ivf = faiss.extract_index_ivf(index)
+    shards = sorted((open_hslice(h) for h in hslices), key=lambda s: s.list_range)
+    if not shards:
+        raise IndexFileError("no shards given")
+    parts: list[faiss.InvertedLists] = []
+    pos, ntotal = 0, 0
+    for s in shards:
+        if s.manifest["trained_fingerprint"] != fingerprint:
+            raise IndexFileError(f"{s.path} was built from a different trained index than "
+                                 f"{trained}")
+        a, b = s.list_range
+        if a < pos:
+            raise IndexFileError(f"{s.path}: lists [{a}, {b}) overlap another shard")
+        if a > pos:
+            parts.append(faiss.ArrayInvertedLists(a - pos, ivf.code_size))
+        parts.append(faiss.SliceInvertedLists(s.invlists, a, b))
+        pos = b
+        ntotal += s.manifest["rows"]
+    if pos < ivf.nlist:
+        parts.append(faiss.ArrayInvertedLists(ivf.nlist - pos, ivf.code_size))
+    vec = faiss.InvertedListsPtrVector()
+    for part in parts:
+        vec.push_back(part)
+    stacked = faiss.VStackInvertedLists(vec.size(), vec.data())
+    ivf.replace_invlists(stacked, False)
+    index.ntotal = ivf.ntotal = ntotal
+    # the C++ objects do not own each other here: keep them alive with the index
+    index.referenced_objects = [shards, parts, vec, stacked]
+    return index

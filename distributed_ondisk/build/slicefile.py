@@ -1,0 +1,158 @@
+"""Byte layout of a vertical-slice file, and checksums the merge can verify as it reads.
+
+A vslice is a plain faiss IVF file: a header (transform, encoder, quantizer
+placeholder, list sizes), then every inverted list in order, each as its codes
+followed by its ids, with no gaps, then a short trailer.  Opened with
+``IO_FLAG_MMAP`` faiss exposes each list's byte offset in the file; this module
+turns that into a checked layout.
+
+A merge job reads only its own lists from each vslice, so a whole-file sha256
+would make every merge job read every vslice completely.  Instead the manifest
+also holds the sha256 of the header, of the trailer, and of each *block* of
+consecutive lists (at most ``MAX_BLOCKS`` blocks); the merge verifies each
+block it streams through, at no extra I/O beyond the partial blocks at the
+edges of its list range.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import faiss
+import numpy as np
+
+from distributed_ondisk.build.plan import IDX_BYTES
+from distributed_ondisk.build.structure import (ivf_of, ondisk_list_table, read_index,
+                                                structure_digest)
+from distributed_ondisk.errors import IndexFileError
+
+PathLike = Union[str, "os.PathLike[str]"]
+MAX_BLOCKS = 1024
+_READ = 8 << 20
+
+
+@dataclass
+class SliceLayout:
+    path: Path
+    nlist: int
+    code_size: int
+    sizes: np.ndarray        # (nlist,) entries per list
+    offsets: np.ndarray      # (nlist + 1,) byte offset of each list, then end of list data
+    file_size: int
+    ntotal: int
+    structure: str           # structure_digest of the slice
+    is_trained: bool
+
+    def block_lists(self) -> int:
+        return max(1, -(-self.nlist // MAX_BLOCKS))
+
+    def block_bounds(self, block_lists: int) -> np.ndarray:
+        """(nblocks + 1,) byte boundaries of the list blocks."""
+        idx = np.minimum(np.arange(0, self.nlist + block_lists, block_lists), self.nlist)
+        return self.offsets[np.unique(idx)]
+
+
+def read_layout(path: PathLike) -> SliceLayout:
+    """Open a slice memory-mapped (no data read), check and return its layout."""
+    p = Path(path)
+    index = read_index(p, faiss.IO_FLAG_MMAP)
+    ivf = ivf_of(index, str(p))
+    table = ondisk_list_table(ivf.invlists)
+    cs = int(ivf.code_size)
+    sizes = table[:, 0].copy()
+    offsets = np.empty(len(sizes) + 1, dtype=np.int64)
+    offsets[:-1] = table[:, 2]
+    offsets[-1] = offsets[-2] + sizes[-1] * (cs + IDX_BYTES) if len(sizes) else 0
+    file_size = p.stat().st_size
+    if (np.any(table[:, 1] != sizes) or np.any(np.diff(offsets) != sizes * (cs + IDX_BYTES))
+            or offsets[-1] > file_size or (len(sizes) and offsets[0] < 0)):
+        raise IndexFileError(f"{p}: inverted lists are not stored contiguously "
+                             "(not a vertical slice written by faiss write_index?)")
+    layout = SliceLayout(p, int(ivf.nlist), cs, sizes, offsets, file_size, int(index.ntotal),
+                         structure_digest(index), bool(index.is_trained))
+    del index  # unmaps the file; only the layout is kept
+    return layout
+
+
+def _hash_range(f: Any, start: int, end: int) -> str:
+    h = hashlib.sha256()
+    f.seek(start)
+    left = end - start
+    while left > 0:
+        chunk = f.read(min(_READ, left))
+        if not chunk:
+            raise IndexFileError(f"{f.name}: file ends early")
+        h.update(chunk)
+        left -= len(chunk)
+    return h.hexdigest()
+
+
+def region_checksums(layout: SliceLayout) -> dict[str, Any]:
+    """Checksums of header, list blocks and trailer (one sequential read of the file)."""
+    bl = layout.block_lists()
+    bounds = layout.block_bounds(bl)
+    with open(layout.path, "rb") as f:
+        header = _hash_range(f, 0, int(layout.offsets[0]))
+        blocks = [_hash_range(f, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        trailer = _hash_range(f, int(layout.offsets[-1]), layout.file_size)
+    return {"block_lists": bl, "header_sha256": header, "trailer_sha256": trailer,
+            "block_sha256": blocks}
+
+
+def check_header_trailer(layout: SliceLayout, sums: dict[str, Any]) -> None:
+    with open(layout.path, "rb") as f:
+        if _hash_range(f, 0, int(layout.offsets[0])) != sums["header_sha256"]:
+            raise IndexFileError(f"{layout.path}: header differs from its manifest checksum")
+        if _hash_range(f, int(layout.offsets[-1]), layout.file_size) != sums["trailer_sha256"]:
+            raise IndexFileError(f"{layout.path}: trailer differs from its manifest checksum")
+
+
+class BlockVerifier:
+    """Verifies the list blocks of one slice from consecutive byte ranges read in order."""
+
+    def __init__(self, layout: SliceLayout, sums: dict[str, Any]) -> None:
+        self.path = layout.path
+        self.bounds = layout.block_bounds(int(sums["block_lists"])).tolist()
+        self.expected = sums["block_sha256"]
+        if len(self.expected) != len(self.bounds) - 1:
+            raise IndexFileError(f"{self.path}: manifest has {len(self.expected)} block "
+                                 f"checksums, layout has {len(self.bounds) - 1} blocks")
+        self.block = -1
+        self.pos = -1
+        self.h = hashlib.sha256()
+
+    def start_of_block(self, byte_offset: int) -> int:
+        """Start of the block containing ``byte_offset``; positions the verifier there."""
+        j = max(0, int(np.searchsorted(self.bounds, byte_offset, side="right")) - 1)
+        j = min(j, len(self.expected) - 1) if self.expected else 0
+        self.block, self.pos, self.h = j, self.bounds[j], hashlib.sha256()
+        return self.pos
+
+    def end_of_block(self, byte_offset: int) -> int:
+        """End of the block containing the byte before ``byte_offset``."""
+        j = int(np.searchsorted(self.bounds, byte_offset, side="left"))
+        return self.bounds[min(j, len(self.bounds) - 1)]
+
+    def _finish_blocks(self) -> None:
+        while self.block < len(self.expected) and self.pos == self.bounds[self.block + 1]:
+            if self.h.hexdigest() != self.expected[self.block]:
+                raise IndexFileError(f"{self.path}: list block {self.block} (bytes "
+                                     f"{self.bounds[self.block]}..{self.pos}) differs from its "
+                                     "manifest checksum (corrupted slice)")
+            self.block += 1
+            self.h = hashlib.sha256()
+
+    def feed(self, data: memoryview, offset: int) -> None:
+        if offset != self.pos:
+            raise IndexFileError(f"internal: {self.path} read out of order at {offset}")
+        self._finish_blocks()
+        i = 0
+        while i < len(data):
+            take = min(len(data) - i, self.bounds[self.block + 1] - self.pos)
+            self.h.update(data[i:i + take])
+            i += take
+            self.pos += take
+            self._finish_blocks()
