@@ -1,0 +1,16 @@
+"""Authenticated, allowlisted pickle-over-TCP RPC (see docs/CONTRACTS.md).
+
+Server(obj, secret=...) exposes ``obj.RPC_METHODS``; Client(address, secret=...)
+calls them.  Handshake: mutual HMAC-SHA256 before anything is unpickled; payloads
+are unpickled with an allowlist; numpy arrays travel as raw out-of-band buffers.
+"""
+from distributed_ondisk.rpc.address import parse_address
+from distributed_ondisk.rpc.client import Client, wait_ready
+from distributed_ondisk.rpc.safe_pickle import register_message_type
+from distributed_ondisk.rpc.secret import (add_secret_args, generate_secret, load_secret,
+                                           secret_from_args, write_secret_file)
+from distributed_ondisk.rpc.server import Server
+
+__all__ = ["Server", "Client", "wait_ready", "load_secret", "add_secret_args",
+           "secret_from_args", "register_message_type", "parse_address", "generate_secret",
+           "write_secret_file"]

@@ -1,0 +1,67 @@
+"""`rpc.py` subcommands: keygen, ping, methods, serve-echo."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Optional, Sequence
+
+from distributed_ondisk.cli import add_logging_args, run_main
+from distributed_ondisk.rpc.client import Client, wait_ready
+from distributed_ondisk.rpc.demo import EchoService
+from distributed_ondisk.rpc.secret import add_secret_args, secret_from_args, write_secret_file
+from distributed_ondisk.rpc.server import Server
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rpc.py", description=__doc__)
+    add_logging_args(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="write a new shared secret file (mode 0600)")
+    p.add_argument("path")
+    p.add_argument("--force", action="store_true", help="replace an existing file")
+
+    p = sub.add_parser("ping", help="wait until a server answers (exit 0), for launch scripts")
+    p.add_argument("address", help="HOST:PORT or [IPv6]:PORT")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to keep trying")
+    add_secret_args(p)
+
+    p = sub.add_parser("methods", help="list the methods a server exposes")
+    p.add_argument("address")
+    p.add_argument("--timeout", type=float, default=30.0)
+    add_secret_args(p)
+
+    p = sub.add_parser("serve-echo", help="serve a small echo service (smoke tests)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    add_secret_args(p)
+    return parser
+
+
+def main_args(args: argparse.Namespace) -> int:
+    if args.command == "keygen":
+        write_secret_file(args.path, force=args.force)
+        print(f"wrote a new secret to {args.path} (mode 0600)", file=sys.stderr)
+        return 0
+    secret = secret_from_args(args)
+    if args.command == "ping":
+        wait_ready(args.address, secret=secret, timeout=args.timeout)
+        return 0
+    if args.command == "methods":
+        with Client(args.address, secret=secret, timeout=args.timeout,
+                    connect_timeout=args.timeout) as client:
+            print("\n".join(client.methods()))
+        return 0
+    server = Server(EchoService(), host=args.host, port=args.port, secret=secret,
+                    allow_insecure_loopback=args.insecure, name="echo").start()
+    print(server.address, flush=True)  # launch scripts and tests read the actual port
+    server.serve_forever()
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run_main(build_parser(), main_args, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

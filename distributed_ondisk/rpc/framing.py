@@ -1,0 +1,171 @@
+"""Bytes on the wire: one message = fixed header + buffer-length table + pickle + raw buffers.
+
+The header carries the total body length, so a receiver checks it against its
+limit *before* allocating anything: a peer claiming a 1 TB message is refused
+at once.  Array data never goes through the pickler: protocol-5 out-of-band
+buffers are sent straight from the arrays' memory (``sendmsg`` of memoryviews)
+and received with ``recv_into`` into fresh uninitialised arrays that the
+unpickler then wraps without copying.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from distributed_ondisk.errors import ConnectionLost, ProtocolError, RPCTimeout
+from distributed_ondisk.rpc import safe_pickle
+
+MAGIC = b"DORP"
+VERSION = 1
+# magic, version, kind, reserved, request id, pickle length, buffer count, reserved, body length
+HEADER = struct.Struct("<4sBBHQQIIQ")
+
+KIND_REQUEST = 1
+KIND_REPLY = 2
+KIND_ERROR = 3   # the call raised; the connection stays usable
+KIND_FATAL = 4   # the message was refused; the sender closes the connection after it
+KINDS = (KIND_REQUEST, KIND_REPLY, KIND_ERROR, KIND_FATAL)
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
+MAX_BUFFERS = 1 << 16
+INBAND_BELOW = 4096          # smaller array buffers stay inside the pickle
+SMALL_MESSAGE = 64 << 10     # joined and sent with one sendall
+SMALL_BODY = 1 << 20         # received with one recv_into
+IOV_MAX = 512
+
+
+def _wait(sock: socket.socket, deadline: Optional[float]) -> None:
+    if deadline is not None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout("deadline passed")
+        sock.settimeout(remaining)
+
+
+def _send_views(sock: socket.socket, views: list[memoryview],
+                deadline: Optional[float]) -> None:
+    i = 0
+    while i < len(views):
+        _wait(sock, deadline)
+        sent = sock.sendmsg(views[i:i + IOV_MAX])
+        while sent and i < len(views):
+            n = views[i].nbytes
+            if sent >= n:
+                sent -= n
+                i += 1
+            else:
+                views[i] = views[i][sent:]
+                sent = 0
+
+
+def _recv_into(sock: socket.socket, view: memoryview, deadline: Optional[float]) -> None:
+    pos, total = 0, view.nbytes
+    while pos < total:
+        _wait(sock, deadline)
+        n = sock.recv_into(view[pos:], total - pos)
+        if n == 0:
+            raise ConnectionLost(f"connection closed by peer after {pos} of {total} bytes"
+                                 if pos else "connection closed by peer")
+        pos += n
+
+
+def encode_message(kind: int, request_id: int, obj: Any) -> list[memoryview]:
+    """Serialise ``obj`` into the views of one frame (array data is not copied).
+    Raises ProtocolError if it cannot be pickled; nothing has been sent then."""
+    data, buffers = safe_pickle.dumps(obj, inband_below=INBAND_BELOW)
+    if len(buffers) > MAX_BUFFERS:
+        raise ProtocolError(f"message has {len(buffers)} array buffers; at most {MAX_BUFFERS} "
+                            f"are allowed (send fewer, larger arrays)")
+    lengths = [b.nbytes for b in buffers]
+    table = struct.pack(f"<{len(lengths)}Q", *lengths)
+    body_len = len(table) + len(data) + sum(lengths)
+    header = HEADER.pack(MAGIC, VERSION, kind, 0, request_id, len(data), len(buffers), 0,
+                         body_len)
+    if body_len <= SMALL_MESSAGE:
+        return [memoryview(b"".join([header, table, data, *buffers]))]
+    return [memoryview(header + table + data), *buffers]
+
+
+def send_views(sock: socket.socket, views: list[memoryview],
+               deadline: Optional[float] = None) -> None:
+    """Send an encoded frame.  Socket errors become ConnectionLost / RPCTimeout."""
+    try:
+        if len(views) == 1:
+            _wait(sock, deadline)
+            sock.sendall(views[0])
+        else:
+            _send_views(sock, list(views), deadline)
+    except (ConnectionLost, RPCTimeout):
+        raise
+    except socket.timeout as e:
+        raise RPCTimeout("timed out sending a message") from e
+    except OSError as e:
+        raise ConnectionLost(f"connection broke while sending: {e}") from e
+
+
+def send_message(sock: socket.socket, kind: int, request_id: int, obj: Any,
+                 deadline: Optional[float] = None) -> None:
+    send_views(sock, encode_message(kind, request_id, obj), deadline)
+
+
+def recv_message(sock: socket.socket, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 deadline: Optional[float] = None) -> tuple[int, int, Any]:
+    """Receive one frame and unpickle it with the allowlist: (kind, request id, object).
+
+    Raises ProtocolError (malformed or too large), ForbiddenError (refused content),
+    ConnectionLost, RPCTimeout.
+    """
+    try:
+        head = bytearray(HEADER.size)
+        _recv_into(sock, memoryview(head), deadline)
+        magic, version, kind, _, request_id, pickle_len, nbuf, _, body_len = HEADER.unpack(head)
+        if magic != MAGIC:
+            raise ProtocolError(f"bad frame magic {bytes(magic)!r}: peer does not speak "
+                                f"distributed_ondisk RPC")
+        if version != VERSION or kind not in KINDS:
+            raise ProtocolError(f"unsupported frame version {version} / kind {kind}")
+        table_len = 8 * nbuf
+        if body_len > max_bytes:
+            raise ProtocolError(f"message of {body_len} bytes exceeds the limit of {max_bytes} "
+                                f"bytes")
+        if nbuf > MAX_BUFFERS or table_len + pickle_len > body_len:
+            raise ProtocolError(f"inconsistent frame header: {nbuf} buffers, pickle "
+                                f"{pickle_len} bytes, body {body_len} bytes")
+        if body_len <= SMALL_BODY:
+            body = memoryview(bytearray(body_len))
+            _recv_into(sock, body, deadline)
+            lengths = struct.unpack_from(f"<{nbuf}Q", body)
+            data = body[table_len:table_len + pickle_len]
+            _check_lengths(lengths, table_len + pickle_len, body_len)
+            buffers, pos = [], table_len + pickle_len
+            for n in lengths:
+                buffers.append(body[pos:pos + n])
+                pos += n
+        else:
+            head_part = memoryview(bytearray(table_len + pickle_len))
+            _recv_into(sock, head_part, deadline)
+            lengths = struct.unpack_from(f"<{nbuf}Q", head_part)
+            _check_lengths(lengths, table_len + pickle_len, body_len)
+            data = head_part[table_len:]
+            buffers = []
+            for n in lengths:
+                arr = np.empty(n, dtype=np.uint8)  # uninitialised: no memset before the copy
+                _recv_into(sock, memoryview(arr), deadline)
+                buffers.append(arr)
+    except (ConnectionLost, RPCTimeout):
+        raise
+    except socket.timeout as e:
+        raise RPCTimeout("timed out waiting for a message") from e
+    except OSError as e:
+        raise ConnectionLost(f"connection broke while receiving: {e}") from e
+    return kind, request_id, safe_pickle.loads(data, buffers=buffers)
+
+
+def _check_lengths(lengths: tuple[int, ...], prefix: int, body_len: int) -> None:
+    if prefix + sum(lengths) != body_len:
+        raise ProtocolError(f"inconsistent frame: buffer lengths sum to {sum(lengths)} but the "
+                            f"body has {body_len - prefix} bytes for them")
