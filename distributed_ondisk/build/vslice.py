@@ -1,10 +1,17 @@
 """Vertical slices: rows ``[i0, i1)`` of the data added to a copy of the trained index.
 
 Ids are global row numbers.  Rows are read and added in bounded blocks.  The
-result is deterministic: faiss's IVF add appends each vector to its list in
-input order whatever the thread count (each thread owns the lists
-``list_no % nt == rank``), so a list holds its ids in increasing order and a
-rerun writes the same bytes (tested).
+bytes of a slice depend only on its rows, not on the block size or thread
+count (tested):
+
+* faiss's IVF add appends each vector to its list in input order whatever the
+  thread count (each thread owns the lists ``list_no % nt == rank``), so a list
+  holds its ids in increasing order;
+* but faiss applies the rotation/PCA with sgemm, whose rounding depends on the
+  number of rows per call and on the threads (measured: ~half of the rows
+  differ in the last bit between block sizes, which changes some SQ codes).
+  :func:`transform_rows` therefore applies linear transforms with a fixed
+  summation order per row, then the vectors go to the IVF add directly.
 """
 from __future__ import annotations
 
@@ -69,12 +76,53 @@ def list_sizes(index: faiss.Index) -> np.ndarray:
                        count=ivf.nlist)
 
 
+_ROWS_PER_PASS = 256   # (256 x d) float32 stays in L2 cache across the d passes
+
+
+def _linear_exact(vt: faiss.VectorTransform, x: np.ndarray) -> np.ndarray:
+    lt = faiss.downcast_VectorTransform(vt)
+    if not isinstance(lt, faiss.LinearTransform):
+        log.warning("%s is not linear: applied by faiss, bytes may depend on block size",
+                    type(lt).__name__)
+        return lt.apply(x)
+    at = faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T.copy()
+    bias = faiss.vector_to_array(lt.b) if lt.have_bias else np.zeros(lt.d_out, np.float32)
+    y = np.empty((len(x), lt.d_out), dtype=np.float32)
+    tmp = np.empty((min(len(x), _ROWS_PER_PASS), lt.d_out), dtype=np.float32)
+    for r0 in range(0, len(x), _ROWS_PER_PASS):
+        xs = x[r0:r0 + _ROWS_PER_PASS]
+        ys = y[r0:r0 + len(xs)]
+        t = tmp[:len(xs)]
+        ys[:] = bias
+        for k in range(lt.d_in):     # elementwise IEEE ops in a fixed order: row-independent
+            np.multiply(xs[:, k, None], at[k], out=t)
+            ys += t
+    return y
+
+
+def transform_rows(index: faiss.Index, x: np.ndarray) -> tuple[faiss.Index, np.ndarray]:
+    """(index to add to, vectors to add): the pre-transforms applied row-deterministically."""
+    index = faiss.downcast_index(index)
+    if not isinstance(index, faiss.IndexPreTransform):
+        return index, x
+    for i in range(index.chain.size()):
+        x = _linear_exact(index.chain.at(i), x)
+    return faiss.downcast_index(index.index), x
+
+
+def add_rows(index: faiss.Index, x: np.ndarray, ids: np.ndarray) -> None:
+    """Add rows with ids so that each row's code depends only on the row."""
+    inner, xt = transform_rows(index, np.ascontiguousarray(x, dtype=np.float32))
+    inner.add_with_ids(xt, ids)
+    index.ntotal = inner.ntotal
+
+
 def fill(index: faiss.Index, vf: Any, i0: int, i1: int, block_rows: int) -> None:
     """Add rows [i0, i1) of ``vf`` to ``index`` with ids = row numbers, block by block."""
     with Progress(i1 - i0, f"add rows [{i0}, {i1})", "vec", logger=log) as prog:
         for start, block in vf.iter_blocks(i0, i1, block_rows=block_rows):
             ids = np.arange(start, start + len(block), dtype=np.int64)
-            index.add_with_ids(block, ids)
+            add_rows(index, block, ids)
             prog.update(len(block))
 
 
