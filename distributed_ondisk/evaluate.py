@@ -1,0 +1,250 @@
+"""Recall evaluation: exact ground truth, recall@r, QPS, and plots.
+
+* Ground truth is computed by brute force over the database in bounded blocks
+  (memory stays ``O(block_rows * d + nq * k)`` however large the database) and
+  cached as ``<queries>.gt<k>.ivecs`` next to the queries, with a sidecar
+  ``.json`` recording what it was computed from (database path, size, mtime,
+  rows, the queries' sha256, k, metric).  A cache whose sidecar does not match
+  is recomputed, never reused.
+* ``recall@r`` is faiss's "1-recall@r": the fraction of queries whose true
+  nearest neighbour is among the first ``r`` results.
+* Plots (matplotlib, Agg backend, written atomically): recall@1/@10 vs nprobe
+  and QPS vs recall@10, one curve per variant (in RAM, on disk, distributed).
+
+``python -m distributed_ondisk.evaluate --database DB --queries Q --k 100``
+computes (or finds in cache) the ground truth and prints its path.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import faiss
+import numpy as np
+
+from distributed_ondisk.atomic import atomic_path, atomic_write_text
+from distributed_ondisk.errors import InputError, VectorFileError
+from distributed_ondisk.log import Progress
+
+log = logging.getLogger(__name__)
+PathLike = Union[str, "os.PathLike[str]"]
+RANKS = (1, 10, 100)
+METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}
+DEFAULT_BLOCK_ROWS = 1 << 17
+SearchFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+def brute_force_knn(database: PathLike, queries: np.ndarray, k: int, *, metric: str = "l2",
+                    block_rows: int = DEFAULT_BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of ``queries`` in the database file, block by block."""
+    from distributed_ondisk.vectors import open_vectors
+
+    if metric not in METRICS:
+        raise InputError(f"metric {metric!r}: expected one of {', '.join(METRICS)}")
+    if k < 1 or block_rows < 1:
+        raise InputError(f"k and block_rows must be >= 1, got {k}, {block_rows}")
+    vf = open_vectors(database)
+    xq = np.ascontiguousarray(queries, dtype=np.float32)
+    if xq.ndim != 2 or xq.shape[1] != vf.d:
+        raise InputError(f"queries have shape {xq.shape} but database {database} has d={vf.d}")
+    keep_max = metric == "ip"
+    heap = faiss.ResultHeap(len(xq), k, keep_max=keep_max)
+    with Progress(vf.n, f"ground truth over {database}", "vec", logger=log) as prog:
+        for start, block in vf.iter_blocks(block_rows=block_rows):
+            kk = min(k, len(block))
+            D, I = faiss.knn(xq, block, kk, metric=METRICS[metric])
+            heap.add_result(D, np.where(I >= 0, I + start, -1))
+            prog.update(len(block))
+    heap.finalize()
+    return heap.D, heap.I
+
+
+def ground_truth_path(queries_path: PathLike, k: int) -> Path:
+    q = Path(queries_path)
+    return q.with_name(f"{q.stem}.gt{k}.ivecs")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_key(database: Path, queries: Path, k: int, metric: str) -> dict:
+    from distributed_ondisk.vectors import open_vectors
+
+    st = database.stat()
+    vf = open_vectors(database)
+    return {"database": str(database.resolve()), "database_size": st.st_size,
+            "database_mtime_ns": st.st_mtime_ns, "database_rows": vf.n, "d": vf.d,
+            "queries_sha256": _sha256(queries), "k": k, "metric": metric}
+
+
+def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
+                 metric: str = "l2", block_rows: int = DEFAULT_BLOCK_ROWS,
+                 cache: bool = True) -> np.ndarray:
+    """Ids ``(nq, k)`` of the exact neighbours, from the cache when it is still valid."""
+    from distributed_ondisk.vectors import read_vectors, write_vectors
+
+    db, qp = Path(database), Path(queries_path)
+    gt_path = ground_truth_path(qp, k)
+    side = gt_path.with_name(gt_path.name + ".json")
+    key = _cache_key(db, qp, k, metric)
+    if cache and gt_path.is_file() and side.is_file():
+        try:
+            recorded = json.loads(side.read_text("utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if (isinstance(recorded, dict) and recorded.get("key") == key
+                and recorded.get("sha256") == _sha256(gt_path)):
+            log.info("ground truth from cache %s", gt_path)
+            return read_vectors(gt_path).astype(np.int64)
+        log.info("ground truth cache %s is stale, recomputing", gt_path)
+    _, I = brute_force_knn(db, read_vectors(qp), k, metric=metric, block_rows=block_rows)
+    if cache:
+        try:
+            write_vectors(gt_path, I.astype(np.int32))
+            atomic_write_text(side, json.dumps({"key": key, "sha256": _sha256(gt_path)},
+                                               indent=1, sort_keys=True) + "\n")
+        except OSError as e:     # read-only queries directory: still return the result
+            log.warning("cannot cache ground truth next to %s: %s", qp, e)
+    return I
+
+
+def load_ground_truth(path: PathLike, nq: int) -> np.ndarray:
+    from distributed_ondisk.vectors import read_vectors
+
+    gt = read_vectors(path).astype(np.int64)
+    if gt.shape[0] != nq:
+        raise VectorFileError(f"{path}: ground truth has {gt.shape[0]} rows for {nq} queries")
+    return gt
+
+
+def recall_at(I: np.ndarray, gt: np.ndarray, ranks: Sequence[int] = RANKS) -> dict[int, float]:
+    """1-recall@r for each ``r <= I.shape[1]`` (larger ranks cannot be measured)."""
+    if I.shape[0] != gt.shape[0]:
+        raise InputError(f"{I.shape[0]} results for {gt.shape[0]} ground-truth rows")
+    hit_rank = (I == gt[:, :1])
+    return {r: float(hit_rank[:, :r].any(axis=1).mean()) for r in ranks if r <= I.shape[1]}
+
+
+@dataclass
+class EvalPoint:
+    variant: str
+    nprobe: int
+    nq: int
+    seconds: float
+    recall: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def qps(self) -> float:
+        return self.nq / self.seconds if self.seconds > 0 else float("inf")
+
+
+def evaluate(variant: str, search: SearchFn, xq: np.ndarray, k: int, nprobes: Sequence[int],
+             gt: Optional[np.ndarray] = None, *, warmup: int = 0) -> list[EvalPoint]:
+    """Time ``search(xq, k, nprobe)`` once per nprobe over the whole batch, with recall."""
+    points = []
+    for nprobe in nprobes:
+        if warmup:
+            search(xq[:warmup], k, nprobe)
+        t0 = time.perf_counter()
+        _, I = search(xq, k, nprobe)
+        dt = time.perf_counter() - t0
+        points.append(EvalPoint(variant, int(nprobe), len(xq), dt,
+                                recall_at(I, gt) if gt is not None else {}))
+    return points
+
+
+def format_table(points: Sequence[EvalPoint], ranks: Sequence[int] = RANKS) -> str:
+    head = f"{'variant':<14} {'nprobe':>6} {'QPS':>10} " + " ".join(f"{'R@' + str(r):>7}"
+                                                                 for r in ranks)
+    rows = [head]
+    for p in points:
+        rec = " ".join(f"{p.recall[r]:7.4f}" if r in p.recall else f"{'-':>7}" for r in ranks)
+        rows.append(f"{p.variant:<14} {p.nprobe:>6} {p.qps:>10.0f} {rec}")
+    return "\n".join(rows)
+
+
+def plot_curves(points: Sequence[EvalPoint], path: PathLike, title: str = "") -> None:
+    """recall@1/@10 vs nprobe and QPS vs recall@10, one curve per variant, as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants: dict[str, list[EvalPoint]] = {}
+    for p in points:
+        variants.setdefault(p.variant, []).append(p)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, pts in variants.items():
+        pts = sorted(pts, key=lambda p: p.nprobe)
+        x = [p.nprobe for p in pts]
+        for r, style in ((1, "--"), (10, "-")):
+            if all(r in p.recall for p in pts):
+                ax1.plot(x, [p.recall[r] for p in pts], style, marker="o", label=f"{name} R@{r}")
+        if all(10 in p.recall for p in pts):
+            ax2.plot([p.recall[10] for p in pts], [p.qps for p in pts], marker="o", label=name)
+            for p in pts:
+                ax2.annotate(str(p.nprobe), (p.recall[10], p.qps), fontsize=7)
+    ax1.set(xscale="log", xlabel="nprobe", ylabel="recall", title="recall vs nprobe")
+    ax2.set(yscale="log", xlabel="recall@10", ylabel="queries per second",
+            title="QPS vs recall@10 (labels: nprobe)")
+    for ax in (ax1, ax2):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def parse_int_list(text: str, what: str = "nprobe") -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise InputError(f"{what} {text!r}: expected comma-separated integers") from e
+    if not vals or min(vals) < 1:
+        raise InputError(f"{what} {text!r}: expected positive integers")
+    return vals
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from distributed_ondisk.cli import add_logging_args
+
+    ap = argparse.ArgumentParser(prog="python -m distributed_ondisk.evaluate",
+                                 description="compute (or find cached) exact ground truth")
+    ap.add_argument("--database", required=True, help="database vectors")
+    ap.add_argument("--queries", required=True, help="query vectors")
+    ap.add_argument("--k", type=int, default=100)
+    ap.add_argument("--metric", choices=sorted(METRICS), default="l2")
+    ap.add_argument("--block-rows", type=int, default=DEFAULT_BLOCK_ROWS)
+    add_logging_args(ap)
+    return ap
+
+
+def _main(args: argparse.Namespace) -> int:
+    ground_truth(args.database, args.queries, args.k, metric=args.metric,
+                 block_rows=args.block_rows)
+    print(ground_truth_path(args.queries, args.k))
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from distributed_ondisk.cli import run_main
+
+    return run_main(build_parser(), _main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Ground truth (blocked brute force, cached with a fingerprint), recall, plots, and the
+combined_index.py command line end to end."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import faiss
+import numpy as np
+import pytest
+from build_helpers import REPO, clustered
+from test_search_support import build_shards
+
+from distributed_ondisk import evaluate as ev
+from distributed_ondisk.errors import InputError
+from distributed_ondisk.vectors import read_vectors, write_vectors
+
+
+@pytest.fixture()
+def data(tmp_path):
+    xb, xq = clustered(5000, 16, seed=1), clustered(40, 16, seed=2)
+    write_vectors(tmp_path / "base.fvecs", xb)
+    write_vectors(tmp_path / "queries.fvecs", xq)
+    return tmp_path, xb, xq
+
+
+@pytest.mark.parametrize("metric", ["l2", "ip"])
+def test_blocked_brute_force_is_exact(data, metric):
+    tmp, xb, xq = data
+    D, I = ev.brute_force_knn(tmp / "base.fvecs", xq, 7, metric=metric, block_rows=333)
+    D0, I0 = faiss.knn(xq, xb, 7, metric=ev.METRICS[metric])
+    np.testing.assert_array_equal(I, I0)
+    np.testing.assert_allclose(D, D0, rtol=1e-5)
+
+
+def test_ground_truth_cache_is_reused_then_invalidated(data, monkeypatch):
+    tmp, xb, xq = data
+    gt = ev.ground_truth(tmp / "base.fvecs", tmp / "queries.fvecs", 10)
+    cache = tmp / "queries.gt10.ivecs"
+    assert cache.is_file() and (tmp / "queries.gt10.ivecs.json").is_file()
+    np.testing.assert_array_equal(read_vectors(cache), gt)
+
+    def boom(*a, **kw):
+        raise AssertionError("recomputed although the cache is valid")
+
+    with monkeypatch.context() as m:
+        m.setattr(ev, "brute_force_knn", boom)
+        np.testing.assert_array_equal(ev.ground_truth(tmp / "base.fvecs",
+                                                      tmp / "queries.fvecs", 10), gt)
+    write_vectors(tmp / "base.fvecs", xb[::-1].copy())      # same size, other content
+    gt2 = ev.ground_truth(tmp / "base.fvecs", tmp / "queries.fvecs", 10)
+    np.testing.assert_array_equal(gt2, len(xb) - 1 - gt)
+    side = json.loads((tmp / "queries.gt10.ivecs.json").read_text())
+    assert side["key"]["k"] == 10 and side["key"]["metric"] == "l2"
+
+
+def test_recall_at():
+    gt = np.array([[3, 1], [5, 2], [7, 0]])
+    I = np.array([[3, 9, 8], [1, 5, 4], [0, 1, 2]])
+    assert ev.recall_at(I, gt) == {1: pytest.approx(1 / 3)}
+    assert ev.recall_at(I, gt, ranks=(1, 2, 3)) == {1: pytest.approx(1 / 3),
+                                                    2: pytest.approx(2 / 3),
+                                                    3: pytest.approx(2 / 3)}
+    with pytest.raises(InputError):
+        ev.recall_at(I[:2], gt)
+
+
+def test_evaluate_and_plot(tmp_path):
+    gt = np.arange(50)[:, None]
+    calls = []
+
+    def fake(x, k, nprobe):
+        calls.append(nprobe)
+        I = np.tile(np.arange(50)[:, None], (1, k))
+        I[: 50 // nprobe] = -1
+        return np.zeros_like(I, dtype=np.float32), I
+
+    xq = np.zeros((50, 4), dtype=np.float32)
+    pts = ev.evaluate("x", fake, xq, 10, [1, 2, 5], gt)
+    assert calls == [1, 2, 5]
+    assert [p.recall[1] for p in pts] == [0.0, 0.5, 0.8]
+    assert "R@100" in ev.format_table(pts) and all(p.qps > 0 for p in pts)
+    ev.plot_curves(pts + [ev.EvalPoint("y", 3, 50, 0.1, {1: 0.5, 10: 0.9})], tmp_path / "c.png")
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(InputError):
+        ev.parse_int_list("1,x")
+
+
+def test_combined_index_cli(tmp_path, capsys):
+    wd, x = build_shards(tmp_path / "wd", nh=(2,), n=8000)
+    write_vectors(tmp_path / "base.fvecs", x)
+    write_vectors(tmp_path / "q.fvecs", clustered(100, 32, seed=5))
+    spec = importlib.util.spec_from_file_location("combined_index", REPO / "combined_index.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from distributed_ondisk.cli import run_main
+
+    argv = ["--shards", str(wd.hslice_dir), "--queries", str(tmp_path / "q.fvecs"), "--k", "100",
+            "--nprobe", "1,16", "--database", str(tmp_path / "base.fvecs"), "--in-ram",
+            "--plot", str(tmp_path / "p.png"), "--json", str(tmp_path / "r.json"), "-q"]
+    assert run_main(mod.build_parser(), mod.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "on-disk" in out and "in-RAM" in out and "R@100" in out
+    pts = json.loads((tmp_path / "r.json").read_text())
+    by = {(p["variant"], p["nprobe"]): p["recall"] for p in pts}
+    assert by[("on-disk", 16)] == by[("in-RAM", 16)]
+    assert by[("on-disk", 16)]["1"] > 0.8 and by[("on-disk", 16)]["1"] >= by[("on-disk", 1)]["1"]
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert (tmp_path / "q.gt100.ivecs").is_file()
+    # a missing shard is one clear error line and exit status 2
+    argv[1] = str(wd.hslice(0, 2))
+    assert run_main(mod.build_parser(), mod.main, argv) == 2
+    assert "lists [32, 64) of 64 are in no given shard" in capsys.readouterr().err
