@@ -40,7 +40,7 @@ from distributed_ondisk.workdir import default_invlists_for
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 KIND = "hslice"
-DEFAULT_BATCH_BYTES = 16 << 20
+DEFAULT_BATCH_BYTES = 8 << 20   # memory ~ 4 batches (reading, joined, next, hashing)
 
 
 @dataclass(frozen=True)
