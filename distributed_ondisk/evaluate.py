@@ -107,7 +107,7 @@ def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
         if (isinstance(recorded, dict) and recorded.get("key") == key
                 and recorded.get("sha256") == _sha256(gt_path)):
             log.info("ground truth from cache %s", gt_path)
-            return read_vectors(gt_path).astype(np.int64)
+            return _read_ids(gt_path)
         log.info("ground truth cache %s is stale, recomputing", gt_path)
     _, I = brute_force_knn(db, read_vectors(qp), k, metric=metric, block_rows=block_rows)
     if cache:
@@ -120,10 +120,15 @@ def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
     return I
 
 
-def load_ground_truth(path: PathLike, nq: int) -> np.ndarray:
-    from distributed_ondisk.vectors import read_vectors
+def _read_ids(path: PathLike) -> np.ndarray:
+    """Ids as int64 straight from the file's dtype (a float32 detour loses ids >= 2**24)."""
+    from distributed_ondisk.vectors import open_vectors
 
-    gt = read_vectors(path).astype(np.int64)
+    return np.array(open_vectors(path).raw(), dtype=np.int64)
+
+
+def load_ground_truth(path: PathLike, nq: int) -> np.ndarray:
+    gt = _read_ids(path)
     if gt.shape[0] != nq:
         raise VectorFileError(f"{path}: ground truth has {gt.shape[0]} rows for {nq} queries")
     return gt
