@@ -33,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--ef-search", type=int, help="HNSW efSearch of the coarse quantizer")
     ap.add_argument("--gt", help="ground-truth ids (.ivecs)")
     ap.add_argument("--database", help="database vectors, to compute (and cache) ground truth")
+    ap.add_argument("--database-rows", type=int,
+                    help="only the first N rows of --database are indexed (held-out queries)")
     ap.add_argument("--in-ram", action="store_true",
                     help="also evaluate an in-RAM copy of the index (needs RAM for all codes)")
     ap.add_argument("--servers", help="also evaluate distributed search on these search servers")
@@ -63,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
         gt = ev.load_ground_truth(args.gt, len(xq))
     elif args.database:
         metric = "ip" if ci.keep_max else "l2"
-        gt = ev.ground_truth(args.database, args.queries, 100, metric=metric)
+        gt = ev.ground_truth(args.database, args.queries, 100, metric=metric,
+                             rows=args.database_rows)
     ef = args.ef_search
 
     def on_disk(x, k, nprobe):

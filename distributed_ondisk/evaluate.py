@@ -42,8 +42,10 @@ SearchFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
 
 
 def brute_force_knn(database: PathLike, queries: np.ndarray, k: int, *, metric: str = "l2",
-                    block_rows: int = DEFAULT_BLOCK_ROWS) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours of ``queries`` in the database file, block by block."""
+                    block_rows: int = DEFAULT_BLOCK_ROWS,
+                    rows: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest neighbours of ``queries`` among the database file's first
+    ``rows`` rows (all by default), block by block."""
     from distributed_ondisk.vectors import open_vectors
 
     if metric not in METRICS:
@@ -56,8 +58,9 @@ def brute_force_knn(database: PathLike, queries: np.ndarray, k: int, *, metric: 
         raise InputError(f"queries have shape {xq.shape} but database {database} has d={vf.d}")
     keep_max = metric == "ip"
     heap = faiss.ResultHeap(len(xq), k, keep_max=keep_max)
-    with Progress(vf.n, f"ground truth over {database}", "vec", logger=log) as prog:
-        for start, block in vf.iter_blocks(block_rows=block_rows):
+    n = vf.n if rows is None else rows
+    with Progress(n, f"ground truth over {database}", "vec", logger=log) as prog:
+        for start, block in vf.iter_blocks(0, n, block_rows=block_rows):
             kk = min(k, len(block))
             D, I = faiss.knn(xq, block, kk, metric=METRICS[metric])
             heap.add_result(D, np.where(I >= 0, I + start, -1))
@@ -79,26 +82,28 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cache_key(database: Path, queries: Path, k: int, metric: str) -> dict:
+def _cache_key(database: Path, queries: Path, k: int, metric: str,
+               rows: Optional[int]) -> dict:
     from distributed_ondisk.vectors import open_vectors
 
     st = database.stat()
     vf = open_vectors(database)
     return {"database": str(database.resolve()), "database_size": st.st_size,
-            "database_mtime_ns": st.st_mtime_ns, "database_rows": vf.n, "d": vf.d,
+            "database_mtime_ns": st.st_mtime_ns, "database_rows": vf.n if rows is None else rows,
+            "d": vf.d,
             "queries_sha256": _sha256(queries), "k": k, "metric": metric}
 
 
 def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
                  metric: str = "l2", block_rows: int = DEFAULT_BLOCK_ROWS,
-                 cache: bool = True) -> np.ndarray:
+                 cache: bool = True, rows: Optional[int] = None) -> np.ndarray:
     """Ids ``(nq, k)`` of the exact neighbours, from the cache when it is still valid."""
     from distributed_ondisk.vectors import read_vectors, write_vectors
 
     db, qp = Path(database), Path(queries_path)
     gt_path = ground_truth_path(qp, k)
     side = gt_path.with_name(gt_path.name + ".json")
-    key = _cache_key(db, qp, k, metric)
+    key = _cache_key(db, qp, k, metric, rows)
     if cache and gt_path.is_file() and side.is_file():
         try:
             recorded = json.loads(side.read_text("utf-8"))
@@ -109,7 +114,8 @@ def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
             log.info("ground truth from cache %s", gt_path)
             return _read_ids(gt_path)
         log.info("ground truth cache %s is stale, recomputing", gt_path)
-    _, I = brute_force_knn(db, read_vectors(qp), k, metric=metric, block_rows=block_rows)
+    _, I = brute_force_knn(db, read_vectors(qp), k, metric=metric, block_rows=block_rows,
+                           rows=rows)
     if cache:
         try:
             write_vectors(gt_path, I.astype(np.int32))
