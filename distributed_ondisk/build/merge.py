@@ -40,7 +40,9 @@ from distributed_ondisk.workdir import default_invlists_for
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 KIND = "hslice"
-DEFAULT_BATCH_BYTES = 8 << 20   # memory ~ 4 batches (reading, joined, next, hashing)
+DEFAULT_BATCH_BYTES = 8 << 20   # memory ~ 2-3 batches (being written, next being read)
+SYNC_EVERY = 64 << 20
+IOV_MAX = 1024
 
 
 @dataclass(frozen=True)
@@ -197,6 +199,22 @@ def _assemble(slices: list[_SliceReader], chunks: list[tuple[int, bytearray]], l
     return segs
 
 
+def _writev_all(fd: int, segs: list[memoryview]) -> int:
+    """Write all segments in order with writev (no joining copy); returns bytes written."""
+    total = 0
+    i = 0
+    while i < len(segs):
+        group = segs[i:i + IOV_MAX]
+        want = sum(len(g) for g in group)
+        done = os.writev(fd, group)
+        while done < want:                     # partial write: finish this group by hand
+            rest = b"".join(group)[done:]
+            done += os.write(fd, rest)
+        total += want
+        i += IOV_MAX
+    return total
+
+
 def write_lists(slices: list[Vslice], l0: int, l1: int, dest: Path, threads: int,
                 batch_bytes: int) -> tuple[np.ndarray, str]:
     """Write the shard data file for lists [l0, l1); returns (sizes, sha256 of the file)."""
@@ -210,21 +228,33 @@ def write_lists(slices: list[Vslice], l0: int, l1: int, dest: Path, threads: int
         return list(pool.map(lambda r: r.read(int(r.s.layout.offsets[lb])), readers))
 
     total = int(sizes.sum()) * (cs + IDX_BYTES)
+
+    def hash_segments(segs: list[memoryview]) -> None:
+        for seg in segs:
+            h.update(seg)
+
     with ThreadPoolExecutor(max(1, threads)) as pool, ThreadPoolExecutor(1) as side, \
-            ThreadPoolExecutor(1) as hasher, atomic_open(dest, "wb") as f, Progress(total, f"merge lists [{l0}, {l1})", "B",
+            ThreadPoolExecutor(1) as hasher, ThreadPoolExecutor(1) as syncer, \
+            atomic_open(dest, "wb") as f, Progress(total, f"merge lists [{l0}, {l1})", "B",
                                                    logger=log) as prog:
+        fd = f.fileno()
         pending = side.submit(read_batch, batches[0][1]) if batches else None
+        flushing = None
+        unsynced = 0
         for k, (la, lb) in enumerate(batches):
             chunks = pending.result()
             pending = side.submit(read_batch, batches[k + 1][1]) if k + 1 < len(batches) else None
-            buf = b"".join(_assemble(readers, chunks, la, lb, cs))
-            hashing = hasher.submit(h.update, buf) if len(buf) > (1 << 20) else None
-            f.write(buf)
-            if hashing is None:
-                h.update(buf)
-            else:
-                hashing.result()
-            prog.update(len(buf))
+            segs = _assemble(readers, chunks, la, lb, cs)
+            hashing = hasher.submit(hash_segments, segs)
+            nbytes = _writev_all(fd, segs)
+            hashing.result()
+            prog.update(nbytes)
+            unsynced += nbytes
+            if unsynced >= SYNC_EVERY and (flushing is None or flushing.done()):
+                # start writeback early so the final fsync does not wait for all of it
+                flushing, unsynced = syncer.submit(os.fdatasync, fd), 0
+        if flushing is not None:
+            flushing.result()
         for r in readers:
             r.finish()
     return sizes, h.hexdigest()

@@ -8,15 +8,18 @@ turns that into a checked layout.
 
 A merge job reads only its own lists from each vslice, so a whole-file sha256
 would make every merge job read every vslice completely.  Instead the manifest
-also holds the sha256 of the header, of the trailer, and of each *block* of
-consecutive lists (at most ``MAX_BLOCKS`` blocks); the merge verifies each
-block it streams through, at no extra I/O beyond the partial blocks at the
-edges of its list range.
+also holds the sha256 of the header and of the trailer, and a CRC32 of each
+*block* of consecutive lists (at most ``MAX_BLOCKS`` blocks); the merge
+verifies each block it streams through, at no extra I/O beyond the partial
+blocks at the edges of its list range.  CRC32 (3.7 GB/s here, vs 1.3 GB/s for
+sha256) detects corruption and truncation; the whole-file sha256 stays in the
+manifest for deliberate checks.
 """
 from __future__ import annotations
 
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
@@ -90,16 +93,29 @@ def _hash_range(f: Any, start: int, end: int) -> str:
     return h.hexdigest()
 
 
+def _crc_range(f: Any, start: int, end: int) -> int:
+    crc = 0
+    f.seek(start)
+    left = end - start
+    while left > 0:
+        chunk = f.read(min(_READ, left))
+        if not chunk:
+            raise IndexFileError(f"{f.name}: file ends early")
+        crc = zlib.crc32(chunk, crc)
+        left -= len(chunk)
+    return crc
+
+
 def region_checksums(layout: SliceLayout) -> dict[str, Any]:
     """Checksums of header, list blocks and trailer (one sequential read of the file)."""
     bl = layout.block_lists()
     bounds = layout.block_bounds(bl)
     with open(layout.path, "rb") as f:
         header = _hash_range(f, 0, int(layout.offsets[0]))
-        blocks = [_hash_range(f, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        blocks = [_crc_range(f, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         trailer = _hash_range(f, int(layout.offsets[-1]), layout.file_size)
     return {"block_lists": bl, "header_sha256": header, "trailer_sha256": trailer,
-            "block_sha256": blocks}
+            "block_crc32": blocks}
 
 
 def check_header_trailer(layout: SliceLayout, sums: dict[str, Any]) -> None:
@@ -116,19 +132,19 @@ class BlockVerifier:
     def __init__(self, layout: SliceLayout, sums: dict[str, Any]) -> None:
         self.path = layout.path
         self.bounds = layout.block_bounds(int(sums["block_lists"])).tolist()
-        self.expected = sums["block_sha256"]
+        self.expected = sums["block_crc32"]
         if len(self.expected) != len(self.bounds) - 1:
             raise IndexFileError(f"{self.path}: manifest has {len(self.expected)} block "
                                  f"checksums, layout has {len(self.bounds) - 1} blocks")
         self.block = -1
         self.pos = -1
-        self.h = hashlib.sha256()
+        self.crc = 0
 
     def start_of_block(self, byte_offset: int) -> int:
         """Start of the block containing ``byte_offset``; positions the verifier there."""
         j = max(0, int(np.searchsorted(self.bounds, byte_offset, side="right")) - 1)
         j = min(j, len(self.expected) - 1) if self.expected else 0
-        self.block, self.pos, self.h = j, self.bounds[j], hashlib.sha256()
+        self.block, self.pos, self.crc = j, self.bounds[j], 0
         return self.pos
 
     def end_of_block(self, byte_offset: int) -> int:
@@ -138,12 +154,12 @@ class BlockVerifier:
 
     def _finish_blocks(self) -> None:
         while self.block < len(self.expected) and self.pos == self.bounds[self.block + 1]:
-            if self.h.hexdigest() != self.expected[self.block]:
+            if self.crc != self.expected[self.block]:
                 raise IndexFileError(f"{self.path}: list block {self.block} (bytes "
                                      f"{self.bounds[self.block]}..{self.pos}) differs from its "
                                      "manifest checksum (corrupted slice)")
             self.block += 1
-            self.h = hashlib.sha256()
+            self.crc = 0
 
     def feed(self, data: memoryview, offset: int) -> None:
         if offset != self.pos:
@@ -152,7 +168,7 @@ class BlockVerifier:
         i = 0
         while i < len(data):
             take = min(len(data) - i, self.bounds[self.block + 1] - self.pos)
-            self.h.update(data[i:i + take])
+            self.crc = zlib.crc32(data[i:i + take], self.crc)
             i += take
             self.pos += take
             self._finish_blocks()

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Benchmark of the build stages, side by side in one run:
+
+* add rate of make_index_vslice (read blocks from disk, row-exact transform,
+  add, write + manifest) vs a bare ``index.add`` of the same rows in RAM (target >= 0.9x);
+* merge throughput of merge_to_ondisk vs faiss.contrib.ondisk.merge_ondisk on
+  the same vslices (target >= 1.0x), and vs a sequential dd-style write of the
+  same byte count on the same disk (target >= 0.5x), all including fsync;
+* peak RSS (VmHWM) of each merge, each run in its own process.
+
+    python benchmarks/bench_build.py --quick            # seconds, smoke test
+    python benchmarks/bench_build.py                    # 2M x 96, IVF16384 (minutes)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def vm_hwm() -> int:
+    return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
+
+
+def fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+
+
+def child(args: argparse.Namespace) -> None:
+    """One measured operation in a fresh process; prints a JSON line."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    from distributed_ondisk.build.merge import MergeJob, merge_hslice
+
+    t0 = time.perf_counter()            # imports above are not timed
+    if args.child == "merge":
+        merge_hslice(MergeJob([args.inputs], Path(args.out), threads=args.nt, force=True))
+        nbytes = Path(args.out).with_suffix(".invlists").stat().st_size
+    elif args.child == "faiss":
+        faiss.omp_set_num_threads(args.nt)
+        index = faiss.read_index(args.trained)
+        il = args.out + ".ivfdata"
+        merge_ondisk(index, sorted(str(p) for p in Path(args.inputs).glob("*.index")), il)
+        faiss.write_index(index, args.out)
+        fsync_path(Path(il))
+        fsync_path(Path(args.out))
+        nbytes = Path(il).stat().st_size
+    else:  # dd: sequential write of the same byte count
+        nbytes = args.nbytes
+        buf = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8).tobytes()
+        with open(args.out, "wb") as f:
+            left = nbytes
+            while left > 0:
+                left -= f.write(buf[:min(left, len(buf))])
+            f.flush()
+            os.fsync(f.fileno())
+    dt = time.perf_counter() - t0
+    print(json.dumps({"seconds": dt, "bytes": nbytes, "hwm": vm_hwm()}))
+
+
+def run_child(kind: str, **kw: object) -> dict:
+    cmd = [sys.executable, __file__, "--child", kind]
+    for k, v in kw.items():
+        cmd += [f"--{k}", str(v)]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise SystemExit(f"{kind} failed:\n{r.stderr}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="200k x 64, nlist 1024")
+    ap.add_argument("--n", type=int, default=2_000_000)
+    ap.add_argument("--d", type=int, default=96)
+    ap.add_argument("--nlist", type=int, default=16384)
+    ap.add_argument("--nslice", type=int, default=4, help="vslices merged into one shard")
+    ap.add_argument("--nt", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--repeat", type=int, default=2, help="merge runs per method (best kept)")
+    ap.add_argument("--dir", help="scratch directory on the disk to measure (default: temp)")
+    ap.add_argument("--child", choices=["merge", "faiss", "dd"], help=argparse.SUPPRESS)
+    ap.add_argument("--inputs", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--trained", help=argparse.SUPPRESS)
+    ap.add_argument("--nbytes", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    if args.quick:
+        args.n, args.d, args.nlist, args.repeat = 200_000, 64, 1024, 1
+
+    import faiss
+
+    from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
+    from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+    from distributed_ondisk.workdir import Workdir
+
+    faiss.omp_set_num_threads(args.nt)
+    root = Path(tempfile.mkdtemp(prefix="bench_build_", dir=args.dir))
+    try:
+        wd = Workdir.from_arg(root).create()
+        rs = np.random.default_rng(0)
+        centers = rs.standard_normal((1000, args.d), dtype=np.float32) * 4
+        x = centers[rs.integers(0, 1000, args.n)] + rs.standard_normal((args.n, args.d),
+                                                                         dtype=np.float32)
+        np.save(wd.data(".npy"), x)
+        km = faiss.Kmeans(args.d, args.nlist, niter=4, seed=1, max_points_per_centroid=40)
+        km.train(x[: args.nlist * 40])
+        np.save(wd.centroids, km.centroids)
+        make_trained_index(wd.centroids, wd.data(), wd.trained, TrainedIndexConfig(),
+                           0, min(args.n, 200_000))
+
+        # add rate: bare index.add of the rows in RAM vs make_index_vslice from disk
+        n1 = args.n // args.nslice
+        bare = faiss.read_index(str(wd.trained))
+        t0 = time.perf_counter()
+        bare.add(x[:n1])
+        t_bare = time.perf_counter() - t0
+        del bare
+        times = []
+        for i in range(args.nslice):
+            t0 = time.perf_counter()
+            make_vslice(VsliceJob(wd.trained, wd.data(), wd.vslice(i, args.nslice),
+                                  nslice=args.nslice, slice_no=i, threads=args.nt))
+            times.append(time.perf_counter() - t0)
+        t_vslice = times[0]
+        del x
+
+        res = {"ours": [], "faiss": [], "dd": []}
+        for _ in range(args.repeat):
+            out = root / "hslices" / "h.index"
+            res["ours"].append(run_child("merge", inputs=wd.vslice_dir, out=out, nt=args.nt))
+            shutil.rmtree(root / "hslices")
+            os.mkdir(root / "hslices")
+            res["faiss"].append(run_child("faiss", inputs=wd.vslice_dir, out=out,
+                                          trained=wd.trained, nt=args.nt))
+            shutil.rmtree(root / "hslices")
+            os.mkdir(root / "hslices")
+            res["dd"].append(run_child("dd", out=root / "dd.bin",
+                                       nbytes=res["ours"][-1]["bytes"]))
+            os.unlink(root / "dd.bin")
+        best = {k: min(v, key=lambda r: r["seconds"]) for k, v in res.items()}
+        mbs = {k: r["bytes"] / r["seconds"] / 1e6 for k, r in best.items()}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    print(f"# bench_build: {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+          f"Python {platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
+          f"threads {args.nt}")
+    print(f"# data {args.n} x {args.d}, RR{args.d},IVF{args.nlist}_HNSW32,SQ6, "
+          f"{args.nslice} vslices of {n1} rows, lists {best['ours']['bytes'] / 1e6:.1f} MB, "
+          f"scratch {args.dir or tempfile.gettempdir()}{' (--quick)' if args.quick else ''}")
+    print("| measure | ours | baseline | ratio | target |")
+    print("|---|---|---|---|---|")
+    r_add = (n1 / t_vslice) / (n1 / t_bare)
+    print(f"| add rate, vec/s (make_index_vslice vs bare index.add) | {n1 / t_vslice:,.0f} | "
+          f"{n1 / t_bare:,.0f} | {r_add:.2f}x | >= 0.9x |")
+    print(f"| merge MB/s (vs faiss.contrib.ondisk.merge_ondisk) | {mbs['ours']:,.0f} | "
+          f"{mbs['faiss']:,.0f} | {mbs['ours'] / mbs['faiss']:.2f}x | >= 1.0x |")
+    print(f"| merge MB/s (vs dd-style sequential write, fsync) | {mbs['ours']:,.0f} | "
+          f"{mbs['dd']:,.0f} | {mbs['ours'] / mbs['dd']:.2f}x | >= 0.5x |")
+    print(f"| merge peak RSS, MB (vs merge_ondisk) | {best['ours']['hwm'] / 1e6:,.0f} | "
+          f"{best['faiss']['hwm'] / 1e6:,.0f} | {best['ours']['hwm'] / best['faiss']['hwm']:.2f}x"
+          f" | bounded |")
+
+
+if __name__ == "__main__":
+    main()
