@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.rpc import add_secret_args, secret_from_args
 from distributed_ondisk.search.server import open_search_server
@@ -25,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trained", help="trained index (default: found from the shards' work dir)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
     ap.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    ap.add_argument("--when_ready", metavar="FILE",
+                    help="write HOST:PORT to FILE (atomically) once the server answers")
     ap.add_argument("--checksums", action="store_true",
                     help="verify the shards' sha256 against their manifests before serving")
     add_secret_args(ap)
@@ -38,6 +41,8 @@ def main(args: argparse.Namespace) -> int:
                                 port=args.port, secret=secret,
                                 allow_insecure_loopback=args.insecure, checksums=args.checksums)
     print(f"listening on {server.address}", flush=True)
+    if args.when_ready:
+        atomic_write_text(args.when_ready, server.address + "\n")
     server.serve_forever()
     return 0
 
