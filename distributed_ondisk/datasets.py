@@ -43,12 +43,11 @@ def _cast(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
     (fixed constants, not data-dependent, so chunks stay consistent) and clipped."""
     if dtype.kind == "f":
         return np.ascontiguousarray(x, dtype=dtype)
-    if dtype == np.uint8:
-        return np.clip(np.rint(x * 8 + 128), 0, 255).astype(np.uint8)
-    if dtype == np.int8:
-        return np.clip(np.rint(x * 8), -128, 127).astype(np.int8)
-    raise InputError(f"unsupported dtype {dtype} for synthetic data "
-                     "(float16/float32/float64, uint8, int8)")
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        shift = 128 if dtype.kind == "u" else 0
+        return np.clip(np.rint(x * 8 + shift), info.min, info.max).astype(dtype)
+    raise InputError(f"unsupported dtype {dtype} for synthetic data (float or integer)")
 
 
 def _chunk(centers: np.ndarray, seed: int, c: int, rows: int, stream: int = 1) -> np.ndarray:
@@ -76,8 +75,8 @@ def make_clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0,
     """``n`` rows of dimension ``d`` from a seeded mixture of ``n_clusters``
     isotropic Gaussians (noise std 1, centres ~ N(0, CENTER_SCALE^2)).
 
-    Returns a C-contiguous array of ``dtype`` (float32 by default; uint8/int8
-    are rescaled and clipped, for .bvecs/.u8bin/.i8bin tests).
+    Returns a C-contiguous array of ``dtype`` (float32 by default; integer types
+    are rescaled by 8, shifted by 128 if unsigned, and clipped: for .bvecs/.*bin tests).
     """
     _check(n, d, n_clusters)
     dt = np.dtype(dtype)

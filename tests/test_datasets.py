@@ -29,7 +29,7 @@ def test_is_clustered():
     assert np.median(np.sort(d2, 1)[:, 1]) > 10 * 16
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.float64, np.float16])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int32, np.float64, np.float16])
 def test_dtypes(dtype):
     x = make_clustered(50, 4, dtype=dtype)
     assert x.dtype == dtype and x.flags.c_contiguous
