@@ -244,7 +244,8 @@ def test_inconsistent_dims_between_samples_caught_on_read(tmp_path):
 def test_bin_header_inconsistent_with_size(tmp_path):
     p = write_raw(tmp_path / "h.fbin", np.array([10, 4], dtype="<u4"),
                   np.zeros((9, 4), dtype="<f4"))
-    with pytest.raises(VectorFileError, match=r"h\.fbin: header says n=10, d=4 \(float32\) so "
+    with pytest.raises(VectorFileError, match=r"h\.fbin: truncated: header says n=10, d=4 "
+                                              r"\(float32\) so "
                                               r"the file should have 168 bytes, but it has 152"):
         open_vectors(p)
     write_raw(tmp_path / "z.u8bin", np.array([3], dtype="<u4"))
@@ -280,10 +281,31 @@ def test_npy_object_and_garbage_and_truncated(tmp_path):
     np.save(tmp_path / "t.npy", np.zeros((10, 4), dtype=np.float32))
     with open(tmp_path / "t.npy", "r+b") as f:
         f.truncate(os.path.getsize(tmp_path / "t.npy") - 1)
-    with pytest.raises(VectorFileError, match=r"t\.npy: .npy header says shape \(10, 4\) of "
+    with pytest.raises(VectorFileError, match=r"t\.npy: truncated: .npy header says shape "
+                                              r"\(10, 4\) of "
                                               r"float32 so the file should have 288 bytes, "
                                               r"but it has 287"):
         open_vectors(tmp_path / "t.npy")
+
+
+def test_trailing_bytes(tmp_path):
+    p = tmp_path / "x.fbin"
+    write_vectors(p, np.ones((3, 2)))
+    with open(p, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(VectorFileError, match=r"x\.fbin: trailing bytes: header says n=3, d=2 "
+                                              r"\(float32\) so the file should have 32 bytes, "
+                                              r"but it has 33"):
+        open_vectors(p)
+
+
+def test_written_files_get_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_vectors(tmp_path / "p.fvecs", np.ones((2, 2)))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.fvecs").stat().st_mode & 0o777 == 0o640
 
 
 def test_dtype_hint_mismatch(tmp_path):

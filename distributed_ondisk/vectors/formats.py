@@ -82,6 +82,10 @@ def _check_dim(path: Path, d: int, where: str) -> None:
                               "(corrupt file or wrong extension?)")
 
 
+def _mismatch(size: int, expected: int) -> str:
+    return "truncated" if size < expected else "trailing bytes"
+
+
 def probe(path: os.PathLike | str, dtype_hint: Optional[np.dtype] = None) -> Layout:
     """Parse and validate the header of ``path`` against its size."""
     p = Path(path)
@@ -144,8 +148,9 @@ def _probe_bin(p: Path, f, size: int, fmt: str, dtype_hint) -> Layout:
     _check_dim(p, d, "header")
     expected = 8 + n * d * dtype.itemsize
     if size != expected:
-        raise VectorFileError(f"{p}: header says n={n}, d={d} ({dtype}) so the file should "
-                              f"have {expected} bytes, but it has {size}")
+        raise VectorFileError(f"{p}: {_mismatch(size, expected)}: header says n={n}, d={d} "
+                              f"({dtype}) so the file should have {expected} bytes, but it "
+                              f"has {size}")
     return Layout(p, fmt, dtype, n, d, 8, size)
 
 
@@ -172,6 +177,7 @@ def _probe_npy(p: Path, f, size: int) -> Layout:
     _check_dim(p, d, "header")
     expected = offset + n * d * dtype.itemsize
     if size != expected:
-        raise VectorFileError(f"{p}: .npy header says shape {shape} of {dtype} so the file "
-                              f"should have {expected} bytes, but it has {size}")
+        raise VectorFileError(f"{p}: {_mismatch(size, expected)}: .npy header says shape "
+                              f"{shape} of {dtype} so the file should have {expected} bytes, "
+                              f"but it has {size}")
     return Layout(p, "npy", dtype, n, d, offset, size, fortran=bool(fortran) and n > 1 and d > 1)

@@ -30,7 +30,11 @@ class VectorFile:
         self.n, self.d = self.layout.n, self.layout.d
         self.format: str = self.layout.format
         self.dtype: np.dtype = self.layout.dtype
-        self._file = open(self.path, "rb")
+        try:
+            self._file = open(self.path, "rb")
+        except OSError as e:
+            raise VectorFileError(f"{self.path}: cannot open vector file: "
+                                  f"{e.strerror or e}") from None
         self._mm: Optional[np.ndarray] = None
         if self.n:
             self._map()
