@@ -426,6 +426,27 @@ def test_failure_mid_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatc
     assert only_outputs(tmp_path) == ["x.fvecs"]
 
 
+def test_write_vectors_failing_after_some_chunks(tmp_path, monkeypatch):
+    p = tmp_path / "x.fbin"
+    write_vectors(p, np.ones((4, 4)))
+    before = p.read_bytes()
+    monkeypatch.setattr(writer_mod, "WRITE_CHUNK_BYTES", 4 * 4 * 10)
+    real, calls = np.ascontiguousarray, []
+
+    def failing(*a, **kw):                  # the disk fills up on the third chunk
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(np, "ascontiguousarray", failing)
+    with pytest.raises(OSError, match="No space left"):
+        write_vectors(p, make_clustered(100, 4))
+    monkeypatch.undo()
+    assert len(calls) == 3
+    assert p.read_bytes() == before and only_outputs(tmp_path) == ["x.fbin"]
+
+
 def test_streaming_writer_matches_whole_array(tmp_path, monkeypatch):
     monkeypatch.setattr(writer_mod, "WRITE_CHUNK_BYTES", 100)
     x = make_clustered(1000, 7, seed=5)
