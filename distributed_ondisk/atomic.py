@@ -30,12 +30,31 @@ def fsync_dir(directory: PathLike) -> None:
         os.close(fd)
 
 
+def current_umask() -> int:
+    # Read, not set-and-restore: os.umask(x) changes it for every thread meanwhile.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
 def temp_name_for(path: PathLike) -> Path:
-    """A fresh temporary path next to ``path`` (same filesystem, so rename is atomic)."""
+    """A fresh temporary path next to ``path`` (same filesystem, so rename is atomic).
+
+    mkstemp creates files 0600; outputs are shared between jobs and users like
+    any file the user creates, so they get the umask's permissions instead.
+    """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}{TMP_MARKER}", dir=final.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, 0o666 & ~current_umask())
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 

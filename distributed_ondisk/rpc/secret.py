@@ -81,7 +81,7 @@ def write_secret_file(path: PathLike, secret: Optional[bytes] = None, *,
     final = Path(path)
     if final.exists() and not force:
         raise InputError(f"secret file {final} already exists; pass --force to replace it")
-    tmp = temp_name_for(final)  # mkstemp creates it 0600
+    tmp = temp_name_for(final)  # still empty: made 0600 before the secret is written
     try:
         os.chmod(tmp, 0o600)
         with open(tmp, "wb") as f:

@@ -42,18 +42,6 @@ def _npy_header(dtype: np.dtype, n: int, d: int, length: Optional[int] = None) -
     return _NPY_MAGIC + body_len.to_bytes(2, "little") + body.encode("latin1")
 
 
-def _umask() -> int:
-    # Read, not set-and-restore: os.umask(x) changes it for every thread meanwhile.
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022
-
-
 def _check_int_range(path: Path, arr: np.ndarray, target: np.dtype) -> None:
     info = np.iinfo(target)
     if arr.size and not np.can_cast(arr.dtype, target, "safe"):
@@ -83,9 +71,6 @@ class VectorWriter:
         self.n = 0
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.path))
-        # mkstemp creates 0600; data files are shared between jobs and users like any
-        # file the user creates, so give them the umask's permissions.
-        os.chmod(tmp, 0o666 & ~_umask())
         self._f = self._stack.enter_context(open(tmp, "wb"))
         self._header_len = 0
         if self.format == "npy":
