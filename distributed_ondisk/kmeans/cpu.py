@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 
@@ -103,16 +103,22 @@ class CPUAssign:
     def select(self, indices: Optional[np.ndarray]) -> int:
         return self.view.select(indices)
 
-    def _search(self, xb: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _searcher(self, centroids: np.ndarray
+                  ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+        """A function block -> (D, I) for these centroids (set up once per call)."""
         import faiss
-        D, I = faiss.knn(xb, centroids, 1)
-        return D.ravel(), I.ravel()
+
+        def search(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            D, I = faiss.knn(xb, centroids, 1)
+            return D.ravel(), I.ravel()
+        return search
 
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = check_centroids(centroids, self.dim())
         Ds, Is = [np.empty(0, np.float32)], [np.empty(0, np.int64)]
+        search = self._searcher(c)
         for _, xb in self.view.blocks():
-            D, I = self._search(xb, c)
+            D, I = search(xb)
             Ds.append(D)
             Is.append(I)
         return np.concatenate(Ds)[:, None], np.concatenate(Is)[:, None]
@@ -126,8 +132,9 @@ class CPUAssign:
         w = check_weights(weights, self.count())
         k = len(c)
         res = AssignResult.empty(k, self.dim())
+        search = self._searcher(c)
         for a, xb in self.view.blocks():
-            D, I = self._search(xb, c)
+            D, I = search(xb)
             res.sums += onehot_sums(I, xb, k, None if w is None else w[a:a + len(xb)])
             res.counts += np.bincount(I, minlength=k)
             res.objective += float(D.sum(dtype=np.float64))
@@ -142,8 +149,9 @@ class CPUAssign:
         k = len(c)
         sums = np.zeros((k, self.dim()), np.float64)
         Ds, Is = [np.empty(0, np.float32)], [np.empty(0, np.int64)]
+        search = self._searcher(c)
         for a, xb in self.view.blocks():
-            D, I = self._search(xb, c)
+            D, I = search(xb)
             sums += onehot_sums(I, xb, k, None if w is None else w[a:a + len(xb)])
             Ds.append(D)
             Is.append(I)

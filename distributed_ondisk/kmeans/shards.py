@@ -29,6 +29,9 @@ class ShardedAssign:
     """Stack of datasets; calls them in parallel threads when ``parallel`` (remote
     shards), one after the other otherwise (in-process shards already use all cores)."""
 
+    RPC_METHODS = ("count", "dim", "get_subset", "perform_search", "assign_to", "assign_full",
+                   "select", "describe")
+
     def __init__(self, shards: Sequence[DatasetAssign], parallel: bool = True) -> None:
         if not shards:
             raise InputError("no shards to cluster")
@@ -54,6 +57,10 @@ class ShardedAssign:
 
     def count(self) -> int:
         return int(self.offsets[-1])
+
+    def describe(self) -> dict:
+        return {"backend": "sharded", "shards": [shard_name(s) for s in self.shards],
+                "d": self.d, "count": self.count()}
 
     def dim(self) -> int:
         return self.d

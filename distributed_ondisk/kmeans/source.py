@@ -43,6 +43,11 @@ class RowSource:
         self.i0, self.i1 = int(i0), i1
         self.n = i1 - i0
 
+    def subrange(self, a: int, b: int) -> "RowSource":
+        """Local rows ``[a, b)`` of this range, same data."""
+        data = self._array if self._file is None else self._file
+        return RowSource(data, self.i0 + a, self.i0 + b, name=self.name)
+
     def describe(self) -> str:
         return f"{self.name} rows [{self.i0}, {self.i1})"
 
