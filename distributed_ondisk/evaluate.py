@@ -127,10 +127,10 @@ def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
 
 
 def _read_ids(path: PathLike) -> np.ndarray:
-    """Ids as int64 straight from the file's dtype (a float32 detour loses ids >= 2**24)."""
-    from distributed_ondisk.vectors import open_vectors
+    """Ids as exact int64 (a float32 detour loses ids >= 2**24), row headers checked."""
+    from distributed_ondisk.vectors import read_ints
 
-    return np.array(open_vectors(path).raw(), dtype=np.int64)
+    return read_ints(path)
 
 
 def load_ground_truth(path: PathLike, nq: int) -> np.ndarray:

@@ -142,8 +142,11 @@ class VectorFile:
     def _check_finite(self, block: np.ndarray, i0: int) -> None:
         # One vectorised column-sum pass (NaN and Inf propagate); only when it is not
         # finite (or overflowed) do we pay for locating the first bad row.
-        if not len(block) or np.isfinite(block.sum(axis=0)).all():
+        if not len(block):
             return
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow only sends us below
+            if np.isfinite(block.sum(axis=0)).all():
+                return
         bad_rows = np.flatnonzero(~np.isfinite(block).all(axis=1))
         if len(bad_rows):
             r = int(bad_rows[0])
