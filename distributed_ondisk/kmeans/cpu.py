@@ -51,16 +51,18 @@ class LocalView:
         return self.source.n if self.selected is None else len(self.selected)
 
     def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
-        if self.selected is None:
+        selected = self.selected  # a concurrent select() must not change a pass midway
+        if selected is None:
             yield from self.source.blocks(self.block_rows)
             return
-        for a in range(0, len(self.selected), self.block_rows):
-            yield a, self.selected[a:a + self.block_rows]
+        for a in range(0, len(selected), self.block_rows):
+            yield a, selected[a:a + self.block_rows]
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
+        selected = self.selected
         idx = check_indices(indices, self.count(), f" of {self.source.describe()}")
-        if self.selected is not None:
-            return self.selected[idx]
+        if selected is not None:
+            return selected[idx]
         return self.source.take(idx)
 
     def select(self, indices: Optional[np.ndarray]) -> int:

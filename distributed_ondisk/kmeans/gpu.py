@@ -97,6 +97,7 @@ class TorchAssign:
         self.view = LocalView(source, block_rows)
         self.resident = resident
         self._blocks: Optional[list] = None   # [(start, x on device, |x|^2)] when resident
+        self._generation = 0                  # bumped by select(): stale passes keep nothing
 
     # -- data on the device ----------------------------------------------------
     def _fits(self) -> bool:
@@ -116,14 +117,14 @@ class TorchAssign:
         if self._blocks is not None:
             yield from self._blocks
             return
-        keep = self._fits()
+        keep, generation = self._fits(), self._generation
         kept = []
         for a, xb in self.view.blocks():
             x, xn = self._to_device(xb)
             if keep:
                 kept.append((a, x, xn))
             yield a, x, xn
-        if keep:
+        if keep and generation == self._generation:
             self._blocks = kept
             log.info("slice resident on %s (%d rows)", self.device, self.count())
 
@@ -142,6 +143,7 @@ class TorchAssign:
         return self.view.get_subset(indices)
 
     def select(self, indices: Optional[np.ndarray]) -> int:
+        self._generation += 1
         self._blocks = None
         return self.view.select(indices)
 

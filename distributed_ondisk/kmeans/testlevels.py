@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 TOLERANCE = 0.005
 #: Built-in data: clustered, with many more mixture components than k, so the
 #: k-means objective is a stable function of the seed (a 0.5 % check is meaningful).
-BUILTIN = {"n": 50_000, "d": 32, "n_clusters": 5000, "k": 100}
+BUILTIN = {"n": 50_000, "d": 32, "n_clusters": 20_000, "k": 100}
 LEVEL_NAMES = {0: "faiss.Kmeans (C++)", 1: "loop, in process", 2: "loop, in-process shards",
                3: "loop, local RPC servers"}
 
