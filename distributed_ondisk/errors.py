@@ -23,6 +23,11 @@ class IndexFileError(DistributedOndiskError):
     """An index, slice or shard file is missing, inconsistent or incompatible."""
 
 
+class ClusterError(DistributedOndiskError):
+    """A scheduler (the test Slurm cluster, sbatch, srun) failed to start or
+    refused a job; the message carries the command and its output."""
+
+
 class RPCError(DistributedOndiskError):
     """Base class of remote-call failures."""
 
