@@ -143,6 +143,8 @@ class TorchAssign:
         return self.view.get_subset(indices)
 
     def select(self, indices: Optional[np.ndarray]) -> int:
+        if indices is None and self.view.selected is None:
+            return self.count()          # nothing changes: keep the resident copy
         self._generation += 1
         self._blocks = None
         return self.view.select(indices)
