@@ -19,6 +19,8 @@ LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
     logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr, force=True)
+    # faiss logs which SIMD build it tried at INFO: noise in every stage's log.
+    logging.getLogger("faiss.loader").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
 
 
 def format_seconds(s: float) -> str:
