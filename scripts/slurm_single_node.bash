@@ -27,7 +27,18 @@ MUNGE_SOCKET_DIR=/run/munge
 MUNGE_PID=$MUNGE_SOCKET_DIR/munged.pid
 export SLURM_CONF=$CONF
 
-die() { echo "slurm_single_node: error: $*" >&2; exit 1; }
+# A failed start undoes itself (ON_FAIL names the undo), so no daemon is left behind.
+ON_FAIL=
+die() {
+    echo "slurm_single_node: error: $*" >&2
+    if [ -n "$ON_FAIL" ]; then
+        local undo=$ON_FAIL
+        ON_FAIL=
+        echo "slurm_single_node: stopping what this start launched" >&2
+        "$undo"
+    fi
+    exit 1
+}
 say() { echo "slurm_single_node: $*" >&2; }
 
 log_tails() {
@@ -213,6 +224,7 @@ cmd_start() {
     write_conf
     : >"$DIR/log/slurmctld.log"
     : >"$DIR/log/slurmd.log"
+    ON_FAIL=stop_all
     start_munge
     # -c: start from a clean state; jobs of an earlier run died with its slurmd.
     slurmctld -c -f "$CONF" 9>&- || { log_tails; die "slurmctld failed to start"; }
@@ -220,6 +232,7 @@ cmd_start() {
     slurmd -f "$CONF" 9>&- || { log_tails; die "slurmd failed to start"; }
     wait_pid_file "$(slurmd_pidfile)" slurmd
     wait_idle
+    ON_FAIL=
     say "node $(hostname -s) idle (SLURM_CONF=$CONF)"
     print_env
 }
@@ -268,13 +281,17 @@ cmd_stop() {
     [ -d "$DIR" ] || { say "not running (no $DIR)"; return 0; }
     exec 9>"$DIR/.lock"
     flock -w 120 9 || die "another start/stop holds $DIR/.lock"
+    stop_all
+    say "stopped"
+}
+
+stop_all() {
     stop_daemons
     # munged is stopped only when this script started it: a system munged stays.
     if [ -f "$DIR/run/munged.ours" ]; then
         stop_pids "$MUNGE_PID"
         rm -f "$DIR/run/munged.ours"
     fi
-    say "stopped"
 }
 
 cmd_status() {
