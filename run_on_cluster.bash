@@ -105,6 +105,9 @@ wait_server() {
     py "$HERE/rpc.py" -q ping "$(cat "$addr_file")" --timeout "$WAIT_TIMEOUT"
 }
 
+# Servers are started as "$PYTHON" ... & (never through the py function): a
+# backgrounded function is a subshell, and $! would be the subshell's pid, so
+# killing it would leave the Python server running.
 PIDS=()
 stop_servers() {
     local p
@@ -130,7 +133,7 @@ kmeans_local_servers() {
     rm -rf "$dir"; mkdir -p "$dir"
     for ((s = 0; s < nserv; s++)); do
         read -r i0 i1 < <(range_of "$s" "$nserv")
-        py "$HERE/distributed_kmeans.py" --server --indata "$DB" --i0 "$i0" --i1 "$i1" \
+        "$PYTHON" "$HERE/distributed_kmeans.py" --server --indata "$DB" --i0 "$i0" --i1 "$i1" \
             --host 127.0.0.1 --port 0 --when_ready "$dir/$s.addr" --nt "$nt" --gpu "$GPU" \
             > "$dir/$s.log" 2>&1 &
         PIDS+=($!)
@@ -163,7 +166,7 @@ slurm_within_kmeans_server() {
     local dir="$WORKDIR/kmeans_servers/job_$SLURM_JOB_ID" i0 i1 s port
     mkdir -p "$dir"
     read -r i0 i1 < <(range_of "$SLURM_PROCID" "$SLURM_NPROCS")
-    py "$HERE/distributed_kmeans.py" --server --indata "$DB" --i0 "$i0" --i1 "$i1" \
+    "$PYTHON" "$HERE/distributed_kmeans.py" --server --indata "$DB" --i0 "$i0" --i1 "$i1" \
         --host 0.0.0.0 --port 0 --when_ready "$dir/$SLURM_PROCID.local" \
         --nt "${SLURM_CPUS_PER_TASK:-1}" --gpu "$GPU" > "$dir/$SLURM_PROCID.log" 2>&1 &
     PIDS+=($!)
@@ -237,7 +240,7 @@ search_local_servers() {   # sets SERVER_LIST (comma-separated), see kmeans_loca
             shards="$shards $(path_of hslice "$j" "$NHSLICES")"
         done
         # shellcheck disable=SC2086
-        py "$HERE/search_server.py" --shards $shards --trained "$(path_of trained)" \
+        "$PYTHON" "$HERE/search_server.py" --shards $shards --trained "$(path_of trained)" \
             --host 127.0.0.1 --port 0 --when_ready "$dir/$s.addr" > "$dir/$s.log" 2>&1 &
         PIDS+=($!)
     done
