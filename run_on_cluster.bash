@@ -146,9 +146,11 @@ kmeans_local_servers() {
 }
 
 run_kmeans_local() {
-    local c; c=$(path_of centroids)
-    if [ -s "$c" ]; then
-        local have; have=$(py -c "import numpy, sys; print(numpy.load(sys.argv[1], mmap_mode='r').shape[0])" "$c")
+    # The manifest is written after the centroids: without it the run did not finish
+    # (the client then resumes from its checkpoint).
+    local c have; c=$(path_of centroids)
+    if have=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['k'])" \
+            "$(path_of centroids --manifest)" 2>/dev/null); then
         [ "$have" = "$K" ] || die "$c has $have centroids but K=$K: use another WORKDIR or remove it"
         log "centroids exist: $c"; return
     fi

@@ -16,6 +16,7 @@ from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import block_rows_for
 from distributed_ondisk.kmeans.loop import KMeansConfig, KMeansResult, train_kmeans
 from distributed_ondisk.kmeans.source import RowSource
+from distributed_ondisk.manifest import write_manifest
 from distributed_ondisk.rpc import add_secret_args, secret_from_args
 
 log = logging.getLogger("distributed_kmeans")
@@ -98,6 +99,7 @@ def _checkpoint_path(args: argparse.Namespace) -> Optional[str]:
 
 
 def write_centroids(path: str, centroids: np.ndarray) -> None:
+    """Atomic write of the centroids (also used after every iteration)."""
     from distributed_ondisk.vectors import write_vectors
     write_vectors(path, centroids)
 
@@ -112,6 +114,12 @@ def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
                        on_iteration=each)
     if args.out:
         write_centroids(args.out, res.centroids)
+        # Written last: its presence says the run finished (the pipeline skips on it),
+        # and it carries the objective into the pipeline's report.
+        write_manifest(args.out, "centroids", {"centroids": args.out}, k=cfg.k,
+                       d=int(res.centroids.shape[1]), niter=cfg.niter, seed=cfg.seed,
+                       max_points_per_centroid=cfg.max_points_per_centroid,
+                       objective=float(res.objective))
         log.info("wrote %d centroids to %s (objective %.6g)", len(res.centroids), args.out,
                  res.objective)
     else:

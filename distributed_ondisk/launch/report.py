@@ -54,15 +54,11 @@ def collect_timings(wd: Workdir) -> dict[str, float]:
 
 
 def kmeans_objective(wd: Workdir) -> Optional[float]:
-    """The final objective recorded next to the centroids by distributed_kmeans.py."""
-    for side in (wd.centroids.with_name(wd.centroids.name + ".json"),
-                 Workdir.manifest(wd.centroids)):
-        if side.is_file():
-            info = json.loads(side.read_text("utf-8"))
-            for key in ("objective", "kmeans_objective"):
-                if key in info:
-                    return float(info[key])
-    return None
+    """The final objective, from the manifest distributed_kmeans.py writes next to the centroids."""
+    side = Workdir.manifest(wd.centroids)
+    if not side.is_file():
+        return None
+    return float(json.loads(side.read_text("utf-8"))["objective"])
 
 
 def search_points(path: Path) -> list[dict[str, Any]]:
