@@ -74,11 +74,17 @@ def test_srun_runs_tasks_concurrently(cluster: SlurmCluster, jobdir: Path) -> No
 @pytest.mark.slurm
 @pytest.mark.integration
 def test_sbatch_wait_writes_file_and_reports_failure(cluster: SlurmCluster, jobdir: Path) -> None:
+    ntasks = min(2, cluster.cpus)
+    # What run_on_cluster.bash's multi-task jobs do: job steps with srun inside
+    # the batch job, and the node list through scontrol.
     script = jobdir / "job.sh"
     script.write_text("#!/bin/bash\n#SBATCH -J write-file\n"
-                      'echo "job $SLURM_JOB_ID on $SLURMD_NODENAME" > result.txt\n')
-    job_id = _sbatch(cluster, jobdir, "--wait", str(script))
-    assert (jobdir / "result.txt").read_text() == f"job {job_id} on {cluster.node}\n"
+                      'echo "job $SLURM_JOB_ID on $(scontrol show hostnames "$SLURM_JOB_NODELIST")"'
+                      " > result.txt\n"
+                      "srun bash -c 'echo task $SLURM_PROCID' | sort >> result.txt\n")
+    job_id = _sbatch(cluster, jobdir, "--wait", f"--ntasks={ntasks}", str(script))
+    expected = [f"job {job_id} on {cluster.node}"] + [f"task {r}" for r in range(ntasks)]
+    assert (jobdir / "result.txt").read_text().splitlines() == expected
     assert cluster.job_states(job_id) == ["COMPLETED"]
     failing = _sbatch(cluster, jobdir, "--wrap", "exit 3")
     assert cluster.wait_for_job(failing, JOB_TIMEOUT_S) == ["FAILED"]
