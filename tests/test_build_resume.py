@@ -88,7 +88,7 @@ def test_merge_killed_resumes_to_identical_bytes(built, tmp_path, stage):
     out = tmp_path / "h.index"
     kill = KILL_ON_WRITE if stage == "index" else """
 import os, signal
-import distributed_ondisk.build.merge as M
+import distributed_ondisk.build.listcopy as M
 real = M._assemble
 calls = []
 def killing(*a):

@@ -54,8 +54,8 @@ class SliceLayout:
 
     def block_bounds(self, block_lists: int) -> np.ndarray:
         """(nblocks + 1,) byte boundaries of the list blocks."""
-        idx = np.minimum(np.arange(0, self.nlist + block_lists, block_lists), self.nlist)
-        return self.offsets[np.unique(idx)]
+        idx = np.append(np.arange(0, self.nlist, block_lists), self.nlist)
+        return self.offsets[idx]
 
 
 def read_layout(path: PathLike) -> SliceLayout:
