@@ -31,6 +31,7 @@ shopt -s inherit_errexit
 : "${SEARCH_SERVERS:=2}"         # search servers (each serves NHSLICES/SEARCH_SERVERS shards)
 : "${NPROBE:=1,4,16,64}"
 : "${NCORES:=$(nproc)}"          # local parallelism
+: "${TRAIN_NT:=$NCORES}"         # threads building the trained index (1: HNSW graph reproducible)
 : "${GPU:=-2}"                   # k-means servers: -2 CPU, -1 all GPUs, or a GPU id
 : "${SECRET_FILE:=}"             # RPC secret (default: WORKDIR/rpc.secret, created 0600)
 : "${WAIT_TIMEOUT:=600}"         # seconds to wait for servers to come up
@@ -50,7 +51,7 @@ export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" OMP_WAIT_POLICY="${OMP_WAIT
 : "${SECRET_FILE:=$WORKDIR/rpc.secret}"
 export DISTRIBUTED_ONDISK_SECRET_FILE="$SECRET_FILE"
 export WORKDIR DATA QUERIES NQ SHUFFLE K NITER SEED NVSLICES NHSLICES SEARCH_SERVERS ENCODER \
-       EF_SEARCH TRAIN_ROWS NCORES GPU PYTHON KMEANS_SERVERS NPROBE MAX_POINTS_PER_CENTROID
+       EF_SEARCH TRAIN_ROWS NCORES TRAIN_NT GPU PYTHON KMEANS_SERVERS NPROBE MAX_POINTS_PER_CENTROID
 
 log() { echo "[$(date '+%F %T')] $*" >&2; }
 die() { echo "run_on_cluster.bash: error: $*" >&2; exit 2; }
@@ -209,7 +210,7 @@ run_trained_index() {
     local i1=$(( TRAIN_ROWS < N_DB ? TRAIN_ROWS : N_DB ))
     py "$HERE/make_trained_index.py" --centroids "$(path_of centroids)" --indata "$DB" \
         --i0 0 --i1 "$i1" --out "$(path_of trained)" --sq "$ENCODER" --efSearch "$EF_SEARCH" \
-        --seed "$SEED" --nt "$NCORES"
+        --seed "$SEED" --nt "$TRAIN_NT"
 }
 
 run_vslice() {   # $1: slice number
