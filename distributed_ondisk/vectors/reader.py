@@ -125,7 +125,8 @@ class VectorFile:
             raise VectorFileError(f"{self.path}: holds {self.dtype} values, cannot read them "
                                   f"as {out_dtype}")
         out = np.empty(src.shape, dtype=out_dtype)
-        np.copyto(out, src, casting="unsafe")
+        with np.errstate(over="ignore"):   # float64 beyond float32 becomes Inf: caught below
+            np.copyto(out, src, casting="unsafe")
         if check_finite and out_dtype.kind == "f":
             self._check_finite(out, i0)
         return out
