@@ -1,0 +1,196 @@
+"""``build_index``: embedding files in, on-disk sharded IVF index out, as autofaiss
+users call it, locally or on Spark, through the project's own stages.
+
+Stages (each timed into the infos JSON): list and probe the inputs (headers
+only), plan the pieces, scan every piece (NaN, nulls, wrong lengths: refused
+before any training), k-means on a seeded uniform sample of all rows, the
+trained index, one vertical slice per piece, the id mapping, the merge into
+``nb_indices_to_keep`` horizontal shards, and the recall on held-out rows.
+
+Output layout (``index_path`` is a directory, opened by ``CombinedIndex``)::
+
+    index_path/trained.index            (+ manifest) transform + HNSW quantizer + encoder
+    index_path/centroids.npy
+    index_path/hslices/hslice_J_of_M.index + .invlists (+ manifests)
+    index_path/ids/ids_P_of_N.parquet   id_columns + "i" (the index id), one per piece
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence, Union
+
+from distributed_ondisk.atomic import atomic_write_text
+from distributed_ondisk.autobuild import tasks
+from distributed_ondisk.autobuild.evaluation import measure_recall, read_global_range
+from distributed_ondisk.autobuild.index_key import (choose_index_key, estimate_index_bytes,
+                                                    parse_memory)
+from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files
+from distributed_ondisk.autobuild.plan import holdout_rows, plan_pieces, rows_per_piece_for
+from distributed_ondisk.autobuild.training import PlannedDataset
+from distributed_ondisk.errors import InputError
+
+log = logging.getLogger(__name__)
+MIN_POINTS_PER_CENTROID = 39
+
+
+def _local_dir(path: Union[str, os.PathLike], what: str) -> Path:
+    text = os.fspath(path)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
+    elif "://" in text:
+        raise InputError(f"{what} {text!r}: must be a local (or shared, mounted) path: the "
+                         "on-disk shards are memory-mapped; only the embeddings may be URLs")
+    return Path(os.path.expanduser(text)).absolute()
+
+
+def _runner(distributed: Optional[str], nb_cores: Optional[int]) -> Any:
+    if distributed is None:
+        from distributed_ondisk.autobuild.local import LocalRunner
+        return LocalRunner(nb_cores or os.cpu_count() or 1)
+    if distributed == "pyspark":
+        from distributed_ondisk.autobuild.pyspark import SparkRunner
+        return SparkRunner()
+    raise InputError(f"distributed={distributed!r}: expected None or 'pyspark'")
+
+
+class _Stages:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        log.info("stage %s", name)
+        out = fn()
+        self.seconds[name] = round(time.perf_counter() - t0, 3)
+        log.info("stage %s done in %.2f s", name, self.seconds[name])
+        return out
+
+
+def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_index",
+                index_infos_path: str = "index_infos.json", *, file_format: str = "npy",
+                embedding_column_name: str = "embeddings",
+                id_columns: Optional[Sequence[str]] = None, index_key: Optional[str] = None,
+                max_index_memory_usage: str = "16G", current_memory_available: str = "32G",
+                temporary_indices_folder: Optional[str] = None, nb_indices_to_keep: int = 1,
+                distributed: Optional[str] = None, metric_type: str = "l2",
+                nb_cores: Optional[int] = None, seed: int = 1234, kmeans_niter: int = 25,
+                max_points_per_centroid: int = 256, eval_queries: int = 1000,
+                keep_temporary: bool = False,
+                _fault: Optional[Callable[[str, int], None]] = None) -> tuple[Any, dict]:
+    """Build the index; returns ``(CombinedIndex opened read-only, infos dict)``."""
+    from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
+    from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
+    from distributed_ondisk.search.combined import CombinedIndex
+    from distributed_ondisk.vectors import write_vectors
+    from distributed_ondisk.workdir import Workdir
+
+    if metric_type == "ip":
+        raise InputError("metric_type='ip' is not supported: the build stages make L2 IVF "
+                         "indexes (L2 k-means, METRIC_L2 lists). For cosine similarity, "
+                         "normalise the embeddings to unit length and use 'l2': on unit "
+                         "vectors the L2 ranking equals the inner-product ranking")
+    if metric_type != "l2":
+        raise InputError(f"metric_type {metric_type!r}: expected 'l2' (or 'ip', see docs)")
+    if not isinstance(nb_indices_to_keep, int) or nb_indices_to_keep < 1:
+        raise InputError(f"nb_indices_to_keep must be an integer >= 1, got {nb_indices_to_keep!r}")
+    budget = parse_memory(max_index_memory_usage)
+    memory = parse_memory(current_memory_available)
+    index_dir = _local_dir(index_path, "index_path")
+    temp_dir = _local_dir(temporary_indices_folder or f"{index_dir}_tmp",
+                          "temporary_indices_folder")
+    infos_path = _local_dir(index_infos_path, "index_infos_path")
+    stages = _Stages()
+
+    def probe() -> list:
+        return probe_files(list_embedding_files(embeddings, file_format), file_format,
+                           embedding_column_name, id_columns)
+    files = stages.run("probe_inputs", probe)
+    total, d = sum(f.rows for f in files), next(f.d for f in files if f.rows)
+    n, _ = holdout_rows(total, eval_queries)
+    spec, reasons = choose_index_key(n, d, budget, index_key)
+    for line in reasons:
+        log.info("index key: %s", line)
+    if nb_indices_to_keep > spec.nlist:
+        raise InputError(f"nb_indices_to_keep={nb_indices_to_keep} is more than nlist="
+                         f"{spec.nlist}: a shard holds at least one list")
+    n_train = min(n, spec.nlist * max_points_per_centroid)
+    train_bytes = n_train * d * 4 * 2          # the rows, and a copy while scattering
+    if train_bytes > memory // 2:
+        raise InputError(f"k-means on {n_train} rows of d={d} needs about "
+                         f"{train_bytes / 2**20:.0f} MiB, over half of "
+                         f"current_memory_available ({memory / 2**20:.0f} MiB): lower "
+                         "max_points_per_centroid or raise the memory")
+    runner = _runner(distributed, nb_cores)
+    pieces = plan_pieces([f.rows for f in files],
+                         rows_per_piece_for(n, d, runner.nb_workers, memory), limit=n)
+    ctx = tasks.BuildContext(tuple(files), tuple(pieces), os.fspath(index_dir),
+                             os.fspath(temp_dir), nb_indices_to_keep,
+                             tuple(id_columns or ()), runner.task_threads, _fault)
+    log.info("%d vectors of d=%d in %d file(s) -> %d pieces on %s (%d workers); %d held out",
+             n, d, len(files), len(pieces), runner.name, runner.nb_workers, total - n)
+    stages.run("scan_inputs", lambda: runner.map(functools.partial(tasks.scan_piece, ctx),
+                                                 range(len(pieces)), desc="scan"))
+    queries = read_global_range(files, n, total)
+    wd = Workdir.from_arg(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    data = PlannedDataset(runner, ctx, n, d)
+    try:
+        km = stages.run("kmeans", lambda: train_kmeans(data, KMeansConfig(
+            k=spec.nlist, niter=kmeans_niter, seed=seed,
+            max_points_per_centroid=max_points_per_centroid)))
+        write_vectors(wd.centroids, km.centroids)
+        train_path = temp_dir / "train.npy"
+        write_vectors(train_path, data.training_rows())
+    finally:
+        data.close()
+    cfg = TrainedIndexConfig(encoder=spec.cfg.encoder, rotation=spec.cfg.rotation,
+                             hnsw_m=spec.cfg.hnsw_m, seed=seed)
+    stages.run("trained_index", lambda: make_trained_index(wd.centroids, train_path, wd.trained,
+                                                           cfg, force=True))
+    vslices = stages.run("vslices", lambda: runner.map(
+        functools.partial(tasks.build_vslice, ctx), range(len(pieces)), desc="vslices"))
+    if id_columns:
+        stages.run("ids", lambda: runner.map(functools.partial(tasks.write_ids, ctx),
+                                             range(len(pieces)), desc="ids"))
+    tasks.check_vslice_set(ctx, n)
+    shards = stages.run("merge", lambda: runner.map(functools.partial(tasks.merge_shard, ctx),
+                                                    range(nb_indices_to_keep), desc="merge"))
+    index = CombinedIndex(wd.hslice_dir, trained=wd.trained)
+    if index.ntotal != n:
+        raise InputError(f"internal: the shards hold {index.ntotal} vectors, expected {n}")
+    recall = stages.run("evaluate", lambda: measure_recall(index, runner, ctx, queries,
+                                                           spec.nlist))
+    if not keep_temporary:
+        for i in range(len(pieces)):
+            for p in (ctx.vslice_path(i), Workdir.manifest(ctx.vslice_path(i))):
+                p.unlink(missing_ok=True)
+        train_path.unlink(missing_ok=True)
+        shutil.rmtree(temp_dir / "vslices", ignore_errors=True)
+    est = estimate_index_bytes(n, d, spec)
+    infos = {
+        "index_key": spec.key(d), "index_key_reasoning": reasons, "index_path": str(index_dir),
+        "metric_type": metric_type, "distributed": runner.name, "workers": runner.nb_workers,
+        "nb_vectors": n, "d": d, "nb_files": len(files), "nb_pieces": len(pieces),
+        "nb_indices": nb_indices_to_keep, "nlist": spec.nlist, "seed": seed,
+        "kmeans": {"n_train": km.n_train, "niter": kmeans_niter, "objective": km.objective},
+        "size_bytes": {"vslices": sum(v["bytes"] for v in vslices),
+                       "hslices": sum(s["bytes"] for s in shards),
+                       "trained_index": wd.trained.stat().st_size},
+        "memory_estimates_bytes": {"index": est, "kmeans_training": train_bytes,
+                                   "max_index_memory_usage": budget,
+                                   "current_memory_available": memory},
+        "timings_s": stages.seconds, "total_s": round(sum(stages.seconds.values()), 3),
+        "recall": recall, "id_columns": list(id_columns or []),
+    }
+    infos_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(infos_path, json.dumps(infos, indent=1) + "\n")
+    log.info("index %s (%s, %d vectors) in %.1f s; infos in %s", index_dir, infos["index_key"],
+             n, infos["total_s"], infos_path)
+    return index, infos

@@ -1,0 +1,221 @@
+"""The work of one task, the same whether a local loop or a Spark executor runs it.
+
+Each function takes the picklable :class:`BuildContext` (file list, plan, folders)
+and one item (a piece, a block, a shard number) and returns something small.
+Outputs go to names fixed by the plan (``Workdir.vslice(i, n)``...), written
+atomically with a manifest, and a task finding its output complete skips it:
+a retried or speculative task rewrites or reuses the same file, never adds a
+second copy of its rows.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import faiss
+import numpy as np
+
+from distributed_ondisk import manifest as mf
+from distributed_ondisk.atomic import atomic_path
+from distributed_ondisk.autobuild.inputs import InputFile, read_id_columns, read_rows
+from distributed_ondisk.autobuild.plan import Piece
+from distributed_ondisk.build.slicefile import read_layout, region_checksums
+from distributed_ondisk.build.structure import placeholder_quantizer, structure_digest
+from distributed_ondisk.build.trained_index import load_trained_index
+from distributed_ondisk.build.vslice import add_rows, list_sizes, omp_threads
+from distributed_ondisk.errors import IndexFileError
+from distributed_ondisk.kmeans.base import AssignResult
+from distributed_ondisk.workdir import Workdir
+
+log = logging.getLogger(__name__)
+VSLICE_KIND = "vslice"
+ADD_BLOCK_ROWS = 65536
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    files: tuple[InputFile, ...]
+    pieces: tuple[Piece, ...]
+    index_dir: str                      # final: trained.index, hslices/, ids/
+    temp_dir: str                       # vslices/
+    nb_hslices: int
+    id_columns: tuple[str, ...] = ()
+    threads: int = 0                    # faiss threads per task (0: faiss's default)
+    fault: Optional[Callable[[str, int], None]] = field(default=None, compare=False)
+
+    @property
+    def index_wd(self) -> Workdir:
+        return Workdir.from_arg(self.index_dir)
+
+    @property
+    def temp_wd(self) -> Workdir:
+        return Workdir.from_arg(self.temp_dir)
+
+    def vslice_path(self, piece_no: int) -> Path:
+        return self.temp_wd.vslice(piece_no, len(self.pieces))
+
+    def ids_path(self, piece_no: int) -> Path:
+        return Path(self.index_dir) / "ids" / f"ids_{piece_no:05d}_of_{len(self.pieces):05d}.parquet"
+
+    def piece_rows(self, p: Piece) -> np.ndarray:
+        return read_rows(self.files[p.file_no], p.a, p.b)
+
+
+def scan_piece(ctx: BuildContext, piece_no: int) -> int:
+    """Read a piece once (dimensions, NaN/Inf, nulls checked); returns its row count."""
+    return len(ctx.piece_rows(ctx.pieces[piece_no]))
+
+
+def read_piece_subset(ctx: BuildContext, item: tuple[int, np.ndarray]) -> np.ndarray:
+    """Rows of one piece at file-local row numbers (sorted)."""
+    piece_no, local = item
+    p = ctx.pieces[piece_no]
+    lo, hi = int(local[0]), int(local[-1]) + 1
+    return read_rows(ctx.files[p.file_no], lo, hi)[np.asarray(local) - lo]
+
+
+def assign_block(block: np.ndarray, centroids: np.ndarray, threads: int = 0) -> AssignResult:
+    """The k-means reduced assignment of one training block (CPU backend)."""
+    from distributed_ondisk.kmeans.cpu import CPUAssign
+    from distributed_ondisk.kmeans.source import RowSource
+
+    with omp_threads(threads):
+        return CPUAssign(RowSource(block), block_rows=len(block) or 1).assign_to(centroids)
+
+
+def _vslice_params(fingerprint: str, p: Piece, f: InputFile) -> dict[str, Any]:
+    return {"trained_fingerprint": fingerprint, "rows": list(p.id_range),
+            "source": {"url": f.url, "rows": [p.a, p.b], "file_rows": f.rows},
+            "keep_quantizer": False}
+
+
+def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
+    """Add one piece to a copy of the trained index and write it as vslice ``piece_no``.
+
+    The manifest has what the merge checks (rows, id range, list sizes, region
+    checksums, trained fingerprint); a complete one with the same parameters
+    is reused as is.
+    """
+    p = ctx.pieces[piece_no]
+    f = ctx.files[p.file_no]
+    out = ctx.vslice_path(piece_no)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mf.remove_stale_for(out)
+    index, fingerprint = load_trained_index(ctx.index_wd.trained)
+    params = _vslice_params(fingerprint, p, f)
+    if mf.is_complete(out, VSLICE_KIND, params):
+        log.info("%s is complete, reused", out)
+    else:
+        with omp_threads(ctx.threads):
+            for a in range(p.a, p.b, ADD_BLOCK_ROWS):
+                b = min(p.b, a + ADD_BLOCK_ROWS)
+                start = p.start + a - p.a
+                add_rows(index, read_rows(f, a, b), np.arange(start, start + b - a,
+                                                              dtype=np.int64))
+        if index.ntotal != p.rows:
+            raise IndexFileError(f"internal: vslice {out} got {index.ntotal} rows, "
+                                 f"expected {p.rows}")
+        sizes = list_sizes(index)
+        structure = structure_digest(index)
+        with atomic_path(out) as tmp:
+            with placeholder_quantizer(index):
+                faiss.write_index(index, os.fspath(tmp))
+        layout = read_layout(out)
+        if layout.structure != structure or not np.array_equal(layout.sizes, sizes):
+            raise IndexFileError(f"internal: {out} does not read back as written")
+        mf.write_manifest(out, VSLICE_KIND, {"index": out}, params=params,
+                          regions=region_checksums(layout), trained_fingerprint=fingerprint,
+                          structure=structure, rows=p.rows, id_range=list(p.id_range),
+                          list_sizes=mf.encode_counts(sizes), quantizer="placeholder",
+                          data=f.url)
+    if ctx.fault is not None:
+        ctx.fault("vslice", piece_no)
+    return {"piece": piece_no, "rows": p.rows, "bytes": out.stat().st_size}
+
+
+def write_ids(ctx: BuildContext, piece_no: int) -> int:
+    """The id columns of one piece with the index id ``i`` of each row, as parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = ctx.pieces[piece_no]
+    out = ctx.ids_path(piece_no)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = read_id_columns(ctx.files[p.file_no], p.a, p.b, ctx.id_columns)
+    table = table.append_column("i", pa.array(np.arange(*p.id_range, dtype=np.int64)))
+    with atomic_path(out) as tmp:
+        pq.write_table(table, os.fspath(tmp))
+    return table.num_rows
+
+
+def merge_shard(ctx: BuildContext, shard_no: int) -> dict[str, Any]:
+    """Merge every vslice's lists ``shard_no`` of ``nb_hslices`` into one on-disk shard."""
+    from distributed_ondisk.build.merge import MergeJob, merge_hslice
+
+    wd = ctx.index_wd
+    wd.hslice_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [os.fspath(ctx.vslice_path(i)) for i in range(len(ctx.pieces))]
+    out = wd.hslice(shard_no, ctx.nb_hslices)
+    doc = merge_hslice(MergeJob(inputs, out, nslice=ctx.nb_hslices, slice_no=shard_no,
+                                trained=wd.trained, threads=max(1, ctx.threads)))
+    if ctx.fault is not None:
+        ctx.fault("merge", shard_no)
+    return {"shard": shard_no, "rows": int(doc["rows"]),
+            "bytes": sum(int(e["size"]) for e in doc["files"].values())}
+
+
+def knn_piece(ctx: BuildContext, piece_no: int, queries: np.ndarray, k: int,
+              metric: int = faiss.METRIC_L2) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of one piece (global ids), for the ground truth."""
+    p = ctx.pieces[piece_no]
+    x = ctx.piece_rows(p)
+    with omp_threads(ctx.threads):
+        D, I = faiss.knn(queries, x, min(k, len(x)), metric=metric)
+    pad = k - I.shape[1]
+    if pad:
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=np.inf)
+        I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
+    return D, np.where(I >= 0, I + p.start, -1)
+
+
+def check_vslice_set(ctx: BuildContext, expected_rows: int) -> None:
+    """Before merging: one complete vslice per piece, id ranges as planned, no extra rows."""
+    total = 0
+    for i, p in enumerate(ctx.pieces):
+        doc = mf.verify_manifest(ctx.vslice_path(i), VSLICE_KIND, checksums=False)
+        if tuple(doc["id_range"]) != p.id_range or int(doc["rows"]) != p.rows:
+            raise IndexFileError(f"{ctx.vslice_path(i)}: ids {doc['id_range']} ({doc['rows']} "
+                                 f"rows), the plan says {list(p.id_range)}")
+        total += int(doc["rows"])
+    if total != expected_rows:
+        raise IndexFileError(f"the vslices hold {total} rows, expected {expected_rows}")
+
+
+@dataclass(frozen=True)
+class FailOnce:
+    """Fault injection for tests: raise after the work of (stage, item) the first time only.
+
+    The marker file records the first attempt, so a retried task (another
+    process) succeeds: that is how the tests check that retries duplicate nothing.
+    """
+    marker_dir: str
+    stage: str
+    item: int
+
+    def __call__(self, stage: str, item: int) -> None:
+        if (stage, item) != (self.stage, self.item):
+            return
+        marker = Path(self.marker_dir) / f"failed_{stage}_{item}"
+        if not marker.exists():
+            marker.write_text("first attempt failed on purpose\n")
+            raise RuntimeError(f"injected failure of {stage} task {item} (first attempt)")
+
+
+def sum_assignments(parts: Sequence[AssignResult], k: int, d: int) -> AssignResult:
+    total = AssignResult.empty(k, d)
+    for part in parts:                     # in block order: reproducible
+        total.add(part)
+    return total
