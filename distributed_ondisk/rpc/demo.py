@@ -1,14 +1,27 @@
 """A tiny service for smoke tests, launch-script checks and benchmarks (`rpc.py serve-echo`)."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
 import numpy as np
 
+from distributed_ondisk.rpc.safe_pickle import register_message_type
+
+
+@register_message_type
+@dataclasses.dataclass(frozen=True)
+class Summary:
+    """A registered message type: what `summarize` returns about an array."""
+    shape: tuple
+    dtype: str
+    mean: float
+    head: np.ndarray
+
 
 class EchoService:
-    RPC_METHODS = ("echo", "add", "sleep", "fail", "nbytes", "make_array")
+    RPC_METHODS = ("echo", "add", "sleep", "fail", "nbytes", "make_array", "summarize")
 
     def __init__(self) -> None:
         self._arrays: dict[int, np.ndarray] = {}
@@ -35,6 +48,10 @@ class EchoService:
         if n not in self._arrays:
             self._arrays = {n: np.arange(n, dtype=np.float32)}
         return self._arrays[n]
+
+    def summarize(self, x: np.ndarray) -> Summary:
+        x = np.asarray(x)
+        return Summary(x.shape, x.dtype.str, float(x.mean()) if x.size else 0.0, x[:3].copy())
 
     def _private(self) -> None:  # never callable over RPC, even if listed
         raise AssertionError("private method called over RPC")

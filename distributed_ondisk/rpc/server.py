@@ -316,7 +316,7 @@ def _error_tuple(e: BaseException) -> tuple[str, str, str]:
     cls = type(e)
     qualname = cls.__qualname__ if cls.__module__ == "builtins" else \
         f"{cls.__module__}.{cls.__qualname__}"
-    return qualname, str(e), "".join(traceback.format_exception(e))
+    return qualname, str(e), "".join(traceback.format_exception(type(e), e, e.__traceback__))
 
 
 def _shutdown_socket(sock: socket.socket) -> None:
