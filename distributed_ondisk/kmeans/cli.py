@@ -16,7 +16,7 @@ from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import block_rows_for
 from distributed_ondisk.kmeans.loop import KMeansConfig, KMeansResult, train_kmeans
 from distributed_ondisk.kmeans.source import RowSource
-from distributed_ondisk.manifest import write_manifest
+from distributed_ondisk.manifest import remove_stale_for, write_manifest
 from distributed_ondisk.rpc import add_secret_args, secret_from_args
 
 log = logging.getLogger("distributed_kmeans")
@@ -110,7 +110,13 @@ def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
     cfg = KMeansConfig(args.k, args.niter, args.seed, args.max_points_per_centroid)
     each = ((lambda it, c: write_centroids(args.out, c))
             if args.store_each_iteration else None)
-    res = train_kmeans(data, cfg, checkpoint=_checkpoint_path(args), resume=args.resume,
+    checkpoint = _checkpoint_path(args)
+    # A killed earlier run may have left temporaries of these outputs: a rerun removes
+    # them (only these files' own, since parallel jobs may write next to them).
+    for path in (args.out, checkpoint):
+        if path:
+            remove_stale_for(path)
+    res = train_kmeans(data, cfg, checkpoint=checkpoint, resume=args.resume,
                        on_iteration=each)
     if args.out:
         write_centroids(args.out, res.centroids)
