@@ -343,6 +343,7 @@ usage: bash run_on_cluster.bash TARGET   (settings: environment variables at the
   make_index_vslices        all vertical slices as one Slurm array job
   make_index_hslices        all horizontal shards as one array job after the vslices
   run_search_servers        SEARCH_SERVERS search servers (Slurm), addresses in WORKDIR/search_servers
+  plan [options]            size a cluster: bytes, RAM, disk, time per stage (plan --help)
 EOF
 }
 
@@ -350,6 +351,7 @@ target=${1:-}
 shift || true
 case "$target" in
     ""|-h|--help|help) usage ;;
+    plan) py -m distributed_ondisk plan "$@" ;;
     demo)
         ensure_installed
         [ "$DATA" = bundled ] && SHUFFLE=1

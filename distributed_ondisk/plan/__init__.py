@@ -1,0 +1,1 @@
+"""Cluster sizing: a calibrated cost model of every pipeline stage (`python -m distributed_ondisk plan`)."""
