@@ -1,0 +1,166 @@
+"""build_index without Spark: pure planning, index key choice, input refusals, and a
+local build over npy and parquet inputs searched through CombinedIndex."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from distributed_ondisk.autobuild import build_index
+from distributed_ondisk.autobuild.index_key import (choose_index_key, parse_index_key,
+                                                    parse_memory)
+from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files, read_rows
+from distributed_ondisk.autobuild.plan import (holdout_rows, plan_pieces, rows_by_piece,
+                                               training_blocks)
+from distributed_ondisk.datasets import make_clustered
+from distributed_ondisk.errors import InputError
+
+
+def write_npy_parts(folder, x, cuts):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        np.save(folder / f"part{i:02d}.npy", x[a:b])
+
+
+def write_parquet_parts(folder, x, cuts, column="embeddings"):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(x[a:b].ravel()), x.shape[1])
+        table = pa.table({column: emb, "key": [f"k{j}" for j in range(a, b)],
+                          "n": np.arange(a, b)})
+        pq.write_table(table, folder / f"part{i:02d}.parquet", row_group_size=700)
+
+
+# ---- pure planning ---------------------------------------------------------------
+
+def test_plan_pieces_tile_files_in_order():
+    pieces = plan_pieces([10, 0, 7], 4)
+    assert [(p.file_no, p.a, p.b, p.start) for p in pieces] == [
+        (0, 0, 3, 0), (0, 3, 6, 3), (0, 6, 10, 6), (2, 0, 3, 10), (2, 3, 7, 13)]
+    assert [p.piece_no for p in pieces] == list(range(5))
+
+
+def test_plan_pieces_limit_leaves_holdout_out():
+    pieces = plan_pieces([10, 10], 100, limit=15)
+    assert [(p.file_no, p.a, p.b) for p in pieces] == [(0, 0, 10), (1, 0, 5)]
+    with pytest.raises(InputError):
+        plan_pieces([10], 0)
+
+
+def test_holdout_and_rows_by_piece():
+    assert holdout_rows(1000, 50) == (950, 1000)
+    assert holdout_rows(100, 50) == (90, 100)       # at most 10 % held out
+    pieces = plan_pieces([5, 5], 3)                 # [0,2) [2,5) | [5,7) [7,10)
+    got = rows_by_piece(np.array([1, 2, 6, 9]), pieces)
+    assert [(i, r.tolist()) for i, r in got] == [(0, [1]), (1, [2]), (2, [1]), (3, [4])]  # file rows
+    with pytest.raises(InputError):
+        rows_by_piece(np.array([3, 2]), pieces)
+
+
+def test_training_blocks_cover_rows():
+    assert training_blocks(10, 3) == [(0, 3), (3, 6), (6, 10)]
+    assert training_blocks(2, 8) == [(0, 1), (1, 2)]
+
+
+# ---- index key ----------------------------------------------------------------------
+
+def test_index_key_chosen_from_budget_with_reasons():
+    spec, why = choose_index_key(1_000_000, 96, parse_memory("200M"))
+    assert spec.key(96) == "RR96,IVF4096_HNSW32,SQ8" and "chosen" in why[-1]
+    spec, why = choose_index_key(1_000_000, 96, parse_memory("60M"))
+    assert spec.cfg.encoder == "SQ4"                # 48+8 bytes/vector fits, 72+8 does not
+    with pytest.raises(InputError, match="no index fits"):
+        choose_index_key(1_000_000, 96, parse_memory("1M"))
+
+
+def test_index_key_given_is_parsed_and_checked():
+    spec, _ = choose_index_key(10000, 32, 1 << 30, "IVF64_HNSW32,SQ6")
+    assert (spec.nlist, spec.cfg.encoder, spec.cfg.rotation) == (64, "SQ6", "none")
+    assert parse_index_key("RR32,IVF128_HNSW16,PQ8", 32).cfg.hnsw_m == 16
+    for bad in ("IVF64,Flat", "HNSW32", "RR16,IVF64_HNSW32,SQ8", "IVF64_HNSW32,PQ5"):
+        with pytest.raises(InputError):
+            parse_index_key(bad, 32)
+    with pytest.raises(InputError, match="over max_index_memory_usage"):
+        choose_index_key(10000, 32, 1000, "IVF64_HNSW32,SQ8")
+    assert parse_memory("1.5G") == 3 << 29 and parse_memory("16GB") == 16 << 30
+
+
+# ---- inputs and refusals (before any long work) ----------------------------------------
+
+def test_parquet_inputs_read_back(tmp_path):
+    x = make_clustered(2000, 8, seed=3)
+    write_parquet_parts(tmp_path / "pq", x, [0, 1200, 2000])
+    files = probe_files(list_embedding_files(str(tmp_path / "pq"), "parquet"), "parquet",
+                        "embeddings", ["key"])
+    assert [(f.rows, f.d) for f in files] == [(1200, 8), (800, 8)]
+    np.testing.assert_array_equal(read_rows(files[0], 650, 1100), x[650:1100])
+
+
+@pytest.mark.parametrize("case", ["mixed_d", "missing_column", "empty", "nan", "ip", "shards"])
+def test_bad_inputs_are_refused_clearly(tmp_path, case):
+    x = make_clustered(3000, 16, seed=1)
+    emb = tmp_path / "emb"
+    kw = {}
+    if case == "mixed_d":
+        write_npy_parts(emb, x, [0, 1500])
+        np.save(emb / "part99.npy", make_clustered(100, 8))
+        match = "differ in dimension.*d=16.*part99.npy has d=8"
+    elif case == "missing_column":
+        write_parquet_parts(emb, x, [0, 3000])
+        kw = {"file_format": "parquet", "embedding_column_name": "vec"}
+        match = "no column 'vec'"
+    elif case == "empty":
+        emb.mkdir()
+        match = "holds no .npy file"
+    elif case == "nan":
+        x[2222, 3] = np.nan
+        write_npy_parts(emb, x, [0, 1000, 3000])
+        match = r"part01.npy: row 1222 contains NaN"
+    elif case == "ip":
+        write_npy_parts(emb, x, [0, 3000])
+        kw = {"metric_type": "ip"}
+        match = "normalise"
+    else:
+        write_npy_parts(emb, x, [0, 3000])
+        kw = {"index_key": "IVF16_HNSW32,SQ8", "nb_indices_to_keep": 17}
+        match = "nb_indices_to_keep=17"
+    with pytest.raises(InputError, match=match):
+        build_index(str(emb), str(tmp_path / "index"), str(tmp_path / "infos.json"), **kw)
+    assert not (tmp_path / "index" / "trained.index").exists()   # refused before training
+    assert not (tmp_path / "infos.json").exists()
+
+
+# ---- a whole local build ----------------------------------------------------------------
+
+def test_local_build_parquet_with_ids(tmp_path):
+    import pyarrow.parquet as pq
+
+    from distributed_ondisk.search.combined import CombinedIndex
+
+    x = make_clustered(9000, 16, seed=5)
+    write_parquet_parts(tmp_path / "pq", x, [0, 4000, 6500, 9000])
+    index, infos = build_index(f"file://{tmp_path / 'pq'}", str(tmp_path / "index"),
+                               str(tmp_path / "infos.json"), file_format="parquet",
+                               id_columns=["key"], nb_indices_to_keep=3, eval_queries=100,
+                               kmeans_niter=8)
+    n = 9000 - 100
+    assert index.ntotal == n and infos["nb_vectors"] == n
+    on_disk = json.loads((tmp_path / "infos.json").read_text())
+    assert on_disk["index_key"] == infos["index_key"]
+    assert set(on_disk["timings_s"]) >= {"kmeans", "trained_index", "vslices", "merge"}
+    r16 = next(p for p in on_disk["recall"]["points"] if p["nprobe"] == 16)
+    assert r16["recall@10"] >= 0.9
+    # ids: every indexed row once, mapped back to its key
+    ids = pq.ParquetDataset(tmp_path / "index" / "ids").read()
+    i = ids.column("i").to_numpy()
+    assert sorted(i.tolist()) == list(range(n))
+    keys = dict(zip(i.tolist(), ids.column("key").to_pylist()))
+    assert keys[4321] == "k4321"
+    # exact rows come back first from the reopened index
+    again = CombinedIndex(tmp_path / "index" / "hslices")
+    _, I = again.search(x[:50], 1, nprobe=16)
+    assert (I[:, 0] == np.arange(50)).mean() > 0.9
