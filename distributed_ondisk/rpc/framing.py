@@ -146,7 +146,9 @@ def recv_message(sock: socket.socket, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
                 buffers.append(body[pos:pos + n])
                 pos += n
         else:
-            head_part = memoryview(bytearray(table_len + pickle_len))
+            # np.empty: pages are only touched as data arrives, so a peer that claims a
+            # large message and stops early does not cost its claimed size in memory.
+            head_part = memoryview(np.empty(table_len + pickle_len, dtype=np.uint8))
             _recv_into(sock, head_part, deadline)
             lengths = struct.unpack_from(f"<{nbuf}Q", head_part)
             _check_lengths(lengths, table_len + pickle_len, body_len)
