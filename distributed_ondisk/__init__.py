@@ -11,4 +11,13 @@ from __future__ import annotations
 from distributed_ondisk.errors import DistributedOndiskError
 
 __version__ = "0.1.0"
-__all__ = ["DistributedOndiskError", "__version__"]
+__all__ = ["DistributedOndiskError", "__version__", "build_index"]
+
+
+def __getattr__(name: str):
+    # distributed_ondisk.build_index(...) as autofaiss users call it, imported on first use
+    # so that ``import distributed_ondisk`` stays light (no faiss, no pyarrow)
+    if name == "build_index":
+        from distributed_ondisk.autobuild.api import build_index
+        return build_index
+    raise AttributeError(f"module 'distributed_ondisk' has no attribute {name!r}")

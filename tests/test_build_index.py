@@ -164,3 +164,24 @@ def test_local_build_parquet_with_ids(tmp_path):
     again = CombinedIndex(tmp_path / "index" / "hslices")
     _, I = again.search(x[:50], 1, nprobe=16)
     assert (I[:, 0] == np.arange(50)).mean() > 0.9
+
+
+def test_cli_and_package_entry_point(tmp_path):
+    import subprocess
+    import sys
+
+    import distributed_ondisk
+
+    assert distributed_ondisk.build_index is build_index
+    write_npy_parts(tmp_path / "emb", make_clustered(3000, 8, seed=2), [0, 1000, 3000])
+    ok = subprocess.run([sys.executable, "-m", "distributed_ondisk.autobuild", "--embeddings",
+                         str(tmp_path / "emb"), "--index_path", str(tmp_path / "index"),
+                         "--index_infos_path", str(tmp_path / "infos.json"), "--kmeans_niter",
+                         "4", "-q"], capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["nb_vectors"] == 2700
+    bad = subprocess.run([sys.executable, "-m", "distributed_ondisk.autobuild", "--embeddings",
+                          str(tmp_path / "none"), "--index_path", str(tmp_path / "i2"),
+                          "--index_infos_path", str(tmp_path / "i2.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "none: no such file or folder" in bad.stderr

@@ -1,0 +1,5 @@
+import sys
+
+from distributed_ondisk.autobuild.cli import main
+
+sys.exit(main())
