@@ -195,7 +195,8 @@ def kmeans_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
     n_train = min(w.kmeans_rows, k * w.max_points_per_centroid)
     sampled = n_train < w.kmeans_rows
     per_server = math.ceil(n_train / servers)
-    gpus = c.gpus * c.nodes // servers if c.gpus else 0
+    # a server runs on one node (all its GPUs or cores); servers share a node when more
+    gpus = min(c.gpus, c.gpus * c.nodes // servers) if c.gpus else 0
     flops = 2.0 * per_server * k * d
     if gpus:
         compute = flops / (gpus * r.gpu_assign_gflops * 1e9)
@@ -203,7 +204,7 @@ def kmeans_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
         if not resident:
             compute += per_server * d * 4 / (r.pcie_gbs * GB)
     else:
-        cores = max(1, c.cores * c.nodes // servers)
+        cores = max(1, min(c.cores, c.cores * c.nodes // servers))
         compute = flops / (cores * r.assign_gflops_per_core * 1e9)
         resident = True
     reply = k * d * 8 + k * 8
@@ -356,9 +357,24 @@ def search_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
     return s
 
 
-def suggest(w: Workload, c: Cluster, given: Settings) -> Settings:
+def suggest_kmeans_servers(w: Workload, c: Cluster, r: Rates) -> int:
+    """The server count with the shortest iteration whose client fits its RAM.
+
+    More servers divide the assignment but every one adds a k*d reply to the
+    client's inbound bytes, RAM and reduction: the time is a/S + b*S, so the
+    best S is often well below the node count.
+    """
+    if not c.remote:
+        return 1
+    cands = sorted({c.nodes, *(2 ** i for i in range(c.nodes.bit_length()) if 2 ** i <= c.nodes)})
+    costs = [(kmeans_cost(w, c, r, s), s) for s in cands]
+    fits = [(k.extra["iter_s"], s) for k, s in costs if not any("CANNOT" in f for f in k.flags)]
+    return min(fits)[1] if fits else 1
+
+
+def suggest(w: Workload, c: Cluster, given: Settings, r: Rates = DEFAULT_RATES) -> Settings:
     """Smallest layouts whose processes fit RAM and disk, rounded to use every node."""
-    ks = given.kmeans_servers or (c.nodes if c.remote else 1)
+    ks = given.kmeans_servers or suggest_kmeans_servers(w, c, r)
     nv = given.nvslices
     if nv is None:
         budget = RAM_USABLE * c.ram_gb * GB - vslice_ram(w, 0)
@@ -381,7 +397,7 @@ def make_plan(w: Workload, c: Cluster, given: Settings = Settings(),
               rates: Rates = DEFAULT_RATES) -> Plan:
     w.validate()
     c.validate()
-    st = suggest(w, c, given)
+    st = suggest(w, c, given, rates)
     for name in ("kmeans_servers", "nvslices", "nhslices", "search_servers"):
         if getattr(st, name) < 1:
             raise InputError(f"{name} must be >= 1, got {getattr(st, name)}")
