@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reliability_helpers import (D, N, OUTPUTS, Reference, checksums, make_clustered,
-                                 run_pipeline, write_vectors)
+from reliability_helpers import D, N, OUTPUTS, Reference, checksums, run_pipeline
+
+from distributed_ondisk.datasets import make_clustered
+from distributed_ondisk.vectors import write_vectors
 
 
 @pytest.fixture(scope="session")
