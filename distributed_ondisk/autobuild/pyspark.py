@@ -60,7 +60,9 @@ class SparkRunner:
         return self._collect(rdd, desc)
 
     def scatter(self, blocks: Sequence[Any]) -> Any:
-        rdd = self.sc.parallelize(list(blocks), max(1, len(blocks))).cache()
+        # one partition per worker (several blocks each): an iteration is one wave of tasks
+        nparts = max(1, min(len(blocks), self.nb_workers))
+        rdd = self.sc.parallelize(list(blocks), nparts).cache()
         rdd.count()
         return rdd
 

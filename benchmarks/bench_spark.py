@@ -1,0 +1,182 @@
+"""Build time and recall@10 of build_index: local vs Spark local[2] (and autofaiss's own
+Spark build with --with-autofaiss) on the same embedding files and memory budget.
+
+    python benchmarks/bench_spark.py --quick                 # small, a minute
+    python benchmarks/bench_spark.py --n 2000000 --d 96 --with-autofaiss
+
+autofaiss needs numpy < 2, so it runs in its own virtual environment
+(``--afvenv``, default /tmp/afvenv), created and filled by pip on first use; when
+that fails the table says why.  Spark's start-up is timed apart from the build.
+recall@10 is faiss's 1-recall@10 at nprobe 16 on fresh queries of the same mixture.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from distributed_ondisk.autobuild import build_index
+from distributed_ondisk.datasets import iter_clustered, make_queries
+from distributed_ondisk.evaluate import recall_at
+
+AUTOFAISS_SCRIPT = r"""
+import json, sys, time
+import faiss, numpy as np
+from pyspark.sql import SparkSession
+from autofaiss import build_index
+emb, out, budget, mem, nshards, queries, gt, key = sys.argv[1:9]
+SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false") \
+    .config("spark.ui.showConsoleProgress", "false") \
+    .config("spark.driver.memory", "4g").getOrCreate()
+kw = {} if key == "-" else {"index_key": key}
+t0 = time.perf_counter()
+build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
+            max_index_memory_usage=budget, current_memory_available=mem,
+            temporary_indices_folder=out + "/tmp", nb_indices_to_keep=int(nshards),
+            distributed="pyspark", file_format="npy", **kw)
+dt = time.perf_counter() - t0
+infos = json.load(open(out + "/infos.json"))
+xq, I_gt = np.load(queries), np.load(gt)
+import glob
+paths = sorted(glob.glob(out + "/knn.index*"))
+index = faiss.read_index(paths[0], faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_MMAP)
+if len(paths) > 1:   # several shards: search them together
+    shards = [faiss.read_index(p, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_MMAP) for p in paths]
+    index = faiss.IndexShards(index.d, True, False)
+    for s in shards: index.add_shard(s)
+    keep = shards
+faiss.ParameterSpace().set_index_parameter(index, "nprobe", 16)
+_, I = index.search(xq, 10)
+print("RESULT " + json.dumps({"seconds": dt, "recall10": float((I == I_gt[:, :1]).any(1).mean()),
+                              "index_key": infos.get("index_key", "?")}))
+"""
+
+
+def write_inputs(folder: Path, n: int, d: int, nfiles: int, seed: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    x = np.concatenate(list(iter_clustered(n, d, seed=seed)))
+    for i, part in enumerate(np.array_split(x, nfiles)):
+        np.save(folder / f"part{i:03d}.npy", part)
+
+
+def ground_truth(folder: Path, xq: np.ndarray) -> np.ndarray:
+    heap = faiss.ResultHeap(len(xq), 10)
+    start = 0
+    for p in sorted(folder.glob("*.npy")):
+        x = np.load(p)
+        D, I = faiss.knn(xq, x, 10)
+        heap.add_result(D, I + start)
+        start += len(x)
+    heap.finalize()
+    return heap.I
+
+
+def ours(emb: Path, out: Path, distributed, args, xq, gt) -> dict:
+    t0 = time.perf_counter()
+    index, infos = build_index(str(emb), str(out / "index"), str(out / "infos.json"),
+                               index_key=args.index_key, distributed=distributed,
+                               max_index_memory_usage=args.max_index_memory_usage,
+                               current_memory_available=args.current_memory_available,
+                               nb_indices_to_keep=args.nb_indices, eval_queries=0)
+    dt = time.perf_counter() - t0
+    _, I = index.search(xq, 10, nprobe=16)
+    return {"seconds": dt, "recall10": recall_at(I, gt, (10,))[10],
+            "index_key": infos["index_key"], "stages": infos["timings_s"]}
+
+
+def autofaiss(emb: Path, out: Path, args, xq, gt) -> dict:
+    venv = Path(args.afvenv)
+    py = venv / "bin" / "python"
+    if not py.exists():
+        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True,
+                           text=True)
+        if r.returncode:
+            return {"error": f"cannot create venv {venv}: {r.stderr.strip()[-300:]}"}
+    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "autofaiss", "pyspark",
+                        "pyarrow<18"],
+                       capture_output=True, text=True)
+    if r.returncode:
+        return {"error": f"pip install autofaiss failed: {r.stderr.strip()[-400:]}"}
+    np.save(out / "queries.npy", xq)
+    np.save(out / "gt.npy", gt)
+    script = out / "run_autofaiss.py"
+    script.write_text(AUTOFAISS_SCRIPT)
+    r = subprocess.run([str(py), str(script), str(emb), str(out / "af"),
+                        args.max_index_memory_usage, args.current_memory_available,
+                        str(args.nb_indices), str(out / "queries.npy"), str(out / "gt.npy"),
+                        args.index_key or "-"], capture_output=True, text=True)
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if r.returncode or not lines:
+        return {"error": f"autofaiss run failed (rc {r.returncode}): {r.stderr.strip()[-400:]}"}
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--d", type=int, default=96)
+    ap.add_argument("--nfiles", type=int, default=8)
+    ap.add_argument("--nq", type=int, default=1000)
+    ap.add_argument("--nb_indices", type=int, default=1)
+    ap.add_argument("--index_key", default=None, help="default: chosen from the budget")
+    ap.add_argument("--max_index_memory_usage", default="1G")
+    ap.add_argument("--current_memory_available", default="8G")
+    ap.add_argument("--quick", action="store_true", help="n=30000, d=32, 4 files")
+    ap.add_argument("--with-autofaiss", dest="with_autofaiss", action="store_true")
+    ap.add_argument("--afvenv", default="/tmp/afvenv")
+    ap.add_argument("--workdir", default=None)
+    args = ap.parse_args()
+    if args.quick:
+        args.n, args.d, args.nfiles, args.nq = 30000, 32, 4, 300
+    root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_spark_"))
+    emb = root / "emb"
+    if not emb.exists():
+        write_inputs(emb, args.n, args.d, args.nfiles, seed=0)
+    xq = make_queries(args.nq, args.d, seed=1)
+    gt = ground_truth(emb, xq)
+    rows = {}
+    rows["ours local"] = ours(emb, root / "local", None, args, xq, gt)
+    from pyspark.sql import SparkSession
+    t0 = time.perf_counter()
+    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
+             .config("spark.ui.showConsoleProgress", "false")
+             .config("spark.driver.memory", "4g").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    startup = time.perf_counter() - t0
+    rows["ours spark local[2]"] = ours(emb, root / "spark", "pyspark", args, xq, gt)
+    spark.stop()
+    if args.with_autofaiss:
+        (root / "af").mkdir(exist_ok=True)
+        rows["autofaiss spark local[2]"] = autofaiss(emb, root, args, xq, gt)
+    import pyspark
+    print(f"# bench_spark: n={args.n} d={args.d} files={args.nfiles} nq={args.nq} "
+          f"shards={args.nb_indices} budget={args.max_index_memory_usage}")
+    print(f"# {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
+          f"{platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
+          f"pyspark {pyspark.__version__}; Spark start-up {startup:.1f} s (not in the times)")
+    print(f"{'build':<26} {'index key':<28} {'time s':>8} {'R@10 np16':>10}")
+    for name, r in rows.items():
+        if "error" in r:
+            print(f"{name:<26} {'-':<28} {'-':>8} {'-':>10}  ({r['error']})")
+        else:
+            print(f"{name:<26} {r['index_key']:<28} {r['seconds']:>8.1f} {r['recall10']:>10.3f}")
+    for name, r in rows.items():
+        if "stages" in r:
+            print(f"# {name} stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
+    if not args.workdir:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
