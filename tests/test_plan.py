@@ -51,15 +51,21 @@ def test_kmeans_bytes_are_what_the_rpc_code_sends():
 
 
 def test_deep1b_kmeans_is_flagged_network_bound_and_client_ram_counted():
-    p = make_plan(DEEP1B, NODES20, Settings(nvslices=200, nhslices=50))
+    p = make_plan(DEEP1B, NODES20, Settings(kmeans_servers=20, nvslices=200, nhslices=50))
     km = p.stage("k-means")
     reply = 10**6 * 97 * 8
     assert km.ram_per_proc >= 21 * reply              # 20 replies + the sum, held at once
     assert any("network-bound" in f and "20 x" in f for f in p.flags)
     assert p.bottleneck.name == "k-means"
     # the same k-means on nodes with little RAM cannot hold the replies
-    small = make_plan(DEEP1B, Cluster(nodes=20, cores=40, gpus=4, ram_gb=16, disk_gb=2000))
+    small_ram = Cluster(nodes=20, cores=40, gpus=4, ram_gb=16, disk_gb=2000)
+    small = make_plan(DEEP1B, small_ram, Settings(kmeans_servers=20))
     assert any(f.startswith("CANNOT FIT: the k-means client") for f in small.flags)
+    # left to choose, the planner takes fewer servers: faster, and the client fits
+    chosen = make_plan(DEEP1B, small_ram)
+    assert chosen.settings.kmeans_servers < 20
+    assert not any("k-means client" in f for f in chosen.flags)
+    assert chosen.stage("k-means").wall_s < km.wall_s
 
 
 def test_suggested_layout_fits_ram_and_disk():
