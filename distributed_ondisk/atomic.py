@@ -21,9 +21,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 TMP_MARKER = ".tmp-"
 
 
-def fsync_dir(directory: PathLike) -> None:
-    """fsync a directory so that a rename inside it is durable."""
-    fd = os.open(os.fspath(directory), os.O_RDONLY)
+def fsync_path(path: PathLike) -> None:
+    """fsync a file, or a directory so that a rename inside it is durable."""
+    fd = os.open(os.fspath(path), os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -58,14 +58,6 @@ def temp_name_for(path: PathLike) -> Path:
     return Path(tmp)
 
 
-def fsync_file(path: PathLike) -> None:
-    fd = os.open(os.fspath(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path; on clean exit fsync it and rename it to ``path``.
@@ -77,9 +69,9 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = temp_name_for(final)
     try:
         yield tmp
-        fsync_file(tmp)
+        fsync_path(tmp)
         os.replace(tmp, final)
-        fsync_dir(final.parent)
+        fsync_path(final.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

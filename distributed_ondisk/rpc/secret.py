@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import Optional, Union
 
-from distributed_ondisk.atomic import fsync_dir, temp_name_for
+from distributed_ondisk.atomic import fsync_path, temp_name_for
 from distributed_ondisk.errors import InputError
 
 ENV_SECRET = "DISTRIBUTED_ONDISK_SECRET"
@@ -96,7 +96,7 @@ def write_secret_file(path: PathLike, secret: Optional[bytes] = None, *,
             except FileExistsError as e:
                 raise InputError(f"secret file {final} already exists; pass --force to "
                                  f"replace it") from e
-        fsync_dir(final.parent)
+        fsync_path(final.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
