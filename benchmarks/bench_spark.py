@@ -114,7 +114,9 @@ def autofaiss(emb: Path, out: Path, args, xq, gt) -> dict:
     r = subprocess.run([str(py), str(script), str(emb), str(out / "af"),
                         args.max_index_memory_usage, args.current_memory_available,
                         str(args.nb_indices), str(out / "queries.npy"), str(out / "gt.npy"),
-                        args.index_key or "-"], capture_output=True, text=True)
+                        args.index_key or "-"], capture_output=True, text=True,
+                       env={**os.environ, "PYSPARK_PYTHON": str(py),   # executors too
+                            "PYSPARK_DRIVER_PYTHON": str(py)})
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode or not lines:
         return {"error": f"autofaiss run failed (rc {r.returncode}): {r.stderr.strip()[-400:]}"}
