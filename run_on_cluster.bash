@@ -46,7 +46,7 @@ shopt -s inherit_errexit
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SCRIPT="$HERE/run_on_cluster.bash"
-WORKDIR=$(mkdir -p "$WORKDIR" && cd "$WORKDIR" && pwd)
+WORKDIR=$(realpath -m "$WORKDIR")   # absolute (jobs run elsewhere); created by the first stage
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 : "${SECRET_FILE:=$WORKDIR/rpc.secret}"
 export DISTRIBUTED_ONDISK_SECRET_FILE="$SECRET_FILE"
@@ -86,7 +86,14 @@ prepare_data() {
     [ -n "$QUERIES" ] && args+=(--queries "$QUERIES")
     [ -n "$SHUFFLE" ] && args+=(--shuffle)
     py -m distributed_ondisk.launch.prepare "${args[@]}"
-    N_DB=$(py -m distributed_ondisk.launch.prepare "${args[@]}" -q --print n_db)
+    load_data
+}
+
+# N_DB (indexed rows) and DB (their file) from WORKDIR/dataset.json, for the
+# tasks of a stage once prepare_data has run.
+load_data() {
+    [ -s "$WORKDIR/dataset.json" ] || die "$WORKDIR/dataset.json missing: run a pipeline target first"
+    N_DB=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['n_db'])" "$WORKDIR/dataset.json")
     DB=$(path_of data)
     export N_DB DB
 }
@@ -234,17 +241,20 @@ local_parallel() {
 }
 
 # ---------------------------------------------------------------- search
+# Shard paths served by search server $1 of $2 (shards dealt round-robin).
+shards_of_server() {
+    local j
+    for ((j = $1; j < NHSLICES; j += $2)); do path_of hslice "$j" "$NHSLICES"; done
+}
+
 search_local_servers() {   # sets SERVER_LIST (comma-separated), see kmeans_local_servers
-    local dir="$WORKDIR/search_servers/local" s j shards servers=""
+    local dir="$WORKDIR/search_servers/local" s servers=""
     rm -rf "$dir"; mkdir -p "$dir"
     for ((s = 0; s < SEARCH_SERVERS; s++)); do
-        shards=""
-        for ((j = s; j < NHSLICES; j += SEARCH_SERVERS)); do
-            shards="$shards $(path_of hslice "$j" "$NHSLICES")"
-        done
-        # shellcheck disable=SC2086
-        "$PYTHON" "$HERE/search_server.py" --shards $shards --trained "$(path_of trained)" \
-            --host 127.0.0.1 --port 0 --when_ready "$dir/$s.addr" > "$dir/$s.log" 2>&1 &
+        # shellcheck disable=SC2046
+        "$PYTHON" "$HERE/search_server.py" --shards $(shards_of_server "$s" "$SEARCH_SERVERS") \
+            --trained "$(path_of trained)" --host 127.0.0.1 --port 0 \
+            --when_ready "$dir/$s.addr" > "$dir/$s.log" 2>&1 &
         PIDS+=($!)
     done
     for ((s = 0; s < SEARCH_SERVERS; s++)); do
@@ -252,6 +262,24 @@ search_local_servers() {   # sets SERVER_LIST (comma-separated), see kmeans_loca
         servers="$servers,$(cat "$dir/$s.addr")"
     done
     SERVER_LIST=${servers#,}
+}
+
+# One task of an srun step: serve this task's shards until the job ends
+# (scancel or time limit); the address goes to WORKDIR/search_servers/job_ID/TASK.addr.
+slurm_within_search_server() {
+    : "${SLURM_PROCID:?run this target through srun}" "${SLURM_NPROCS:?}" "${SLURM_JOB_ID:?}"
+    local dir="$WORKDIR/search_servers/job_$SLURM_JOB_ID" port
+    mkdir -p "$dir"
+    # shellcheck disable=SC2046
+    "$PYTHON" "$HERE/search_server.py" --shards $(shards_of_server "$SLURM_PROCID" "$SLURM_NPROCS") \
+        --trained "$(path_of trained)" --host 0.0.0.0 --port 0 \
+        --when_ready "$dir/$SLURM_PROCID.local" > "$dir/$SLURM_PROCID.log" 2>&1 &
+    PIDS+=($!)
+    wait_server "$dir/$SLURM_PROCID.local" "${PIDS[0]}"
+    port=$(sed 's/.*://' "$dir/$SLURM_PROCID.local")
+    echo "$(hostname):$port" > "$dir/$SLURM_PROCID.tmp" && mv "$dir/$SLURM_PROCID.tmp" "$dir/$SLURM_PROCID.addr"
+    log "search server $SLURM_PROCID of $SLURM_NPROCS serving on $(cat "$dir/$SLURM_PROCID.addr")"
+    wait "${PIDS[0]}"
 }
 
 run_search_eval() {
@@ -372,21 +400,22 @@ case "$target" in
             --seed "$SEED" ;;
     clustering) ensure_secret; prepare_data; timed kmeans run_kmeans_local ;;
     slurm_distributed_kmeans) ensure_secret; prepare_data; submit_kmeans ;;
-    slurm_kmeans_step) prepare_data; srun bash "$SCRIPT" slurm_within_kmeans_server ;;
-    slurm_within_kmeans_server) prepare_data; slurm_within_kmeans_server ;;
+    slurm_kmeans_step) load_data; srun bash "$SCRIPT" slurm_within_kmeans_server ;;
+    slurm_within_kmeans_server) load_data; slurm_within_kmeans_server ;;
     make_trained_index) ensure_secret; prepare_data; submit -J trained_index -n 1 -c "$CPUS_PER_TASK" -- slurm_trained_index ;;
-    make_index_vslices) prepare_data; submit -J vslices --array "0-$((NVSLICES - 1))$(array_limit)" -n 1 -c "$CPUS_PER_TASK" -- slurm_vslice ;;
+    make_index_vslices) load_data; submit -J vslices --array "0-$((NVSLICES - 1))$(array_limit)" -n 1 -c "$CPUS_PER_TASK" -- slurm_vslice ;;
     make_index_hslices)
-        prepare_data
+        load_data
         dep=${VSLICES_JOB:+--dependency=afterok:$VSLICES_JOB}
         submit -J hslices --array "0-$((NHSLICES - 1))$(array_limit)" -n 1 -c "$CPUS_PER_TASK" ${dep:+"$dep"} -- slurm_hslice ;;
     run_search_servers) prepare_data; submit -J search_servers -n "$SEARCH_SERVERS" -c "$CPUS_PER_TASK" -- slurm_search_servers ;;
-    slurm_trained_index) prepare_data; timed trained_index run_trained_index ;;
-    slurm_vslice) prepare_data; TASK_ID=$SLURM_ARRAY_TASK_ID NT_TASK=${SLURM_CPUS_PER_TASK:-1} timed vslices run_vslice "$SLURM_ARRAY_TASK_ID" ;;
-    slurm_hslice) prepare_data; TASK_ID=$SLURM_ARRAY_TASK_ID NT_TASK=${SLURM_CPUS_PER_TASK:-1} timed hslices run_hslice "$SLURM_ARRAY_TASK_ID" ;;
-    slurm_search) prepare_data; timed search run_search_eval; write_report ;;
-    slurm_search_servers) prepare_data; SEARCH_SERVERS=1 srun bash "$SCRIPT" slurm_within_search_server ;;
-    vslice) prepare_data >/dev/null 2>&1 || prepare_data; run_vslice "$1" ;;
-    hslice) prepare_data >/dev/null 2>&1 || prepare_data; run_hslice "$1" ;;
+    slurm_trained_index) load_data; timed trained_index run_trained_index ;;
+    slurm_vslice) load_data; TASK_ID=$SLURM_ARRAY_TASK_ID NT_TASK=${SLURM_CPUS_PER_TASK:-1} timed vslices run_vslice "$SLURM_ARRAY_TASK_ID" ;;
+    slurm_hslice) load_data; TASK_ID=$SLURM_ARRAY_TASK_ID NT_TASK=${SLURM_CPUS_PER_TASK:-1} timed hslices run_hslice "$SLURM_ARRAY_TASK_ID" ;;
+    slurm_search) load_data; timed search run_search_eval; write_report ;;
+    slurm_search_servers) load_data; srun bash "$SCRIPT" slurm_within_search_server ;;
+    slurm_within_search_server) load_data; slurm_within_search_server ;;
+    vslice) load_data; run_vslice "$1" ;;
+    hslice) load_data; run_hslice "$1" ;;
     *) usage >&2; die "unknown target '$target'" ;;
 esac

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +87,34 @@ def test_slurm_pipeline_equals_local_pipeline(cluster, tmp_path):
     assert slurm_rep["kmeans_objective"] == local_rep["kmeans_objective"]
     assert set(slurm_rep["timings_s"]) >= {"kmeans", "trained_index", "vslices", "hslices",
                                            "search"}
+
+    # run_search_servers: long-running servers in one Slurm job, each publishing its
+    # address; a client over them finds what the in-process search found.
+    sub = subprocess.run(["bash", script, "run_search_servers"],
+                         env=_env(cluster.env, data, slurm_wd), capture_output=True, text=True,
+                         timeout=60)
+    assert sub.returncode == 0, sub.stderr[-3000:]
+    job = sub.stdout.split()[-1]
+    try:
+        addr_dir = slurm_wd / "search_servers" / f"job_{job}"
+        deadline = time.monotonic() + 120
+        while len(list(addr_dir.glob("*.addr"))) < 2:
+            assert time.monotonic() < deadline, f"servers of job {job} never published addresses"
+            assert cluster.job_states(job)[0] in ("PENDING", "RUNNING", "CONFIGURING")
+            time.sleep(0.2)
+        servers = ",".join(p.read_text().strip() for p in sorted(addr_dir.glob("*.addr")))
+        out = slurm_wd / "served.json"
+        r = subprocess.run([sys.executable, str(REPO / "combined_index.py"),
+                            "--shards", str(slurm_wd / "hslices"), "--queries",
+                            str(slurm_wd / "queries.npy"), "--servers", servers, "--nprobe", "8",
+                            "--k", "100", "--gt", str(slurm_wd / "queries.gt100.ivecs"),
+                            "--json", str(out), "--secret-file",
+                            str(slurm_wd / "rpc.secret"), "-q"],
+                           env=_env(cluster.env, data, slurm_wd), capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        served = {p["variant"]: p["recall"] for p in json.loads(out.read_text())}
+        ondisk = [p for p in local_rep["search"] if p["variant"] == "on-disk" and p["nprobe"] == 8]
+        assert served["distributed"]["10"] == served["on-disk"]["10"] == ondisk[0]["recall_at_10"]
+    finally:
+        cluster.run(["scancel", job])
