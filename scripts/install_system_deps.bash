@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the integration tests need: slurm-wlm and munge
-# for the single-node Slurm cluster (scripts/slurm_single_node.bash).  Only as
+# for the single-node Slurm cluster (scripts/slurm_single_node.bash), and a Java
+# runtime for the local Spark tests when no `java` is on the PATH.  Only as
 # root on Debian/Ubuntu with apt-get; anywhere else it says in one line that
 # the Slurm tests will be skipped, and succeeds.  Reruns are cheap: dpkg -s
 # answers in milliseconds, and apt-get update runs only when something is missing.
@@ -24,6 +25,7 @@ for pkg in "${PACKAGES[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
     [ "$status" = "install ok installed" ] || missing+=("$pkg")
 done
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)   # pyspark needs a JVM
 [ "${#missing[@]}" -eq 0 ] && exit 0
 
 echo "install_system_deps: installing ${missing[*]} with apt-get" >&2
