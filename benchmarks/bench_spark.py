@@ -43,22 +43,33 @@ t0 = time.perf_counter()
 build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
             max_index_memory_usage=budget, current_memory_available=mem,
             temporary_indices_folder=out + "/tmp", nb_indices_to_keep=int(nshards),
-            distributed="pyspark", file_format="npy", **kw)
+            distributed="pyspark", file_format="npy", metric_type="l2", **kw)
 dt = time.perf_counter() - t0
 infos = json.load(open(out + "/infos.json"))
 xq, I_gt = np.load(queries), np.load(gt)
 import glob
-paths = sorted(glob.glob(out + "/knn.index*"))
-index = faiss.read_index(paths[0], faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_MMAP)
-if len(paths) > 1:   # several shards: search them together
-    shards = [faiss.read_index(p, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_MMAP) for p in paths]
-    index = faiss.IndexShards(index.d, True, False)
+# one shard is written as knn.index, several as knn.index1..N (ids: global row numbers
+# of the files in sorted order, as embedding_reader lists them, the same as ours)
+paths = sorted(p for p in glob.glob(out + "/knn.index*") if not p.endswith(".ivfdata"))
+shards = [faiss.read_index(p, faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_MMAP) for p in paths]
+for s in shards:   # set on the IVF itself: ParameterSpace does not reach into IndexShards
+    faiss.extract_index_ivf(s).nprobe = 16
+index = shards[0]
+if len(shards) > 1:
+    index = faiss.IndexShards(shards[0].d, True, False)
     for s in shards: index.add_shard(s)
-    keep = shards
-faiss.ParameterSpace().set_index_parameter(index, "nprobe", 16)
 _, I = index.search(xq, 10)
+# the id mapping: stored rows searched for themselves must come back under their row number
+files = sorted(glob.glob(emb.rstrip("/") + "/**/*.npy", recursive=True))
+x = np.concatenate([np.load(f) for f in files])
+probe = np.linspace(0, len(x) - 1, 50).astype(np.int64)
+_, Is = index.search(x[probe], 1)
+self_hit = float((Is[:, 0] == probe).mean())
 print("RESULT " + json.dumps({"seconds": dt, "recall10": float((I == I_gt[:, :1]).any(1).mean()),
-                              "index_key": infos.get("index_key", "?")}))
+                              "index_key": infos.get("index_key", "?"), "files": paths,
+                              "ntotal": int(sum(s.ntotal for s in shards)),
+                              "metric": int(shards[0].metric_type),
+                              "self_hit": self_hit}))
 """
 
 
@@ -94,7 +105,7 @@ def ours(emb: Path, out: Path, distributed, args, xq, gt) -> dict:
             "index_key": infos["index_key"], "stages": infos["timings_s"]}
 
 
-def autofaiss(emb: Path, out: Path, args, xq, gt) -> dict:
+def autofaiss(emb: Path, out: Path, sub: str, args, xq, gt) -> dict:
     venv = Path(args.afvenv)
     py = venv / "bin" / "python"
     if not py.exists():
@@ -102,16 +113,17 @@ def autofaiss(emb: Path, out: Path, args, xq, gt) -> dict:
                            text=True)
         if r.returncode:
             return {"error": f"cannot create venv {venv}: {r.stderr.strip()[-300:]}"}
-    r = subprocess.run([str(py), "-m", "pip", "install", "-q", "autofaiss", "pyspark",
-                        "pyarrow<18"],
-                       capture_output=True, text=True)
+    have = subprocess.run([str(py), "-c", "import autofaiss, pyspark"], capture_output=True)
+    r = have if have.returncode == 0 else subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "autofaiss", "pyspark", "pyarrow<18"],
+        capture_output=True, text=True)
     if r.returncode:
         return {"error": f"pip install autofaiss failed: {r.stderr.strip()[-400:]}"}
     np.save(out / "queries.npy", xq)
     np.save(out / "gt.npy", gt)
     script = out / "run_autofaiss.py"
     script.write_text(AUTOFAISS_SCRIPT)
-    r = subprocess.run([str(py), str(script), str(emb), str(out / "af"),
+    r = subprocess.run([str(py), str(script), str(emb), str(out / sub),
                         args.max_index_memory_usage, args.current_memory_available,
                         str(args.nb_indices), str(out / "queries.npy"), str(out / "gt.npy"),
                         args.index_key or "-"], capture_output=True, text=True,
@@ -136,6 +148,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="n=30000, d=32, 4 files")
     ap.add_argument("--with-autofaiss", dest="with_autofaiss", action="store_true")
     ap.add_argument("--afvenv", default="/tmp/afvenv")
+    ap.add_argument("--repeat", type=int, default=1, help="builds per side (shared machine)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.quick:
@@ -146,8 +159,10 @@ def main() -> int:
         write_inputs(emb, args.n, args.d, args.nfiles, seed=0)
     xq = make_queries(args.nq, args.d, seed=1)
     gt = ground_truth(emb, xq)
-    rows = {}
-    rows["ours local"] = ours(emb, root / "local", None, args, xq, gt)
+    rows: dict[str, dict] = {}
+    runs = range(1, args.repeat + 1)
+    for r in runs:
+        rows[f"ours local #{r}"] = ours(emb, root / f"local{r}", None, args, xq, gt)
     from pyspark.sql import SparkSession
     t0 = time.perf_counter()
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
@@ -155,26 +170,32 @@ def main() -> int:
              .config("spark.driver.memory", "4g").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     startup = time.perf_counter() - t0
-    rows["ours spark local[2]"] = ours(emb, root / "spark", "pyspark", args, xq, gt)
+    for r in runs:
+        rows[f"ours spark local[2] #{r}"] = ours(emb, root / f"spark{r}", "pyspark", args, xq, gt)
     spark.stop()
     if args.with_autofaiss:
-        (root / "af").mkdir(exist_ok=True)
-        rows["autofaiss spark local[2]"] = autofaiss(emb, root, args, xq, gt)
+        for r in runs:
+            (root / f"af{r}").mkdir(exist_ok=True)
+            rows[f"autofaiss spark local[2] #{r}"] = autofaiss(emb, root, f"af{r}", args, xq, gt)
     import pyspark
     print(f"# bench_spark: n={args.n} d={args.d} files={args.nfiles} nq={args.nq} "
           f"shards={args.nb_indices} budget={args.max_index_memory_usage}")
     print(f"# {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
           f"{platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
           f"pyspark {pyspark.__version__}; Spark start-up {startup:.1f} s (not in the times)")
-    print(f"{'build':<26} {'index key':<28} {'time s':>8} {'R@10 np16':>10}")
+    print(f"{'build':<30} {'index key':<28} {'time s':>8} {'R@10 np16':>10}")
     for name, r in rows.items():
         if "error" in r:
-            print(f"{name:<26} {'-':<28} {'-':>8} {'-':>10}  ({r['error']})")
+            print(f"{name:<30} {'-':<28} {'-':>8} {'-':>10}  ({r['error']})")
         else:
-            print(f"{name:<26} {r['index_key']:<28} {r['seconds']:>8.1f} {r['recall10']:>10.3f}")
+            print(f"{name:<30} {r['index_key']:<28} {r['seconds']:>8.1f} {r['recall10']:>10.3f}")
     for name, r in rows.items():
         if "stages" in r:
             print(f"# {name} stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
+        if "self_hit" in r:   # autofaiss: its index read back as the benchmark reads it
+            print(f"# {name}: {len(r['files'])} file(s), {r['ntotal']} vectors, metric "
+                  f"{'L2' if r['metric'] == 1 else 'IP'}, stored rows found under their "
+                  f"own id: {r['self_hit']:.2f}")
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
     return 0
