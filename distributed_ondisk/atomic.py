@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Union
 
+from distributed_ondisk.errors import DistributedOndiskError, OutputError
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 TMP_MARKER = ".tmp-"
@@ -72,9 +74,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         fsync_path(tmp)
         os.replace(tmp, final)
         fsync_path(final.parent)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and not isinstance(e, DistributedOndiskError):
+            # Disk full, quota, I/O error: one clear line naming the output, not a traceback.
+            raise OutputError(f"cannot write {final}: {e.strerror or e}") from e
         raise
 
 

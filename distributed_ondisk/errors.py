@@ -23,6 +23,11 @@ class IndexFileError(DistributedOndiskError):
     """An index, slice or shard file is missing, inconsistent or incompatible."""
 
 
+class OutputError(DistributedOndiskError, OSError):
+    """An output could not be written (disk full, quota, permissions); the message
+    names the file, and nothing was left under its final name."""
+
+
 class ClusterError(DistributedOndiskError):
     """A scheduler (the test Slurm cluster, sbatch, srun) failed to start or
     refused a job; the message carries the command and its output."""

@@ -19,8 +19,8 @@ import os, signal, faiss
 real = faiss.write_index
 def killing(index, dest, *flags):
     real(index, dest, *flags)
-    if isinstance(dest, str):
-        os.kill(os.getpid(), signal.SIGKILL)   # temp file complete, rename not done
+    if not isinstance(dest, faiss.VectorIOWriter):   # not serialize_index: a file
+        os.kill(os.getpid(), signal.SIGKILL)   # temp file written, rename not done
 faiss.write_index = killing
 """
 

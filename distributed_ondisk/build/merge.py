@@ -31,7 +31,7 @@ from distributed_ondisk.build.listcopy import write_lists
 from distributed_ondisk.build.plan import IDX_BYTES, find_overlaps, resolve_range
 from distributed_ondisk.build.slicefile import (BlockVerifier, SliceLayout, check_header_trailer,
                                                 read_layout)
-from distributed_ondisk.build.structure import read_index
+from distributed_ondisk.build.structure import read_index, write_index
 from distributed_ondisk.errors import IndexFileError, InputError
 from distributed_ondisk.workdir import default_invlists_for
 
@@ -165,7 +165,7 @@ def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
     od.this.disown()
     index.ntotal = ivf.ntotal = int(full.sum())
     with atomic_path(out) as tmp:
-        faiss.write_index(index, os.fspath(tmp))
+        write_index(index, tmp)
 
 
 def merge_hslice(job: MergeJob) -> dict[str, Any]:

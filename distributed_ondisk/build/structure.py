@@ -37,6 +37,18 @@ def read_index(path: PathLike, flags: int = 0) -> faiss.Index:
         raise IndexFileError(f"{p}: unreadable index file ({first})") from e
 
 
+def write_index(index: faiss.Index, path: PathLike) -> None:
+    """faiss.write_index through a Python file: faiss's own file writer only prints a
+    failed final flush (disk full) and returns, leaving a truncated file; here every
+    failed write or flush raises OSError."""
+    with open(path, "wb") as f:
+        writer = faiss.PyCallbackIOWriter(f.write)
+        try:
+            faiss.write_index(index, writer)
+        finally:
+            del writer
+
+
 def ivf_of(index: faiss.Index, where: str) -> faiss.IndexIVF:
     try:
         return faiss.extract_index_ivf(index)

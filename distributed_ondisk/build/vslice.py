@@ -29,7 +29,8 @@ from distributed_ondisk import manifest as mf
 from distributed_ondisk.atomic import atomic_path
 from distributed_ondisk.build.plan import resolve_range
 from distributed_ondisk.build.slicefile import read_layout, region_checksums
-from distributed_ondisk.build.structure import placeholder_quantizer, structure_digest
+from distributed_ondisk.build.structure import (placeholder_quantizer, structure_digest,
+                                                write_index)
 from distributed_ondisk.build.trained_index import load_trained_index
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.log import Progress
@@ -133,7 +134,8 @@ def make_vslice(job: VsliceJob) -> dict[str, Any]:
     if job.block_rows < 1:
         raise InputError(f"block size must be >= 1 row, got {job.block_rows}")
     vf = open_vectors(job.data)
-    i0, i1 = resolve_range(vf.n, job.i0, job.i1, job.nslice, job.slice_no, "rows")
+    i0, i1 = resolve_range(vf.n, job.i0, job.i1, job.nslice, job.slice_no,
+                           f"{job.data} rows")
     out = Path(job.out)
     mf.remove_stale_for(out)
     index, fingerprint = load_trained_index(job.trained)
@@ -154,10 +156,10 @@ def make_vslice(job: VsliceJob) -> dict[str, Any]:
     structure = structure_digest(index)
     with atomic_path(out) as tmp:
         if job.keep_quantizer:
-            faiss.write_index(index, os.fspath(tmp))
+            write_index(index, tmp)
         else:
             with placeholder_quantizer(index):
-                faiss.write_index(index, os.fspath(tmp))
+                write_index(index, tmp)
     layout = read_layout(out)
     if layout.structure != structure or not np.array_equal(layout.sizes, sizes):
         raise InputError(f"internal: {out} does not read back as written")
