@@ -178,7 +178,10 @@ def main_args(args: argparse.Namespace) -> int:
     source = _source(args)
     if args.k is None:
         raise InputError("--k is required")
-    KMeansConfig(args.k, args.niter, args.seed, args.max_points_per_centroid).validate(source.n)
+    try:
+        KMeansConfig(args.k, args.niter, args.seed, args.max_points_per_centroid).validate(source.n)
+    except InputError as e:   # name the data: "k > n" is about this file
+        raise InputError(f"{source.describe()}: {e}") from e
     source.check_finite(block_rows_for(source.d))
     run_loop(args, make_dataset(source, args.gpu, args.nt))
     return 0
