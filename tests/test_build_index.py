@@ -77,6 +77,19 @@ def test_index_key_chosen_from_budget_with_reasons():
         choose_index_key(1_000_000, 96, parse_memory("1M"))
 
 
+def test_kmeans_placement_driver_when_the_sample_fits():
+    from distributed_ondisk.autobuild.api import kmeans_placement
+
+    need, on_driver = kmeans_placement(65536, 64, 256, 1 << 30, 2, local=False)
+    assert on_driver and need == 65536 * (256 + 28) + 4 * 4096 * 256
+    need, on_driver = kmeans_placement(65536, 64, 256, 30 << 20, 2, local=False)
+    assert not on_driver and need == 32768 * (256 + 28) + 4 * 4096 * 256
+    with pytest.raises(InputError, match="per worker, over half of current_memory"):
+        kmeans_placement(65536, 64, 256, 10 << 20, 2, local=False)
+    with pytest.raises(InputError, match="on the driver, over half of current_memory"):
+        kmeans_placement(65536, 64, 256, 30 << 20, 2, local=True)
+
+
 def test_index_key_given_is_parsed_and_checked():
     spec, _ = choose_index_key(10000, 32, 1 << 30, "IVF64_HNSW32,SQ6")
     assert (spec.nlist, spec.cfg.encoder, spec.cfg.rotation) == (64, "SQ6", "none")

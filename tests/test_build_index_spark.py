@@ -46,6 +46,7 @@ def test_spark_build_equals_local_build_npy(spark, data, tmp_path):
     local, li = _build(tmp_path / "emb", tmp_path / "local", None, nb_indices_to_keep=2)
     remote, si = _build(tmp_path / "emb", tmp_path / "spark", "pyspark", nb_indices_to_keep=2)
     assert si["distributed"] == "pyspark" and li["distributed"] == "local"
+    assert si["kmeans"]["placement"] == "driver"        # the sample fits: as autofaiss
     # more pieces than files, sampled rows from every file (8k rows > 64 x 64 sample)
     assert si["nb_pieces"] > 3 and si["kmeans"]["n_train"] == 64 * 64
     c_local = np.load(tmp_path / "local" / "index" / "centroids.npy")
@@ -60,6 +61,24 @@ def test_spark_build_equals_local_build_npy(spark, data, tmp_path):
     assert remote.ntotal == 12000 - 100
     assert [p["recall@10"] for p in si["recall"]["points"]] == \
         [p["recall@10"] for p in li["recall"]["points"]]
+
+
+def test_spark_kmeans_over_partitions_when_sample_does_not_fit_driver(spark, data, tmp_path):
+    """A memory budget under the driver's k-means needs but over a worker's share: the
+    iterations run as Spark jobs over executor-read blocks, with the local result."""
+    write_npy_parts(tmp_path / "emb", data, [0, 3000, 7000, 12000])
+    local, li = _build(tmp_path / "emb", tmp_path / "local", None)
+    remote, si = _build(tmp_path / "emb", tmp_path / "spark", "pyspark",
+                        current_memory_available="2600K")
+    assert li["kmeans"]["placement"] == "driver"
+    assert si["kmeans"]["placement"] == "distributed"
+    np.testing.assert_array_equal(np.load(tmp_path / "local" / "index" / "centroids.npy"),
+                                  np.load(tmp_path / "spark" / "index" / "centroids.npy"))
+    xq = make_queries(200, 16, seed=12)
+    Dl, Il = local.search(xq, 10, nprobe=8)
+    Ds, Is = remote.search(xq, 10, nprobe=8)
+    np.testing.assert_array_equal(Il, Is)
+    np.testing.assert_array_equal(Dl, Ds)
 
 
 def test_spark_parquet_and_retried_task_duplicates_nothing(spark, data, tmp_path):

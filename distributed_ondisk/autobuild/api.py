@@ -37,6 +37,7 @@ from distributed_ondisk.errors import InputError
 
 log = logging.getLogger(__name__)
 MIN_POINTS_PER_CENTROID = 39
+ROW_WORKING_BYTES = 28       # per training row: label int64, distance, one-hot sparse entry
 
 
 def _local_dir(path: Union[str, os.PathLike], what: str) -> Path:
@@ -57,6 +58,35 @@ def _runner(distributed: Optional[str], nb_cores: Optional[int]) -> Any:
         from distributed_ondisk.autobuild.pyspark import SparkRunner
         return SparkRunner()
     raise InputError(f"distributed={distributed!r}: expected None or 'pyspark'")
+
+
+def kmeans_placement(n_train: int, d: int, k: int, memory: int, nb_workers: int,
+                     local: bool) -> tuple[int, bool]:
+    """(bytes k-means needs in one process, whether it runs on the driver).
+
+    On the driver it holds the sample and the assignment's working memory
+    (labels, distances, the one-hot sums, faiss's distance tiles); autofaiss
+    trains there too, and a Spark job per iteration costs more than the
+    assignment of any sample that fits.  Otherwise (Spark only) each worker
+    holds its share of the blocks plus the same working memory.
+    """
+    tiles = 4 * 4096 * min(k, 1024)     # faiss's blas distance tile (4096 x 1024 floats)
+    driver = n_train * (4 * d + ROW_WORKING_BYTES) + tiles
+    if local or driver <= memory // 2:
+        need, on_driver = driver, True
+    else:
+        need = -(-n_train // nb_workers) * (4 * d + ROW_WORKING_BYTES) + tiles
+        on_driver = False
+    log.info("k-means on %d rows of d=%d: %s, about %.0f MiB per process (half of "
+             "current_memory_available: %.0f MiB)", n_train, d,
+             "on the driver" if on_driver else f"over {nb_workers} workers", need / 2**20,
+             memory / 2**21)
+    if need > memory // 2:
+        raise InputError(f"k-means on {n_train} rows of d={d} needs about "
+                         f"{need / 2**20:.0f} MiB {'on the driver' if on_driver else 'per worker'}"
+                         f", over half of current_memory_available ({memory / 2**20:.0f} MiB): "
+                         "lower max_points_per_centroid or raise the memory")
+    return need, on_driver
 
 
 class _Stages:
@@ -120,13 +150,9 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
         raise InputError(f"nb_indices_to_keep={nb_indices_to_keep} is more than nlist="
                          f"{spec.nlist}: a shard holds at least one list")
     n_train = min(n, spec.nlist * max_points_per_centroid)
-    train_bytes = n_train * d * 4 * 2          # the rows, and a copy while scattering
-    if train_bytes > memory // 2:
-        raise InputError(f"k-means on {n_train} rows of d={d} needs about "
-                         f"{train_bytes / 2**20:.0f} MiB, over half of "
-                         f"current_memory_available ({memory / 2**20:.0f} MiB): lower "
-                         "max_points_per_centroid or raise the memory")
     runner = _runner(distributed, nb_cores)
+    train_bytes, on_driver = kmeans_placement(n_train, d, spec.nlist, memory, runner.nb_workers,
+                                              distributed is None)
     pieces = plan_pieces([f.rows for f in files],
                          rows_per_piece_for(n, d, runner.nb_workers, memory), limit=n)
     ctx = tasks.BuildContext(tuple(files), tuple(pieces), os.fspath(index_dir),
@@ -140,7 +166,7 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
     wd = Workdir.from_arg(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     temp_dir.mkdir(parents=True, exist_ok=True)
-    data = PlannedDataset(runner, ctx, n, d)
+    data = PlannedDataset(runner, ctx, n, d, on_driver=on_driver)
     try:
         km = stages.run("kmeans", lambda: train_kmeans(data, KMeansConfig(
             k=spec.nlist, niter=kmeans_niter, seed=seed,
@@ -179,7 +205,8 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
         "metric_type": metric_type, "distributed": runner.name, "workers": runner.nb_workers,
         "nb_vectors": n, "d": d, "nb_files": len(files), "nb_pieces": len(pieces),
         "nb_indices": nb_indices_to_keep, "nlist": spec.nlist, "seed": seed,
-        "kmeans": {"n_train": km.n_train, "niter": kmeans_niter, "objective": km.objective},
+        "kmeans": {"n_train": km.n_train, "niter": kmeans_niter, "objective": km.objective,
+                   "placement": "driver" if on_driver else "distributed"},
         "size_bytes": {"vslices": sum(v["bytes"] for v in vslices),
                        "hslices": sum(s["bytes"] for s in shards),
                        "trained_index": wd.trained.stat().st_size},

@@ -35,6 +35,9 @@ class LocalRunner:
     def scatter(self, blocks: Sequence[Any]) -> Any:
         return list(blocks)
 
+    def scatter_read(self, fn: Callable[[T], Any], items: Sequence[T]) -> Any:
+        return [fn(it) for it in items]
+
     def map_scattered(self, fn: Callable[[Any, Any], R], handle: Any, arg: Any) -> list[R]:
         return [fn(b, arg) for b in handle]
 

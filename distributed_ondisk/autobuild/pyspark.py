@@ -1,10 +1,11 @@
 """The ``distributed="pyspark"`` runner: each task is one Spark task.
 
 ``map`` runs one partition per item (pieces and shards are planned so that
-one is one task's worth); ``scatter`` keeps the k-means training blocks
-cached on the executors, so an iteration ships only the centroids (a
-broadcast) and brings back one reduced ``AssignResult`` (O(k*d)) per block,
-summed on the driver in block order.  Results come back in partition order,
+one is one task's worth); ``scatter_read`` has the executors read the
+k-means training blocks and keep them cached (when the sample does not fit on
+the driver), so an iteration ships only the centroids (a broadcast) and
+brings back one reduced ``AssignResult`` (O(k*d)) per block, summed on the
+driver in block order.  Results come back in partition order,
 whatever the executors' scheduling, so the sums are those of the local run.
 """
 from __future__ import annotations
@@ -64,6 +65,14 @@ class SparkRunner:
         nparts = max(1, min(len(blocks), self.nb_workers))
         rdd = self.sc.parallelize(list(blocks), nparts).cache()
         rdd.count()
+        return rdd
+
+    def scatter_read(self, fn: Callable[[T], Any], items: Sequence[T]) -> Any:
+        """Blocks read by the executors themselves (``fn(item)``) and cached there: the
+        rows never pass through the driver."""
+        nparts = max(1, min(len(items), self.nb_workers))
+        rdd = self.sc.parallelize(list(items), nparts).map(fn).cache()
+        self._collect(rdd.map(len), "read k-means blocks")
         return rdd
 
     def map_scattered(self, fn: Callable[[Any, Any], R], handle: Any, arg: Any) -> list[R]:

@@ -1,11 +1,20 @@
 """The planned input rows as a k-means ``DatasetAssign``, over any runner.
 
 ``train_kmeans`` draws its seeded uniform sample on global row numbers (all
-files concatenated) and calls :meth:`PlannedDataset.select`; the selected rows
-are read by tasks (grouped by piece), kept on the driver for the trained
-index's encoder, and scattered in fixed blocks to the runner's workers.  Each
-iteration maps ``assign_block`` over the blocks and adds the reduced results
-in block order, so the local and the Spark build compute the same sums.
+files concatenated) and calls :meth:`PlannedDataset.select`.  The sample is
+cut into fixed blocks, and each iteration sums the reduced assignments of the
+blocks in block order, so every placement computes the same sums:
+
+* ``on_driver`` (what autofaiss does, and the local build): the selected rows
+  are read by one job of tasks (grouped by piece) and the iterations run in
+  this process on all its cores; a Spark job per iteration would cost more
+  than the assignment itself for any sample that fits in memory.
+* otherwise: each block is read by a task and stays cached on the executors;
+  an iteration ships the centroids and brings back one ``AssignResult``
+  (O(k*d)) per block.  The driver holds no more than the encoder's rows.
+
+The encoder (and transform) trains on the first ``encoder_rows`` sampled rows
+in both placements.
 """
 from __future__ import annotations
 
@@ -15,6 +24,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from distributed_ondisk.autobuild.local import LocalRunner
 from distributed_ondisk.autobuild.plan import rows_by_piece, training_blocks
 from distributed_ondisk.autobuild.tasks import (BuildContext, assign_block, read_piece_subset,
                                                 sum_assignments)
@@ -29,13 +39,16 @@ class PlannedDataset:
     """All indexed rows (``n``, ``d``); holds at most the selected rows in memory."""
 
     def __init__(self, runner: Any, ctx: BuildContext, n: int, d: int, nblocks: int = 8,
-                 max_rows_in_memory: int = 1 << 22) -> None:
+                 on_driver: bool = True, encoder_rows: int = 1 << 16) -> None:
         self.runner, self.ctx = runner, ctx
         self.n, self.d = int(n), int(d)
         self.nblocks = nblocks
-        self.max_rows_in_memory = max_rows_in_memory
+        self.on_driver = on_driver
+        self.encoder_rows = encoder_rows
+        # where the iterations run: this process, or the runner's workers
+        self.compute = LocalRunner() if on_driver else runner
         self.rows: Optional[np.ndarray] = None       # global row numbers of the view
-        self.x: Optional[np.ndarray] = None          # their vectors (float32)
+        self.x: Optional[np.ndarray] = None          # their vectors, when held here
         self._handle: Any = None
 
     def read_global(self, rows: np.ndarray) -> np.ndarray:
@@ -48,23 +61,23 @@ class PlannedDataset:
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
     def _load(self, rows: np.ndarray) -> None:
-        if len(rows) > self.max_rows_in_memory:
-            raise InputError(f"k-means would hold {len(rows)} training rows in memory, over "
-                             f"the {self.max_rows_in_memory} that current_memory_available "
-                             "allows: lower the number of centroids or raise the memory")
         self._release()
         self.rows = rows
-        self.x = self.read_global(rows)
-        blocks = [self.x[a:b] for a, b in training_blocks(len(rows), self.nblocks)]
-        self._handle = self.runner.scatter(blocks)
+        bounds = training_blocks(len(rows), self.nblocks)
+        if self.on_driver:
+            self.x = self.read_global(rows)
+            self._handle = self.compute.scatter([self.x[a:b] for a, b in bounds])
+        else:
+            self._handle = self.runner.scatter_read(
+                functools.partial(read_rows_block, self.ctx), [rows[a:b] for a, b in bounds])
 
     def _release(self) -> None:
         if self._handle is not None:
-            self.runner.release(self._handle)
+            self.compute.release(self._handle)
         self._handle, self.rows, self.x = None, None, None
 
     def _ensure_loaded(self) -> None:
-        if self.x is None:        # the view is every row: small enough (n <= k * max_points)
+        if self._handle is None:   # the view is every row: small enough (n <= k * max_points)
             self._load(np.arange(self.n, dtype=np.int64))
 
     def count(self) -> int:
@@ -85,12 +98,16 @@ class PlannedDataset:
         if self.x is not None:
             return self.x[idx]
         uniq, inverse = np.unique(idx, return_inverse=True)
-        return self.read_global(uniq)[inverse]
+        rows = uniq if self.rows is None else self.rows[uniq]
+        return self.read_global(rows)[inverse]
 
     def training_rows(self) -> np.ndarray:
-        """The vectors k-means trained on (for the encoder and the transform)."""
+        """The encoder's training rows: the first ``encoder_rows`` rows k-means trained on."""
         self._ensure_loaded()
-        return self.x
+        m = min(self.count(), self.encoder_rows)
+        if self.x is not None:
+            return self.x[:m]
+        return self.read_global(self.rows[:m])
 
     def assign_to(self, centroids: np.ndarray,
                   weights: Optional[np.ndarray] = None) -> AssignResult:
@@ -98,17 +115,12 @@ class PlannedDataset:
             raise InputError("weighted k-means is not supported by build_index")
         c = check_centroids(centroids, self.d)
         self._ensure_loaded()
-        fn = functools.partial(_assign, threads=self.runner.task_threads)
-        parts = self.runner.map_scattered(fn, self._handle, c)
+        fn = functools.partial(_assign, threads=self.compute.task_threads)
+        parts = self.compute.map_scattered(fn, self._handle, c)
         return sum_assignments(parts, len(c), self.d)
 
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        import faiss
-
-        c = check_centroids(centroids, self.d)
-        self._ensure_loaded()
-        D, I = faiss.knn(self.x, c, 1)
-        return D, I
+        raise InputError("perform_search is not used by build_index's k-means loop")
 
     def assign_full(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,3 +132,11 @@ class PlannedDataset:
 
 def _assign(block: np.ndarray, centroids: np.ndarray, threads: int = 0) -> AssignResult:
     return assign_block(block, centroids, threads)
+
+
+def read_rows_block(ctx: BuildContext, rows: np.ndarray) -> np.ndarray:
+    """One training block (sorted global rows) read by a task, for the executors' cache."""
+    parts = [read_piece_subset(ctx, g) for g in rows_by_piece(rows, ctx.pieces)]
+    if not parts:
+        return np.empty((0, ctx.files[0].d), np.float32)
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
