@@ -93,6 +93,7 @@ def ground_truth(folder: Path, xq: np.ndarray) -> np.ndarray:
 
 
 def ours(emb: Path, out: Path, distributed, args, xq, gt) -> dict:
+    shutil.rmtree(out, ignore_errors=True)      # a rerun in --workdir starts afresh
     t0 = time.perf_counter()
     index, infos = build_index(str(emb), str(out / "index"), str(out / "infos.json"),
                                index_key=args.index_key, distributed=distributed,
@@ -175,7 +176,8 @@ def main() -> int:
     spark.stop()
     if args.with_autofaiss:
         for r in runs:
-            (root / f"af{r}").mkdir(exist_ok=True)
+            shutil.rmtree(root / f"af{r}", ignore_errors=True)
+            (root / f"af{r}").mkdir()
             rows[f"autofaiss spark local[2] #{r}"] = autofaiss(emb, root, f"af{r}", args, xq, gt)
     import pyspark
     print(f"# bench_spark: n={args.n} d={args.d} files={args.nfiles} nq={args.nq} "

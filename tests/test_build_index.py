@@ -69,7 +69,9 @@ def test_training_blocks_cover_rows():
 # ---- index key ----------------------------------------------------------------------
 
 def test_index_key_chosen_from_budget_with_reasons():
-    spec, why = choose_index_key(1_000_000, 96, parse_memory("200M"))
+    spec, why = choose_index_key(1_000_000, 96, parse_memory("250M"))
+    assert spec.key(96) == "RR96,IVF4096_HNSW32,SQfp16" and "chosen" in why[-1]
+    spec, why = choose_index_key(1_000_000, 96, parse_memory("150M"))
     assert spec.key(96) == "RR96,IVF4096_HNSW32,SQ8" and "chosen" in why[-1]
     spec, why = choose_index_key(1_000_000, 96, parse_memory("60M"))
     assert spec.cfg.encoder == "SQ4"                # 48+8 bytes/vector fits, 72+8 does not

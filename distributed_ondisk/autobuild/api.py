@@ -109,7 +109,7 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
                 max_index_memory_usage: str = "16G", current_memory_available: str = "32G",
                 temporary_indices_folder: Optional[str] = None, nb_indices_to_keep: int = 1,
                 distributed: Optional[str] = None, metric_type: str = "l2",
-                nb_cores: Optional[int] = None, seed: int = 1234, kmeans_niter: int = 25,
+                nb_cores: Optional[int] = None, seed: int = 1234, kmeans_niter: int = 10,
                 max_points_per_centroid: int = 256, eval_queries: int = 1000,
                 keep_temporary: bool = False,
                 _fault: Optional[Callable[[str, int], None]] = None) -> tuple[Any, dict]:

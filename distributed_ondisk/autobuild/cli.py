@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--metric_type", choices=["l2", "ip"], default="l2")
     ap.add_argument("--nb_cores", type=int, default=None)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--kmeans_niter", type=int, default=25)
+    ap.add_argument("--kmeans_niter", type=int, default=10,
+                    help="k-means iterations (faiss's IVF training default, as autofaiss)")
     ap.add_argument("--eval_queries", type=int, default=1000)
     ap.add_argument("--keep_temporary", action="store_true")
     add_logging_args(ap)

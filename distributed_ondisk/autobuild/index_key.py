@@ -92,7 +92,7 @@ def choose_nlist(n: int) -> tuple[int, str]:
 def _encoders(d: int) -> list[str]:
     """Candidate encoders, most precise first."""
     pqs = [f"PQ{m}" for m in (d // 2, d // 4, d // 8, d // 16) if m >= 1 and d % m == 0]
-    return ["SQ8", "SQ6", "SQ4", *dict.fromkeys(pqs)]
+    return ["SQfp16", "SQ8", "SQ6", "SQ4", *dict.fromkeys(pqs)]
 
 
 def choose_index_key(n: int, d: int, max_index_memory_usage: int,

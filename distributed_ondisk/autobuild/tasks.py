@@ -33,6 +33,9 @@ from distributed_ondisk.workdir import Workdir
 log = logging.getLogger(__name__)
 VSLICE_KIND = "vslice"
 ADD_BLOCK_ROWS = 65536
+# the HNSW quantizer's efSearch while adding (k=1): 64 assigns as 128 (the search
+# default) did on 200k x 64 (99.999 % the exact nearest centroid) in half the time
+ADD_EF_SEARCH = 64
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
     if mf.is_complete(out, VSLICE_KIND, params):
         log.info("%s is complete, reused", out)
     else:
+        _set_add_ef_search(index)
         with omp_threads(ctx.threads):
             for a in range(p.a, p.b, ADD_BLOCK_ROWS):
                 b = min(p.b, a + ADD_BLOCK_ROWS)
@@ -134,6 +138,12 @@ def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
     if ctx.fault is not None:
         ctx.fault("vslice", piece_no)
     return {"piece": piece_no, "rows": p.rows, "bytes": out.stat().st_size}
+
+
+def _set_add_ef_search(index: faiss.Index) -> None:
+    quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = min(int(quantizer.hnsw.efSearch), ADD_EF_SEARCH)
 
 
 def write_ids(ctx: BuildContext, piece_no: int) -> int:
