@@ -99,7 +99,8 @@ def ours(emb: Path, out: Path, distributed, args, xq, gt) -> dict:
                                index_key=args.index_key, distributed=distributed,
                                max_index_memory_usage=args.max_index_memory_usage,
                                current_memory_available=args.current_memory_available,
-                               nb_indices_to_keep=args.nb_indices, eval_queries=0)
+                               nb_indices_to_keep=args.nb_indices, eval_queries=0,
+                               seed=args.seed)
     dt = time.perf_counter() - t0
     _, I = index.search(xq, 10, nprobe=16)
     return {"seconds": dt, "recall10": recall_at(I, gt, (10,))[10],
@@ -150,6 +151,7 @@ def main() -> int:
     ap.add_argument("--with-autofaiss", dest="with_autofaiss", action="store_true")
     ap.add_argument("--afvenv", default="/tmp/afvenv")
     ap.add_argument("--repeat", type=int, default=1, help="builds per side (shared machine)")
+    ap.add_argument("--seed", type=int, default=1234, help="our k-means seed")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.quick:
@@ -161,9 +163,6 @@ def main() -> int:
     xq = make_queries(args.nq, args.d, seed=1)
     gt = ground_truth(emb, xq)
     rows: dict[str, dict] = {}
-    runs = range(1, args.repeat + 1)
-    for r in runs:
-        rows[f"ours local #{r}"] = ours(emb, root / f"local{r}", None, args, xq, gt)
     from pyspark.sql import SparkSession
     t0 = time.perf_counter()
     spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
@@ -171,14 +170,18 @@ def main() -> int:
              .config("spark.driver.memory", "4g").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     startup = time.perf_counter() - t0
-    for r in runs:
-        rows[f"ours spark local[2] #{r}"] = ours(emb, root / f"spark{r}", "pyspark", args, xq, gt)
-    spark.stop()
-    if args.with_autofaiss:
-        for r in runs:
+    # the sides interleaved, so that load from others on a shared machine hits each alike
+    for r in range(1, args.repeat + 1):
+        rows[f"ours local #{r}"] = ours(emb, root / f"local{r}", None, args, xq, gt)
+        rows[f"ours spark local[2] #{r}"] = ours(emb, root / f"spark{r}", "pyspark", args, xq,
+                                                 gt)
+        if args.with_autofaiss:
             shutil.rmtree(root / f"af{r}", ignore_errors=True)
             (root / f"af{r}").mkdir()
             rows[f"autofaiss spark local[2] #{r}"] = autofaiss(emb, root, f"af{r}", args, xq, gt)
+    spark.stop()
+    side = {"ours local": 0, "ours spark local[2]": 1, "autofaiss spark local[2]": 2}
+    rows = dict(sorted(rows.items(), key=lambda kv: (side[kv[0].split(" #")[0]], kv[0])))
     import pyspark
     print(f"# bench_spark: n={args.n} d={args.d} files={args.nfiles} nq={args.nq} "
           f"shards={args.nb_indices} budget={args.max_index_memory_usage}")

@@ -25,13 +25,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
+
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.autobuild import tasks
 from distributed_ondisk.autobuild.evaluation import measure_recall, read_global_range
 from distributed_ondisk.autobuild.index_key import (choose_index_key, estimate_index_bytes,
                                                     parse_memory)
 from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files
-from distributed_ondisk.autobuild.plan import holdout_rows, plan_pieces, rows_per_piece_for
+from distributed_ondisk.autobuild.plan import (holdout_rows, plan_pieces, rows_by_piece,
+                                               rows_per_piece_for)
 from distributed_ondisk.autobuild.training import PlannedDataset
 from distributed_ondisk.errors import InputError
 
@@ -58,6 +61,19 @@ def _runner(distributed: Optional[str], nb_cores: Optional[int]) -> Any:
         from distributed_ondisk.autobuild.pyspark import SparkRunner
         return SparkRunner()
     raise InputError(f"distributed={distributed!r}: expected None or 'pyspark'")
+
+
+def kmeans_rows_hint(n: int, cfg: Any, on_driver: bool) -> np.ndarray:
+    """The global rows ``train_kmeans`` will ask for (its fingerprint rows, and its seeded
+    sample when k-means runs on the driver), so the scan brings them back.  Only a
+    hint: rows it misses are read by tasks later."""
+    from distributed_ondisk.kmeans.loop import FINGERPRINT_ROWS, _sample
+
+    rows = np.linspace(0, n - 1, FINGERPRINT_ROWS).astype(np.int64)
+    if on_driver:
+        sample = _sample(n, cfg, np.random.Generator(np.random.PCG64(cfg.seed)))
+        rows = np.arange(n, dtype=np.int64) if sample is None else np.union1d(rows, sample)
+    return np.unique(rows)
 
 
 def kmeans_placement(n_train: int, d: int, k: int, memory: int, nb_workers: int,
@@ -160,17 +176,22 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
                              tuple(id_columns or ()), runner.task_threads, _fault)
     log.info("%d vectors of d=%d in %d file(s) -> %d pieces on %s (%d workers); %d held out",
              n, d, len(files), len(pieces), runner.name, runner.nb_workers, total - n)
-    stages.run("scan_inputs", lambda: runner.map(functools.partial(tasks.scan_piece, ctx),
-                                                 range(len(pieces)), desc="scan"))
+    kcfg = KMeansConfig(k=spec.nlist, niter=kmeans_niter, seed=seed,
+                        max_points_per_centroid=max_points_per_centroid)
+    wanted = kmeans_rows_hint(n, kcfg, on_driver)
+    groups = dict(rows_by_piece(wanted, pieces))
+    kept = stages.run("scan_inputs", lambda: runner.map(
+        functools.partial(tasks.scan_piece_keeping, ctx),
+        [(i, groups.get(i)) for i in range(len(pieces))], desc="scan"))
     queries = read_global_range(files, n, total)
     wd = Workdir.from_arg(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     temp_dir.mkdir(parents=True, exist_ok=True)
     data = PlannedDataset(runner, ctx, n, d, on_driver=on_driver)
+    data.prefetched(wanted, np.concatenate([x for x in kept if x is not None]))
+    del kept
     try:
-        km = stages.run("kmeans", lambda: train_kmeans(data, KMeansConfig(
-            k=spec.nlist, niter=kmeans_niter, seed=seed,
-            max_points_per_centroid=max_points_per_centroid)))
+        km = stages.run("kmeans", lambda: train_kmeans(data, kcfg))
         write_vectors(wd.centroids, km.centroids)
         train_path = temp_dir / "train.npy"
         write_vectors(train_path, data.training_rows())

@@ -72,6 +72,18 @@ def scan_piece(ctx: BuildContext, piece_no: int) -> int:
     return len(ctx.piece_rows(ctx.pieces[piece_no]))
 
 
+def scan_piece_keeping(ctx: BuildContext, item: tuple[int, Optional[np.ndarray]]
+                       ) -> Optional[np.ndarray]:
+    """:func:`scan_piece`, returning the rows at the given file-local row numbers (sorted)
+    from the same read: the k-means sample comes back with the scan, no second job."""
+    piece_no, local = item
+    p = ctx.pieces[piece_no]
+    x = ctx.piece_rows(p)
+    if local is None:
+        return None
+    return np.ascontiguousarray(x[np.asarray(local) - p.a], dtype=np.float32)
+
+
 def read_piece_subset(ctx: BuildContext, item: tuple[int, np.ndarray]) -> np.ndarray:
     """Rows of one piece at file-local row numbers (sorted)."""
     piece_no, local = item

@@ -47,12 +47,27 @@ class PlannedDataset:
         self.encoder_rows = encoder_rows
         # where the iterations run: this process, or the runner's workers
         self.compute = LocalRunner() if on_driver else runner
+        self._cache: Optional[tuple[np.ndarray, np.ndarray]] = None   # prefetched rows
         self.rows: Optional[np.ndarray] = None       # global row numbers of the view
         self.x: Optional[np.ndarray] = None          # their vectors, when held here
         self._handle: Any = None
 
+    def prefetched(self, rows: np.ndarray, x: np.ndarray) -> None:
+        """Rows the scan already read (sorted global rows, their vectors): served from
+        memory by :meth:`read_global` instead of another job."""
+        self._cache = (np.asarray(rows, np.int64), x)
+
     def read_global(self, rows: np.ndarray) -> np.ndarray:
         """float32 vectors of sorted distinct global rows, read by the runner's tasks."""
+        if self._cache is not None:
+            crows, cx = self._cache
+            if np.array_equal(rows, crows):
+                return cx
+            pos = np.searchsorted(crows, rows)
+            if len(crows) and np.all(pos < len(crows)) and np.array_equal(
+                    crows[np.minimum(pos, len(crows) - 1)], rows):
+                return cx[pos]
+            log.info("%d rows not all prefetched: read by tasks", len(rows))
         groups = rows_by_piece(rows, self.ctx.pieces)
         if not groups:
             return np.empty((0, self.d), np.float32)
@@ -66,6 +81,7 @@ class PlannedDataset:
         bounds = training_blocks(len(rows), self.nblocks)
         if self.on_driver:
             self.x = self.read_global(rows)
+            self._cache = None          # what k-means reads next is in self.x
             self._handle = self.compute.scatter([self.x[a:b] for a, b in bounds])
         else:
             self._handle = self.runner.scatter_read(
@@ -128,6 +144,7 @@ class PlannedDataset:
 
     def close(self) -> None:
         self._release()
+        self._cache = None
 
 
 def _assign(block: np.ndarray, centroids: np.ndarray, threads: int = 0) -> AssignResult:
