@@ -22,16 +22,14 @@ from distributed_ondisk import manifest as mf
 from distributed_ondisk.atomic import atomic_path
 from distributed_ondisk.autobuild.inputs import InputFile, read_id_columns, read_rows
 from distributed_ondisk.autobuild.plan import Piece
-from distributed_ondisk.build.slicefile import read_layout, region_checksums
-from distributed_ondisk.build.structure import placeholder_quantizer, structure_digest
 from distributed_ondisk.build.trained_index import load_trained_index
-from distributed_ondisk.build.vslice import add_rows, list_sizes, omp_threads
+from distributed_ondisk.build.vslice import KIND as VSLICE_KIND
+from distributed_ondisk.build.vslice import add_rows, omp_threads, write_vslice
 from distributed_ondisk.errors import IndexFileError
 from distributed_ondisk.kmeans.base import AssignResult
 from distributed_ondisk.workdir import Workdir
 
 log = logging.getLogger(__name__)
-VSLICE_KIND = "vslice"
 ADD_BLOCK_ROWS = 65536
 # the HNSW quantizer's efSearch while adding (k=1): 64 assigns as 128 (the search
 # default) did on 200k x 64 (99.999 % the exact nearest centroid) in half the time
@@ -134,19 +132,8 @@ def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
         if index.ntotal != p.rows:
             raise IndexFileError(f"internal: vslice {out} got {index.ntotal} rows, "
                                  f"expected {p.rows}")
-        sizes = list_sizes(index)
-        structure = structure_digest(index)
-        with atomic_path(out) as tmp:
-            with placeholder_quantizer(index):
-                faiss.write_index(index, os.fspath(tmp))
-        layout = read_layout(out)
-        if layout.structure != structure or not np.array_equal(layout.sizes, sizes):
-            raise IndexFileError(f"internal: {out} does not read back as written")
-        mf.write_manifest(out, VSLICE_KIND, {"index": out}, params=params,
-                          regions=region_checksums(layout), trained_fingerprint=fingerprint,
-                          structure=structure, rows=p.rows, id_range=list(p.id_range),
-                          list_sizes=mf.encode_counts(sizes), quantizer="placeholder",
-                          data=f.url)
+        write_vslice(index, out, params=params, trained_fingerprint=fingerprint,
+                     id_range=p.id_range, data=f.url)
     if ctx.fault is not None:
         ctx.fault("vslice", piece_no)
     return {"piece": piece_no, "rows": p.rows, "bytes": out.stat().st_size}

@@ -127,6 +127,33 @@ def fill(index: faiss.Index, vf: Any, i0: int, i1: int, block_rows: int) -> None
             prog.update(len(block))
 
 
+def write_vslice(index: faiss.Index, out: Path, *, params: dict[str, Any],
+                 trained_fingerprint: str, id_range: tuple[int, int], data: str,
+                 keep_quantizer: bool = False) -> dict[str, Any]:
+    """Write a filled vslice atomically (quantizer replaced by a placeholder unless
+    kept), check it reads back with the same structure and list sizes, then write its
+    manifest (what the merge verifies); returns the manifest.  Shared by the
+    ``make_vslice`` stage and ``build_index``'s tasks."""
+    i0, i1 = id_range
+    sizes = list_sizes(index)
+    structure = structure_digest(index)
+    with atomic_path(out) as tmp:
+        if keep_quantizer:
+            write_index(index, tmp)
+        else:
+            with placeholder_quantizer(index):
+                write_index(index, tmp)
+    layout = read_layout(out)
+    if layout.structure != structure or not np.array_equal(layout.sizes, sizes):
+        raise InputError(f"internal: {out} does not read back as written")
+    return mf.write_manifest(out, KIND, {"index": out}, params=params,
+                             regions=region_checksums(layout),
+                             trained_fingerprint=trained_fingerprint, structure=structure,
+                             rows=i1 - i0, id_range=[i0, i1],
+                             list_sizes=mf.encode_counts(sizes),
+                             quantizer="kept" if keep_quantizer else "placeholder", data=data)
+
+
 def make_vslice(job: VsliceJob) -> dict[str, Any]:
     """Build one vertical slice (skipped when already complete); returns its manifest."""
     from distributed_ondisk.vectors import open_vectors
@@ -152,22 +179,8 @@ def make_vslice(job: VsliceJob) -> dict[str, Any]:
         fill(index, vf, i0, i1, job.block_rows)
     if index.ntotal != i1 - i0:
         raise InputError(f"added {index.ntotal} vectors, expected {i1 - i0}")
-    sizes = list_sizes(index)
-    structure = structure_digest(index)
-    with atomic_path(out) as tmp:
-        if job.keep_quantizer:
-            write_index(index, tmp)
-        else:
-            with placeholder_quantizer(index):
-                write_index(index, tmp)
-    layout = read_layout(out)
-    if layout.structure != structure or not np.array_equal(layout.sizes, sizes):
-        raise InputError(f"internal: {out} does not read back as written")
-    doc = mf.write_manifest(out, KIND, {"index": out}, params=params,
-                            regions=region_checksums(layout),
-                            trained_fingerprint=fingerprint, structure=structure,
-                            rows=i1 - i0, id_range=[i0, i1], list_sizes=mf.encode_counts(sizes),
-                            quantizer="kept" if job.keep_quantizer else "placeholder",
-                            data=os.path.abspath(job.data))
+    doc = write_vslice(index, out, params=params, trained_fingerprint=fingerprint,
+                       id_range=(i0, i1), data=os.path.abspath(job.data),
+                       keep_quantizer=job.keep_quantizer)
     log.info("wrote %s (%d vectors)", out, i1 - i0)
     return doc
