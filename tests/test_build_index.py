@@ -200,3 +200,27 @@ def test_cli_and_package_entry_point(tmp_path):
                           "--index_infos_path", str(tmp_path / "i2.json")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "none: no such file or folder" in bad.stderr
+
+
+def test_scan_brings_back_the_kmeans_sample(tmp_path, monkeypatch):
+    """The k-means sample and fingerprint rows come back with the scan: no second read,
+    and the same centroids as reading them apart (the hint disabled)."""
+    from distributed_ondisk.autobuild import api, training
+    from distributed_ondisk.datasets import make_clustered
+
+    write_npy_parts(tmp_path / "emb", make_clustered(6000, 8, seed=3), [0, 2500, 6000])
+    kw = dict(index_key="IVF16_HNSW32,SQ8", kmeans_niter=4, eval_queries=50,
+              max_points_per_centroid=100, seed=5)          # 1600 sampled of 5950 rows
+
+    def no_read(*a, **k):
+        raise AssertionError("training rows read again after the scan")
+    with monkeypatch.context() as m:
+        m.setattr(training, "read_piece_subset", no_read)
+        _, infos = build_index(str(tmp_path / "emb"), str(tmp_path / "a"),
+                               str(tmp_path / "a.json"), **kw)
+    assert infos["kmeans"]["n_train"] == 1600
+    with monkeypatch.context() as m:
+        m.setattr(api, "kmeans_rows_hint", lambda n, cfg, on_driver: np.array([0]))
+        build_index(str(tmp_path / "emb"), str(tmp_path / "b"), str(tmp_path / "b.json"), **kw)
+    np.testing.assert_array_equal(np.load(tmp_path / "a" / "centroids.npy"),
+                                  np.load(tmp_path / "b" / "centroids.npy"))
