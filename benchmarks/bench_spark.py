@@ -3,11 +3,16 @@ Spark build with --with-autofaiss) on the same embedding files and memory budget
 
     python benchmarks/bench_spark.py --quick                 # small, a minute
     python benchmarks/bench_spark.py --n 2000000 --d 96 --with-autofaiss
+    python benchmarks/bench_spark.py --n 200000 --d 64 --nfiles 4 --nq 5000 \
+        --with-autofaiss --repeat 2          # the docs/SPARK.md table
 
 autofaiss needs numpy < 2, so it runs in its own virtual environment
 (``--afvenv``, default /tmp/afvenv), created and filled by pip on first use; when
 that fails the table says why.  Spark's start-up is timed apart from the build.
-recall@10 is faiss's 1-recall@10 at nprobe 16 on fresh queries of the same mixture.
+recall@10 is faiss's 1-recall@10 at nprobe 16 on fresh queries of the same mixture;
+autofaiss is built with metric_type="l2" (its default is "ip"), its index read back
+from its files with nprobe set on each IVF, and its ids checked by searching stored
+rows.  The sides run interleaved, ``--repeat`` times each.
 """
 from __future__ import annotations
 
