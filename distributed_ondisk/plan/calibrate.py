@@ -52,10 +52,10 @@ def measure_assign(d: int, k: int = 1024, n: int = 60000, repeat: int = 2) -> fl
     return 2.0 * n * k * d / t / 1e9 / threads_in_use()
 
 
-def _trained(x: np.ndarray, nlist: int, encoder: str = "SQ6"):
+def _trained(x: np.ndarray, nlist: int, encoder: str = "SQ6", sample_rows: int = 20000):
     from distributed_ondisk.build.trained_index import TrainedIndexConfig, build_trained_index
     cent = x[np.random.default_rng(1).choice(len(x), nlist, replace=False)]
-    return build_trained_index(cent, x[:20000], TrainedIndexConfig(encoder=encoder))
+    return build_trained_index(cent, x[:sample_rows], TrainedIndexConfig(encoder=encoder))
 
 
 def measure_hnsw_build(d: int, nlist: int = 4096, repeat: int = 1) -> float:
@@ -81,7 +81,8 @@ def measure_train(d: int, nlist: int = 1024, rows: tuple[int, int] = (10000, 400
     from distributed_ondisk.datasets import make_clustered
 
     x = make_clustered(rows[1], d, seed=16)
-    t = [best_time(lambda m=m: _trained(x[:m], nlist), repeat) for m in rows]
+    # every row of x[:m] is in the sample (not only the first 20000, as for the other rates)
+    t = [best_time(lambda m=m: _trained(x[:m], nlist, sample_rows=m), repeat) for m in rows]
     return (rows[1] - rows[0]) / max(t[1] - t[0], 1e-6) / threads_in_use()
 
 

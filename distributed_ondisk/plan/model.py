@@ -257,6 +257,13 @@ def quantizer_bytes(w: Workload) -> float:
     return w.nlist * (w.d * 4 + HNSW_BYTES_PER_NODE)
 
 
+def encoder_train_rows(w: Workload, rows: int) -> int:
+    """Rows faiss trains the encoder on: IndexIVF.train subsamples to
+    ``train_encoder_num_vectors()``, 100k for a scalar quantizer, 256 x 256 for PQ."""
+    cap = 65_536 if w.encoder.upper().startswith("PQ") else 100_000
+    return min(rows, cap)
+
+
 def trained_index_cost(w: Workload, c: Cluster, r: Rates) -> StageCost:
     rows = min(w.train_rows, w.n)
     per_vec = (w.d / r.hnsw_ref_d) * _log_ratio(w.nlist, r.hnsw_ref_nlist) \
@@ -265,13 +272,13 @@ def trained_index_cost(w: Workload, c: Cluster, r: Rates) -> StageCost:
     read = rows * w.row_bytes + w.nlist * w.d * 4
     # the encoder trains on residuals: every sample row is assigned through the HNSW
     # quantizer (as costly as an add); the rotation is one small matrix product
-    residuals = (rows * (w.d / r.add_ref_d) * _log_ratio(w.nlist, r.add_ref_nlist)
+    residuals = (encoder_train_rows(w, rows) * (w.d / r.add_ref_d) * _log_ratio(w.nlist, r.add_ref_nlist)
                  / r.train_vps_per_core / c.cores)
     t = build + residuals + read / (r.disk_read_mbps * MB)
     ram = 3 * rows * w.d * 4 + 2 * quantizer_bytes(w)
     s = StageCost("trained index", 1, read, 0, 0, ram, quantizer_bytes(w) + w.d * w.d * 4, t,
                   detail=f"HNSW32 over {w.nlist:,} centroids on {c.cores} cores: {build:.0f} s, "
-                         f"encoder trained on {rows:,} residuals: {residuals:.0f} s")
+                         f"encoder trained on {encoder_train_rows(w, rows):,} residuals: {residuals:.0f} s")
     if ram > RAM_USABLE * c.ram_gb * GB:
         s.flags.append(f"CANNOT FIT: the trained index build needs {gib(ram)}")
     return s
