@@ -15,7 +15,7 @@ from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import block_rows_for
 from distributed_ondisk.kmeans.loop import KMeansConfig, KMeansResult, train_kmeans
-from distributed_ondisk.kmeans.source import RowSource
+from distributed_ondisk.kmeans.source import RowSource, resident_budget_bytes
 from distributed_ondisk.manifest import remove_stale_for, write_manifest
 from distributed_ondisk.rpc import add_secret_args, secret_from_args
 
@@ -140,7 +140,7 @@ def main_server(args: argparse.Namespace) -> int:
     secret = secret_from_args(args)
     source = _source(args)
     log.info("checking %s for NaN/Inf", source.describe())
-    source.check_finite(block_rows_for(source.d))
+    source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
     ds = make_dataset(source, args.gpu, args.nt)
     host = args.host or ("127.0.0.1" if secret is None
                          else ("0.0.0.0" if args.ipv4 else "::"))
@@ -182,7 +182,7 @@ def main_args(args: argparse.Namespace) -> int:
         KMeansConfig(args.k, args.niter, args.seed, args.max_points_per_centroid).validate(source.n)
     except InputError as e:   # name the data: "k > n" is about this file
         raise InputError(f"{source.describe()}: {e}") from e
-    source.check_finite(block_rows_for(source.d))
+    source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
     run_loop(args, make_dataset(source, args.gpu, args.nt))
     return 0
 

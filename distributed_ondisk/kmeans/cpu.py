@@ -110,6 +110,12 @@ class CPUAssign:
         """A function block -> (D, I) for these centroids (set up once per call)."""
         import faiss
 
+        if self.nthreads:
+            # OpenMP's thread count is per thread: the RPC server calls us from a
+            # connection thread, which would otherwise use every core and oversubscribe
+            # the machine when several servers share it (measured: 15 % slower).
+            faiss.omp_set_num_threads(int(self.nthreads))
+
         def search(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             D, I = faiss.knn(xb, centroids, 1)
             return D.ravel(), I.ravel()

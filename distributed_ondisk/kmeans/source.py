@@ -42,6 +42,7 @@ class RowSource:
                              f"{total} rows (need 0 <= i0 <= i1 <= {total})")
         self.i0, self.i1 = int(i0), i1
         self.n = i1 - i0
+        self._resident: Optional[np.ndarray] = None   # float32 rows kept by check_finite
 
     def subrange(self, a: int, b: int) -> "RowSource":
         """Local rows ``[a, b)`` of this range, same data."""
@@ -59,6 +60,10 @@ class RowSource:
 
     def blocks(self, block_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(local start row, float32 C-contiguous block)`` covering the range once."""
+        if self._resident is not None:
+            for a in range(0, self.n, block_rows):
+                yield a, self._resident[a:a + block_rows]
+            return
         if self._file is not None:
             for start, block in self._file.iter_blocks(self.i0, self.i1,
                                                        block_rows=block_rows):
@@ -73,6 +78,8 @@ class RowSource:
     def take(self, local_rows: np.ndarray) -> np.ndarray:
         """float32 rows at these local row numbers (any order, repeats allowed)."""
         idx = np.asarray(local_rows, dtype=np.int64)
+        if self._resident is not None:
+            return self._resident[idx]
         if self._file is not None:
             raw = np.asarray(self._file.raw(self.i0, self.i1)[idx])
         else:
@@ -83,7 +90,30 @@ class RowSource:
             raise InputError(f"{self.name}: row {self.i0 + int(idx[bad])} contains NaN or Inf")
         return x
 
-    def check_finite(self, block_rows: int) -> None:
-        """Read the whole range once; InputError/VectorFileError at the first NaN/Inf."""
-        for _ in self.blocks(block_rows):
-            pass
+    def check_finite(self, block_rows: int, keep_bytes: int = 0) -> None:
+        """Read the whole range once; InputError/VectorFileError at the first NaN/Inf.
+
+        A file range of at most ``keep_bytes`` (as float32) is kept in RAM by this
+        pass: k-means reads it every iteration, and re-reading a memory map into
+        fresh blocks costs a copy plus page faults per block each time (a third
+        of an iteration on a container kernel), while the checked rows cannot change.
+        """
+        keep = self._file is not None and 0 < self.n * self.d * 4 <= keep_bytes
+        rows = np.empty((self.n, self.d), np.float32) if keep else None
+        for a, block in self.blocks(block_rows):
+            if rows is not None:
+                rows[a:a + len(block)] = block
+        if rows is not None:
+            self._resident = rows
+
+
+def resident_budget_bytes(fraction: float = 0.5) -> int:
+    """``fraction`` of the memory the kernel reports available (0 if unknown)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * fraction)
+    except (OSError, ValueError):
+        pass
+    return 0
