@@ -2,6 +2,8 @@
 a task may fail 3 times before the job does), one session shared by every test."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -29,6 +31,9 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+    # py4j logs "Closing down clientserver connection" from __del__ at interpreter exit,
+    # after pytest closed the streams: a "Logging error" traceback in every run.
+    logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="module")

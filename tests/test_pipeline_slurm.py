@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from distributed_ondisk.datasets import make_clustered
-from distributed_ondisk.launch.slurm_cluster import ensure_slurm_cluster, slurm_unavailable_reason
 from distributed_ondisk.vectors import write_vectors
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,16 +29,6 @@ SETTINGS = {"K": "48", "NITER": "4", "NQ": "150", "NVSLICES": "3", "NHSLICES": "
             "SEARCH_SERVERS": "2", "KMEANS_SERVERS": "2", "KMEANS_NODES": "1",
             "SERVERS_PER_NODE": "2", "CPUS_PER_TASK": "1", "NPROBE": "1,8",
             "TRAIN_ROWS": "4000", "TRAIN_NT": "1", "SLURM_TIME": "0:10:00"}
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    reason = slurm_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"Slurm test cluster unavailable: {reason}")
-    c = ensure_slurm_cluster()
-    yield c
-    c.stop()
 
 
 def _sha(p: Path) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,6 @@ from distributed_ondisk.launch.slurm_cluster import (SlurmCluster, ensure_slurm_
                                                      slurm_unavailable_reason)
 
 JOB_TIMEOUT_S = 90.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[SlurmCluster]:
-    reason = slurm_unavailable_reason()
-    if reason is not None:
-        pytest.skip(f"Slurm test cluster unavailable: {reason}")
-    c = ensure_slurm_cluster()
-    yield c
-    c.stop()
 
 
 @pytest.fixture()

@@ -1,0 +1,21 @@
+"""Fixtures shared by several test modules."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import pytest
+
+from distributed_ondisk.launch.slurm_cluster import (SlurmCluster, ensure_slurm_cluster,
+                                                     slurm_unavailable_reason)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[SlurmCluster]:
+    """The single-node Slurm test cluster (started if needed; skipped, with the
+    reason, where this machine cannot run it)."""
+    reason = slurm_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"Slurm test cluster unavailable: {reason}")
+    c = ensure_slurm_cluster()
+    yield c
+    c.stop()
