@@ -9,32 +9,23 @@ CPU wheel, so the variant is chosen by an environment variable read here:
     DISTRIBUTED_ONDISK_FAISS=gpu pip install -e .    # faiss-gpu (CUDA 12 wheels)
     DISTRIBUTED_ONDISK_FAISS=none pip install -e .   # bring your own faiss (conda)
 
-If a faiss-gpu distribution is already installed and the variable is unset,
-the GPU variant is kept rather than adding faiss-cpu next to it.
+Switching an environment from one variant to the other: uninstall the first
+(pip cannot remove it for you); ``import distributed_ondisk`` refuses to run
+with both installed, naming them.
 """
 from __future__ import annotations
 
 import os
-from importlib import metadata
 
 from setuptools import find_packages, setup
 
 FAISS_WHEELS = {"cpu": "faiss-cpu>=1.9", "gpu": "faiss-gpu>=1.9"}
-GPU_DISTRIBUTIONS = ("faiss-gpu", "faiss-gpu-cu12", "faiss-gpu-cu11")
-
-
-def _installed(name: str) -> bool:
-    try:
-        metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return False
-    return True
 
 
 def faiss_requirement() -> list[str]:
-    variant = os.environ.get("DISTRIBUTED_ONDISK_FAISS", "").strip().lower()
-    if not variant:
-        variant = "gpu" if any(_installed(n) for n in GPU_DISTRIBUTIONS) else "cpu"
+    # Read here, not detected from what is installed: pip builds in an isolated
+    # environment that does not see the target's packages.
+    variant = os.environ.get("DISTRIBUTED_ONDISK_FAISS", "").strip().lower() or "cpu"
     if variant == "none":
         return []
     if variant not in FAISS_WHEELS:
