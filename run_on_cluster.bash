@@ -113,6 +113,17 @@ wait_server() {
     py "$HERE/rpc.py" -q ping "$(cat "$addr_file")" --timeout "$WAIT_TIMEOUT"
 }
 
+# The last $2 servers started wrote their addresses to $1/0.addr ... $1/($2-1).addr:
+# wait for each, then SERVER_LIST = their addresses joined by $3.
+await_servers() {
+    local dir=$1 n=$2 sep=$3 first=$(( ${#PIDS[@]} - $2 )) s list=""
+    for ((s = 0; s < n; s++)); do
+        wait_server "$dir/$s.addr" "${PIDS[$((first + s))]}"
+        list="$list$sep$(cat "$dir/$s.addr")"
+    done
+    SERVER_LIST=${list#"$sep"}
+}
+
 # Servers are started as "$PYTHON" ... & (never through the py function): a
 # backgrounded function is a subshell, and $! would be the subshell's pid, so
 # killing it would leave the Python server running.
@@ -136,7 +147,7 @@ kmeans_client_args() {
 # indexed rows; sets SERVER_LIST.  (Not called in $(...): the server pids must
 # stay in this shell's PIDS so that stop_servers and the EXIT trap see them.)
 kmeans_local_servers() {
-    local nserv=$1 dir="$WORKDIR/kmeans_servers/local" s i0 i1 servers=""
+    local nserv=$1 dir="$WORKDIR/kmeans_servers/local" s i0 i1
     local nt=$(( NCORES / nserv > 0 ? NCORES / nserv : 1 ))
     rm -rf "$dir"; mkdir -p "$dir"
     for ((s = 0; s < nserv; s++)); do
@@ -146,11 +157,7 @@ kmeans_local_servers() {
             > "$dir/$s.log" 2>&1 &
         PIDS+=($!)
     done
-    for ((s = 0; s < nserv; s++)); do
-        wait_server "$dir/$s.addr" "${PIDS[$s]}"
-        servers="$servers $(cat "$dir/$s.addr")"
-    done
-    SERVER_LIST=$servers
+    await_servers "$dir" "$nserv" " "
 }
 
 run_kmeans_local() {
@@ -248,7 +255,7 @@ shards_of_server() {
 }
 
 search_local_servers() {   # sets SERVER_LIST (comma-separated), see kmeans_local_servers
-    local dir="$WORKDIR/search_servers/local" s servers=""
+    local dir="$WORKDIR/search_servers/local" s
     rm -rf "$dir"; mkdir -p "$dir"
     for ((s = 0; s < SEARCH_SERVERS; s++)); do
         # shellcheck disable=SC2046
@@ -257,11 +264,7 @@ search_local_servers() {   # sets SERVER_LIST (comma-separated), see kmeans_loca
             --when_ready "$dir/$s.addr" > "$dir/$s.log" 2>&1 &
         PIDS+=($!)
     done
-    for ((s = 0; s < SEARCH_SERVERS; s++)); do
-        wait_server "$dir/$s.addr" "${PIDS[$s]}"
-        servers="$servers,$(cat "$dir/$s.addr")"
-    done
-    SERVER_LIST=${servers#,}
+    await_servers "$dir" "$SEARCH_SERVERS" ","
 }
 
 # One task of an srun step: serve this task's shards until the job ends
