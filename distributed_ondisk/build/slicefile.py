@@ -22,7 +22,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import faiss
 import numpy as np
@@ -80,29 +80,29 @@ def read_layout(path: PathLike) -> SliceLayout:
     return layout
 
 
-def _hash_range(f: Any, start: int, end: int) -> str:
-    h = hashlib.sha256()
+def _chunks(f: Any, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``[start, end)`` of an open file in bounded chunks; a short file is an error."""
     f.seek(start)
     left = end - start
     while left > 0:
         chunk = f.read(min(_READ, left))
         if not chunk:
             raise IndexFileError(f"{f.name}: file ends early")
-        h.update(chunk)
+        yield chunk
         left -= len(chunk)
+
+
+def _hash_range(f: Any, start: int, end: int) -> str:
+    h = hashlib.sha256()
+    for chunk in _chunks(f, start, end):
+        h.update(chunk)
     return h.hexdigest()
 
 
 def _crc_range(f: Any, start: int, end: int) -> int:
     crc = 0
-    f.seek(start)
-    left = end - start
-    while left > 0:
-        chunk = f.read(min(_READ, left))
-        if not chunk:
-            raise IndexFileError(f"{f.name}: file ends early")
+    for chunk in _chunks(f, start, end):
         crc = zlib.crc32(chunk, crc)
-        left -= len(chunk)
     return crc
 
 

@@ -9,10 +9,11 @@ unpickler then wraps without copying.
 """
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import time
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
@@ -90,21 +91,29 @@ def encode_message(kind: int, request_id: int, obj: Any) -> list[memoryview]:
     return [memoryview(header + table + data), *buffers]
 
 
+@contextlib.contextmanager
+def _socket_errors(waiting: str, doing: str) -> Iterator[None]:
+    """Socket failures become RPCTimeout ("timed out <waiting>") or
+    ConnectionLost ("connection broke while <doing>")."""
+    try:
+        yield
+    except (ConnectionLost, RPCTimeout):
+        raise
+    except socket.timeout as e:
+        raise RPCTimeout(f"timed out {waiting}") from e
+    except OSError as e:
+        raise ConnectionLost(f"connection broke while {doing}: {e}") from e
+
+
 def send_views(sock: socket.socket, views: list[memoryview],
                deadline: Optional[float] = None) -> None:
     """Send an encoded frame.  Socket errors become ConnectionLost / RPCTimeout."""
-    try:
+    with _socket_errors("sending a message", "sending"):
         if len(views) == 1:
             _wait(sock, deadline)
             sock.sendall(views[0])
         else:
             _send_views(sock, list(views), deadline)
-    except (ConnectionLost, RPCTimeout):
-        raise
-    except socket.timeout as e:
-        raise RPCTimeout("timed out sending a message") from e
-    except OSError as e:
-        raise ConnectionLost(f"connection broke while sending: {e}") from e
 
 
 def send_message(sock: socket.socket, kind: int, request_id: int, obj: Any,
@@ -119,7 +128,7 @@ def recv_message(sock: socket.socket, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
     Raises ProtocolError (malformed or too large), ForbiddenError (refused content),
     ConnectionLost, RPCTimeout.
     """
-    try:
+    with _socket_errors("waiting for a message", "receiving"):
         head = bytearray(HEADER.size)
         _recv_into(sock, memoryview(head), deadline)
         magic, version, kind, _, request_id, pickle_len, nbuf, _, body_len = HEADER.unpack(head)
@@ -158,12 +167,6 @@ def recv_message(sock: socket.socket, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
                 arr = np.empty(n, dtype=np.uint8)  # uninitialised: no memset before the copy
                 _recv_into(sock, memoryview(arr), deadline)
                 buffers.append(arr)
-    except (ConnectionLost, RPCTimeout):
-        raise
-    except socket.timeout as e:
-        raise RPCTimeout("timed out waiting for a message") from e
-    except OSError as e:
-        raise ConnectionLost(f"connection broke while receiving: {e}") from e
     return kind, request_id, safe_pickle.loads(data, buffers=buffers)
 
 
