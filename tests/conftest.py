@@ -5,6 +5,8 @@ from typing import Iterator
 
 import pytest
 
+from distributed_ondisk.rpc import Server, generate_secret
+from distributed_ondisk.rpc.demo import EchoService
 from distributed_ondisk.launch.slurm_cluster import (SlurmCluster, ensure_slurm_cluster,
                                                      slurm_unavailable_reason)
 
@@ -19,3 +21,16 @@ def cluster() -> Iterator[SlurmCluster]:
     c = ensure_slurm_cluster()
     yield c
     c.stop()
+
+
+@pytest.fixture
+def secret() -> bytes:
+    """A fresh RPC shared secret."""
+    return generate_secret()
+
+
+@pytest.fixture
+def server(secret):
+    """An authenticated echo RPC server on a free loopback port."""
+    with Server(EchoService(), secret=secret) as srv:
+        yield srv

@@ -16,23 +16,12 @@ import pytest
 
 from distributed_ondisk.errors import (ConnectionLost, ForbiddenError, InputError, RemoteError,
                                        RPCTimeout)
-from distributed_ondisk.rpc import (Client, Server, generate_secret, parse_address,
+from distributed_ondisk.rpc import (Client, Server, parse_address,
                                     register_message_type, wait_ready)
 from distributed_ondisk.rpc import framing
 from distributed_ondisk.rpc.demo import EchoService, Summary
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def secret() -> bytes:
-    return generate_secret()
-
-
-@pytest.fixture
-def server(secret):
-    with Server(EchoService(), secret=secret) as srv:
-        yield srv
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import os
 import pickle
 import resource
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -36,17 +35,6 @@ class Reduce:
 
     def __reduce__(self):
         return (self.fn, self.args) if self.state is None else (self.fn, self.args, self.state)
-
-
-@pytest.fixture
-def secret() -> bytes:
-    return generate_secret()
-
-
-@pytest.fixture
-def server(secret):
-    with Server(EchoService(), secret=secret) as srv:
-        yield srv
 
 
 def authed_socket(address: str, secret: bytes) -> socket.socket:
