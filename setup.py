@@ -41,7 +41,7 @@ setup(
     description="Build and serve billion-scale IVF vector indexes split over many machines and disks",
     packages=find_packages(include=["distributed_ondisk", "distributed_ondisk.*"]),
     python_requires=">=3.9",
-    install_requires=["numpy>=1.22", "scipy>=1.8", "tqdm>=4.60", *faiss_requirement()],
+    install_requires=["numpy>=1.22", "scipy>=1.8", "tqdm>=4.60", "threadpoolctl>=3.1", *faiss_requirement()],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "psutil>=5", "matplotlib>=3.5"],
         "plot": ["matplotlib>=3.5"],

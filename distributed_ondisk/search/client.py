@@ -202,7 +202,7 @@ class DistributedSearchClient:
             b = min(n, a + self.chunk_rows)
             if len(pending) == self.depth:
                 finish()
-            xt = self.searcher.transform(x[a:b])
+            xt = self.searcher.transform(x[a:b], a)
             Dq, Iq = self.searcher.coarse(xt, nprobe, ef_search)
             probed[a:b] = Iq
             routes = route(self.owner, Iq, Dq, len(self.addresses))

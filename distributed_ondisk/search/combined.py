@@ -65,16 +65,17 @@ class TrainedSearcher:
     def keep_max(self) -> bool:
         return self.metric_type == faiss.METRIC_INNER_PRODUCT
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Apply the pre-transforms so that each row's result depends only on the row.
+    def transform(self, x: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """Apply the pre-transforms so that each row's result depends only on the row
+        (``first_row``: the position of ``x[0]`` in the whole batch).
 
         faiss's sgemm rounds differently with the batch size; the client cuts
-        batches into chunks, so the exact per-row transform of the build is
-        what keeps its results bit-identical to an in-process search.
+        batches into chunks, so the row-exact transform of the build is what
+        keeps its results bit-identical to an in-process search.
         """
         from distributed_ondisk.build.vslice import transform_rows
 
-        return transform_rows(self.index, _as_queries(x, self.d))[1]
+        return transform_rows(self.index, _as_queries(x, self.d), first_row)[1]
 
     def coarse(self, xt: np.ndarray, nprobe: int,
                ef_search: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
