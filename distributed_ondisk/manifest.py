@@ -2,16 +2,21 @@
 
 A manifest sits next to its output (``<name>.manifest.json``), is written
 atomically *after* the output files, and records for each file its size and
-sha256, plus the stage's facts (rows, id range, per-list counts, the trained
+XXH3-128 digest, plus the stage's facts (rows, id range, per-list counts, the trained
 index fingerprint, the parameters used, the tool version).  "The output exists
 and its manifest verifies" is how every stage decides a piece is finished, and
 how the merge and the search refuse parts that belong to another build.
+
+The digests detect corruption and truncation, not tampering (a writer can
+rewrite the manifest too), so they use XXH3 (about 20 GB/s here) rather than
+sha256 (1.8 GB/s): a shard's digest is computed while it is written and the
+merge verifies slices as it streams them, and neither may cost more than the
+write itself.
 """
 from __future__ import annotations
 
 import base64
 import glob
-import hashlib
 import json
 import logging
 import os
@@ -21,6 +26,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
 import numpy as np
+import xxhash
 
 from distributed_ondisk.atomic import TMP_MARKER, atomic_write_text
 from distributed_ondisk.errors import IndexFileError
@@ -29,7 +35,8 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 MANIFEST_SUFFIX = ".manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: XXH3-128 digests (1 had sha256)
+DIGEST = "xxh3_128"
 _HASH_BUF = 8 << 20
 
 
@@ -46,9 +53,14 @@ def tool_version() -> str:
     return f"distributed_ondisk {__version__}, faiss {faiss.__version__}"
 
 
-def sha256_file(path: PathLike) -> str:
-    """sha256 of a file, read in large blocks (hashlib releases the GIL on big buffers)."""
-    h = hashlib.sha256()
+def new_digest() -> Any:
+    """A streaming hasher of the manifests' digest (``update``, ``hexdigest``)."""
+    return xxhash.xxh3_128()
+
+
+def file_digest(path: PathLike) -> str:
+    """XXH3-128 of a file (hex), read in large blocks."""
+    h = new_digest()
     buf = bytearray(_HASH_BUF)
     view = memoryview(buf)
     try:
@@ -81,24 +93,24 @@ def decode_counts(enc: Mapping[str, Any]) -> np.ndarray:
 
 
 def describe_file(path: PathLike, relative_to: Path,
-                  sha256: Optional[str] = None) -> dict[str, Any]:
+                  digest: Optional[str] = None) -> dict[str, Any]:
     p = Path(path)
     return {"name": os.path.relpath(os.path.abspath(p), os.path.abspath(relative_to)),
-            "size": p.stat().st_size, "sha256": sha256 or sha256_file(p)}
+            "size": p.stat().st_size, DIGEST: digest or file_digest(p)}
 
 
 def write_manifest(output: PathLike, kind: str, files: Mapping[str, PathLike],
-                   known_sha256: Optional[Mapping[str, str]] = None,
+                   known_digests: Optional[Mapping[str, str]] = None,
                    **fields: Any) -> dict[str, Any]:
     """Write the manifest of ``output``; ``files`` maps a role ("index", "invlists") to a path.
 
-    ``known_sha256`` gives checksums computed while writing, to skip re-reading big files.
+    ``known_digests`` gives digests computed while writing, to skip re-reading big files.
     No timestamps: rebuilding the same piece gives a byte-identical manifest.
     """
     out = Path(output)
     base = out.parent
     doc: dict[str, Any] = {"format": FORMAT_VERSION, "kind": kind, "tool": tool_version(),
-                           "files": {role: describe_file(p, base, (known_sha256 or {}).get(role))
+                           "files": {role: describe_file(p, base, (known_digests or {}).get(role))
                                      for role, p in files.items()}}
     doc.update(fields)
     atomic_write_text(manifest_path(out), json.dumps(doc, indent=1, sort_keys=True) + "\n")
@@ -125,7 +137,7 @@ def load_manifest(output: PathLike, kind: Optional[str] = None) -> dict[str, Any
 def verify_manifest(output: PathLike, kind: Optional[str] = None, *, checksums: bool = True,
                     threads: int = 1) -> dict[str, Any]:
     """Load the manifest of ``output`` and check that its files exist with the recorded
-    sizes (and sha256 unless ``checksums=False``); IndexFileError naming the file otherwise."""
+    sizes (and digests unless ``checksums=False``); IndexFileError naming the file otherwise."""
     doc = load_manifest(output, kind)
     base = Path(output).parent
     entries = list(doc.get("files", {}).items())
@@ -141,9 +153,9 @@ def verify_manifest(output: PathLike, kind: Optional[str] = None, *, checksums: 
     if checksums:
         paths = [base / ent["name"] for _, ent in entries]
         with ThreadPoolExecutor(max(1, threads)) as ex:
-            sums = list(ex.map(sha256_file, paths))
+            sums = list(ex.map(file_digest, paths))
         for (role, ent), p, s in zip(entries, paths, sums):
-            if s != ent["sha256"]:
+            if s != ent.get(DIGEST):
                 raise IndexFileError(f"{output}: {role} file {p} checksum differs from its "
                                      "manifest (corrupted or rewritten)")
     return doc

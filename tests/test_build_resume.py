@@ -89,14 +89,14 @@ def test_merge_killed_resumes_to_identical_bytes(built, tmp_path, stage):
     kill = KILL_ON_WRITE if stage == "index" else """
 import os, signal
 import distributed_ondisk.build.listcopy as M
-real = M._assemble
+real = M._gather
 calls = []
 def killing(*a):
     calls.append(1)
     if len(calls) == 2:
         os.kill(os.getpid(), signal.SIGKILL)   # in the middle of writing the lists file
     return real(*a)
-M._assemble = killing
+M._gather = killing
 """
     r = driver(kill + f"""
 from distributed_ondisk.build.merge import MergeJob, merge_hslice

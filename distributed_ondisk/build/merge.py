@@ -183,7 +183,7 @@ def merge_hslice(job: MergeJob) -> dict[str, Any]:
     slices = check_vslices(paths, trained_fp, job.threads)
     nlist = slices[0].layout.nlist
     l0, l1 = resolve_range(nlist, job.l0, job.l1, job.nslice, job.slice_no, "lists")
-    inputs = [{"name": os.path.abspath(s.path), "sha256": s.doc["files"]["index"]["sha256"],
+    inputs = [{"name": os.path.abspath(s.path), "digest": s.doc["files"]["index"][mf.DIGEST],
                "id_range": list(s.id_range)} for s in slices]
     params = {"lists": [l0, l1], "inputs": inputs,
               "trained_fingerprint": slices[0].doc["trained_fingerprint"]}
@@ -192,10 +192,10 @@ def merge_hslice(job: MergeJob) -> dict[str, Any]:
         return mf.load_manifest(out, KIND)
     log.info("merging lists [%d, %d) of %d vslices into %s", l0, l1, len(slices), out)
     # data first, then the index that points at it: the index never names a missing file
-    sizes, il_sha = write_lists(slices, l0, l1, il_path, job.threads, job.batch_bytes)
+    sizes, il_digest = write_lists(slices, l0, l1, il_path, job.threads, job.batch_bytes)
     write_hslice_index(slices[0].path, out, il_path, l0, sizes)
     doc = mf.write_manifest(out, KIND, {"index": out, "invlists": il_path},
-                            known_sha256={"invlists": il_sha}, params=params,
+                            known_digests={"invlists": il_digest}, params=params,
                             trained_fingerprint=params["trained_fingerprint"],
                             structure=slices[0].layout.structure, list_range=[l0, l1],
                             list_sizes=mf.encode_counts(sizes), rows=int(sizes.sum()),

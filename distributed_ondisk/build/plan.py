@@ -88,6 +88,31 @@ def list_offsets(list_sizes: np.ndarray, code_size: int) -> np.ndarray:
     return out
 
 
+def gather_plan(sizes: np.ndarray, code_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """How a merge batch gathers its output from the slices' bytes.
+
+    The read buffer holds lists ``[la, lb)`` of slice 0 as stored in the slice
+    (per list its codes then its ids), then the same lists of slice 1, and so
+    on; ``sizes[s, j]`` is the entry count of list ``la + j`` in slice ``s``.
+    Returns ``(offsets, order)``: ``offsets`` (int64, parts + 1) cuts the buffer
+    into parts in buffer order ``(slice, list, codes|ids)``, and ``order`` lists
+    the part numbers in output order ``(list, codes|ids, slice)``: per list all
+    slices' codes, then all their ids, the ``OnDiskInvertedLists`` layout.
+    Empty parts are kept (zero-length).  ``offsets[2 * L * s]`` is where slice
+    ``s``'s bytes start in the buffer.
+    """
+    n = np.asarray(sizes, dtype=np.int64)
+    if n.ndim != 2:
+        raise InputError(f"sizes must be (slices, lists), got shape {n.shape}")
+    nsl, nl = n.shape
+    lengths = np.stack([n * code_size, n * IDX_BYTES], axis=2)            # (S, L, 2)
+    offsets = np.zeros(lengths.size + 1, dtype=np.int64)
+    np.cumsum(lengths.reshape(-1), out=offsets[1:])
+    order = (np.arange(nsl)[None, None, :] * 2 * nl + 2 * np.arange(nl)[:, None, None]
+             + np.arange(2)[None, :, None]).reshape(-1)                   # (L, 2, S)
+    return offsets, order
+
+
 def find_overlaps(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Pairs ``(i, j)`` of indices into ``ranges`` whose half-open ranges intersect.
 

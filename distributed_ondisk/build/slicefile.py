@@ -6,27 +6,27 @@ followed by its ids, with no gaps, then a short trailer.  Opened with
 ``IO_FLAG_MMAP`` faiss exposes each list's byte offset in the file; this module
 turns that into a checked layout.
 
-A merge job reads only its own lists from each vslice, so a whole-file sha256
+A merge job reads only its own lists from each vslice, so a whole-file digest
 would make every merge job read every vslice completely.  Instead the manifest
-also holds the sha256 of the header and of the trailer, and a CRC32 of each
+also holds the digest of the header and of the trailer, and an XXH3-64 of each
 *block* of consecutive lists (at most ``MAX_BLOCKS`` blocks); the merge
 verifies each block it streams through, at no extra I/O beyond the partial
-blocks at the edges of its list range.  CRC32 (3.7 GB/s here, vs 1.3 GB/s for
-sha256) detects corruption and truncation; the whole-file sha256 stays in the
-manifest for deliberate checks.
+blocks at the edges of its list range.  XXH3 runs at ~20 GB/s here (CRC32 at
+4, sha256 at 1.8): verifying costs the merge almost nothing.  The whole-file
+digest stays in the manifest for deliberate checks.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 import faiss
 import numpy as np
+import xxhash
 
+from distributed_ondisk import manifest as mf
 from distributed_ondisk.build.plan import IDX_BYTES
 from distributed_ondisk.build.structure import (ivf_of, ondisk_list_table, read_index,
                                                 structure_digest)
@@ -92,18 +92,18 @@ def _chunks(f: Any, start: int, end: int) -> Iterator[bytes]:
         left -= len(chunk)
 
 
-def _hash_range(f: Any, start: int, end: int) -> str:
-    h = hashlib.sha256()
+def _digest_range(f: Any, start: int, end: int, h: Any) -> Any:
     for chunk in _chunks(f, start, end):
         h.update(chunk)
-    return h.hexdigest()
+    return h
 
 
-def _crc_range(f: Any, start: int, end: int) -> int:
-    crc = 0
-    for chunk in _chunks(f, start, end):
-        crc = zlib.crc32(chunk, crc)
-    return crc
+def _hash_range(f: Any, start: int, end: int) -> str:
+    return _digest_range(f, start, end, mf.new_digest()).hexdigest()
+
+
+def _block_sum(f: Any, start: int, end: int) -> int:
+    return _digest_range(f, start, end, xxhash.xxh3_64()).intdigest()
 
 
 def region_checksums(layout: SliceLayout) -> dict[str, Any]:
@@ -112,17 +112,17 @@ def region_checksums(layout: SliceLayout) -> dict[str, Any]:
     bounds = layout.block_bounds(bl)
     with open(layout.path, "rb") as f:
         header = _hash_range(f, 0, int(layout.offsets[0]))
-        blocks = [_crc_range(f, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+        blocks = [_block_sum(f, int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
         trailer = _hash_range(f, int(layout.offsets[-1]), layout.file_size)
-    return {"block_lists": bl, "header_sha256": header, "trailer_sha256": trailer,
-            "block_crc32": blocks}
+    return {"block_lists": bl, "header_digest": header, "trailer_digest": trailer,
+            "block_xxh3_64": blocks}
 
 
 def check_header_trailer(layout: SliceLayout, sums: dict[str, Any]) -> None:
     with open(layout.path, "rb") as f:
-        if _hash_range(f, 0, int(layout.offsets[0])) != sums["header_sha256"]:
+        if _hash_range(f, 0, int(layout.offsets[0])) != sums["header_digest"]:
             raise IndexFileError(f"{layout.path}: header differs from its manifest checksum")
-        if _hash_range(f, int(layout.offsets[-1]), layout.file_size) != sums["trailer_sha256"]:
+        if _hash_range(f, int(layout.offsets[-1]), layout.file_size) != sums["trailer_digest"]:
             raise IndexFileError(f"{layout.path}: trailer differs from its manifest checksum")
 
 
@@ -132,19 +132,20 @@ class BlockVerifier:
     def __init__(self, layout: SliceLayout, sums: dict[str, Any]) -> None:
         self.path = layout.path
         self.bounds = layout.block_bounds(int(sums["block_lists"])).tolist()
-        self.expected = sums["block_crc32"]
+        self.expected = sums["block_xxh3_64"]
         if len(self.expected) != len(self.bounds) - 1:
             raise IndexFileError(f"{self.path}: manifest has {len(self.expected)} block "
                                  f"checksums, layout has {len(self.bounds) - 1} blocks")
         self.block = -1
         self.pos = -1
-        self.crc = 0
+        self.h = xxhash.xxh3_64()
 
     def start_of_block(self, byte_offset: int) -> int:
         """Start of the block containing ``byte_offset``; positions the verifier there."""
         j = max(0, int(np.searchsorted(self.bounds, byte_offset, side="right")) - 1)
         j = min(j, len(self.expected) - 1) if self.expected else 0
-        self.block, self.pos, self.crc = j, self.bounds[j], 0
+        self.block, self.pos = j, self.bounds[j]
+        self.h.reset()
         return self.pos
 
     def end_of_block(self, byte_offset: int) -> int:
@@ -154,12 +155,12 @@ class BlockVerifier:
 
     def _finish_blocks(self) -> None:
         while self.block < len(self.expected) and self.pos == self.bounds[self.block + 1]:
-            if self.crc != self.expected[self.block]:
+            if self.h.intdigest() != self.expected[self.block]:
                 raise IndexFileError(f"{self.path}: list block {self.block} (bytes "
                                      f"{self.bounds[self.block]}..{self.pos}) differs from its "
                                      "manifest checksum (corrupted slice)")
             self.block += 1
-            self.crc = 0
+            self.h.reset()
 
     def feed(self, data: memoryview, offset: int) -> None:
         if offset != self.pos:
@@ -168,7 +169,7 @@ class BlockVerifier:
         i = 0
         while i < len(data):
             take = min(len(data) - i, self.bounds[self.block + 1] - self.pos)
-            self.crc = zlib.crc32(data[i:i + take], self.crc)
+            self.h.update(data[i:i + take])
             i += take
             self.pos += take
             self._finish_blocks()

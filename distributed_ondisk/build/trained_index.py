@@ -191,7 +191,7 @@ def make_trained_index(centroids_path: PathLike, data_path: PathLike, out: PathL
     if k > vf.n:
         raise InputError(f"{k} centroids for only {vf.n} data rows in {data_path}")
     s0, s1 = resolve_range(vf.n, i0, i1, None, None, "sample rows")
-    params = {"centroids_sha256": mf.sha256_file(centroids_path), "sample": [s0, s1],
+    params = {"centroids_digest": mf.file_digest(centroids_path), "sample": [s0, s1],
               **asdict(cfg)}
     out = Path(out)
     mf.remove_stale_for(out)

@@ -1,0 +1,110 @@
+"""The merge's byte plan and gather, against a naive per-list loop, and list blocks
+that span many lists (so shard ranges cut through checksummed blocks)."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from build_helpers import make_workdir, reference_index, search
+from distributed_ondisk import manifest as mf
+from distributed_ondisk.build import slicefile
+from distributed_ondisk.build.listcopy import _gather
+from distributed_ondisk.build.merge import MergeJob, merge_hslice
+from distributed_ondisk.build.plan import IDX_BYTES, gather_plan, plan_merge_batches
+from distributed_ondisk.build.shards import open_hslices
+from distributed_ondisk.build.slicefile import read_layout
+from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+from distributed_ondisk.errors import IndexFileError
+
+
+def naive_merge(slices: list[list[tuple[bytes, bytes]]]) -> bytes:
+    """Per list: every slice's codes, then every slice's ids."""
+    out = []
+    for j in range(len(slices[0])):
+        out += [s[j][0] for s in slices] + [s[j][1] for s in slices]
+    return b"".join(out)
+
+
+@settings(max_examples=60, deadline=None)
+@given(nsl=st.integers(1, 5), nl=st.integers(1, 12), cs=st.sampled_from([1, 5, 38, 72]),
+       seed=st.integers(0, 2**31))
+def test_gather_matches_naive_merge(nsl, nl, cs, seed):
+    rs = np.random.default_rng(seed)
+    sizes = rs.integers(0, 4, (nsl, nl)) * rs.integers(0, 2, (nsl, nl))   # many empty lists
+    slices = [[(rs.bytes(int(n) * cs), rs.bytes(int(n) * IDX_BYTES)) for n in row]
+              for row in sizes]
+    buf = np.frombuffer(b"".join(c + i for s in slices for c, i in s), dtype=np.uint8)
+    offsets, order = gather_plan(sizes, cs)
+    assert offsets[-1] == len(buf)
+    assert _gather(buf, offsets, order).to_pybytes() == naive_merge(slices)
+
+
+def test_gather_plan_starts_each_slice_where_the_previous_ends():
+    sizes = np.array([[1, 0, 2], [0, 3, 1]])
+    offsets, order = gather_plan(sizes, 4)
+    per_slice = sizes.sum(1) * (4 + IDX_BYTES)
+    assert offsets[0] == 0 and offsets[6] == per_slice[0] and offsets[12] == per_slice.sum()
+    assert sorted(order.tolist()) == list(range(12))
+
+
+def test_batches_cover_lists_in_order_and_respect_the_bound():
+    sizes = np.array([0, 5, 1, 0, 40, 2, 2, 0])
+    b = plan_merge_batches(sizes, 12, 100)
+    assert b[0][0] == 0 and b[-1][1] == len(sizes)
+    assert all(x[1] == y[0] for x, y in zip(b, b[1:]))
+    for a, z in b:   # at most 100 bytes, unless one list alone is bigger
+        assert sizes[a:z].sum() * 20 <= 100 or z - a == 1
+
+
+@pytest.fixture(scope="module")
+def coarse_blocks(tmp_path_factory):
+    """Vslices whose checksummed blocks hold 8 lists each (64 lists, 8 blocks)."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(slicefile, "MAX_BLOCKS", 8)
+    try:
+        wd, x = make_workdir(tmp_path_factory.mktemp("blocks"), n=8000, d=16, k=64)
+        for i in range(2):
+            make_vslice(VsliceJob(wd.trained, wd.data(), wd.vslice(i, 2), nslice=2, slice_no=i))
+    finally:
+        mp.undo()
+    assert mf.load_manifest(wd.vslice(0, 2))["regions"]["block_lists"] == 8
+    return wd, x
+
+
+def test_shards_cutting_through_blocks_search_like_ram(coarse_blocks, tmp_path):
+    wd, x = coarse_blocks
+    cuts = [0, 3, 13, 40, 64]           # none on a block boundary but the ends
+    outs = [tmp_path / f"h{j}.index" for j in range(len(cuts) - 1)]
+    for o, a, b in zip(outs, cuts[:-1], cuts[1:]):
+        merge_hslice(MergeJob([str(wd.vslice_dir)], o, l0=a, l1=b, batch_bytes=3000))
+    q = x[::53][:100] + np.float32(0.05)
+    D0, I0 = search(reference_index(wd, x), q, 16)
+    D1, I1 = search(open_hslices(wd.trained, outs), q, 16)
+    assert np.array_equal(I0, I1) and np.array_equal(D0, D1)
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_corruption_in_an_edge_block_outside_the_range_is_still_caught(coarse_blocks, tmp_path,
+                                                                        where):
+    """Lists 3 and 13 are outside [5, 11) but in its edge blocks [0, 8) and [8, 16)."""
+    wd, _ = coarse_blocks
+    bad = tmp_path / "v1.index"
+    shutil.copy(wd.vslice(1, 2), bad)
+    shutil.copy(mf.manifest_path(wd.vslice(1, 2)), mf.manifest_path(bad))
+    lay = read_layout(bad)
+    lst = 3 if where == "before" else 13
+    assert lay.sizes[lst] > 0
+    pos = int(lay.offsets[lst]) + 1
+    with open(bad, "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ 0x01]))
+    out = tmp_path / "h.index"
+    with pytest.raises(IndexFileError, match=r"v1.index: list block [01] .*corrupted"):
+        merge_hslice(MergeJob([str(wd.vslice(0, 2)), str(bad)], out, l0=5, l1=11))
+    assert not out.exists()
