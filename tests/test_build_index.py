@@ -115,7 +115,8 @@ def test_parquet_inputs_read_back(tmp_path):
     np.testing.assert_array_equal(read_rows(files[0], 650, 1100), x[650:1100])
 
 
-@pytest.mark.parametrize("case", ["mixed_d", "missing_column", "empty", "nan", "ip", "shards"])
+@pytest.mark.parametrize("case", ["mixed_d", "missing_column", "empty", "nan", "metric",
+                                  "shards"])
 def test_bad_inputs_are_refused_clearly(tmp_path, case):
     x = make_clustered(3000, 16, seed=1)
     emb = tmp_path / "emb"
@@ -135,10 +136,10 @@ def test_bad_inputs_are_refused_clearly(tmp_path, case):
         x[2222, 3] = np.nan
         write_npy_parts(emb, x, [0, 1000, 3000])
         match = r"part01.npy: row 1222 contains NaN"
-    elif case == "ip":
+    elif case == "metric":
         write_npy_parts(emb, x, [0, 3000])
-        kw = {"metric_type": "ip"}
-        match = "normalise"
+        kw = {"metric_type": "cosine"}
+        match = "metric_type 'cosine': expected one of l2, ip"
     else:
         write_npy_parts(emb, x, [0, 3000])
         kw = {"index_key": "IVF16_HNSW32,SQ8", "nb_indices_to_keep": 17}
@@ -224,3 +225,52 @@ def test_scan_brings_back_the_kmeans_sample(tmp_path, monkeypatch):
         build_index(str(tmp_path / "emb"), str(tmp_path / "b"), str(tmp_path / "b.json"), **kw)
     np.testing.assert_array_equal(np.load(tmp_path / "a" / "centroids.npy"),
                                   np.load(tmp_path / "b" / "centroids.npy"))
+
+
+# ---- inner product ------------------------------------------------------------------
+
+def test_augmented_l2_ranks_by_inner_product():
+    import faiss
+
+    from distributed_ondisk.autobuild.mips import augment, max_sq_norm
+
+    rs = np.random.default_rng(4)
+    x = (rs.standard_normal((3000, 12)) * rs.uniform(0.1, 5, (3000, 1))).astype(np.float32)
+    q = rs.standard_normal((200, 12)).astype(np.float32)
+    m = float(np.sqrt(max_sq_norm(x)))
+    xa = augment(x, m)
+    qa = np.hstack([q, np.zeros((200, 1), np.float32)])
+    D, I = faiss.knn(qa, xa, 5)
+    Dip, Iip = faiss.knn(q, x, 5, metric=faiss.METRIC_INNER_PRODUCT)
+    assert (I == Iip).mean() > 0.999
+    np.testing.assert_allclose(((q * q).sum(1)[:, None] + m * m - D) / 2, Dip, rtol=1e-3,
+                               atol=1e-2)
+    with pytest.raises(InputError, match="over the indexed data's largest norm"):
+        augment(x * 2, m)
+
+
+def test_local_build_inner_product_on_vectors_of_any_norm(tmp_path):
+    import faiss
+
+    from distributed_ondisk.autobuild import InnerProductIndex, open_index
+
+    x = make_clustered(12000, 16, seed=8)
+    x *= np.random.default_rng(1).uniform(0.2, 3.0, (len(x), 1)).astype(np.float32)
+    write_npy_parts(tmp_path / "emb", x, [0, 5000, 12000])
+    index, infos = build_index(str(tmp_path / "emb"), str(tmp_path / "index"),
+                               str(tmp_path / "infos.json"), metric_type="ip",
+                               eval_queries=200, index_key="RR16,IVF64_HNSW32,SQfp16",
+                               nb_indices_to_keep=2)
+    assert isinstance(index, InnerProductIndex) and index.d == 16
+    assert infos["metric_type"] == "ip" and infos["index_d"] == 17
+    assert infos["index_key"] == "RR17,IVF64_HNSW32,SQfp16"
+    assert np.isclose(infos["max_norm"], np.linalg.norm(x[:11800], axis=1).max(), rtol=1e-6)
+    r16 = next(p for p in infos["recall"]["points"] if p["nprobe"] == 16)
+    assert r16["recall@10"] >= 0.95                  # against inner-product brute force
+    q = x[11800:]                                    # the held-out rows
+    Dt, It = faiss.knn(q, x[:11800], 10, metric=faiss.METRIC_INNER_PRODUCT)
+    again = open_index(tmp_path / "index")
+    D, I = again.search(q, 10, nprobe=64)            # every list: only the codes' rounding
+    assert (I[:, 0] == It[:, 0]).mean() > 0.99
+    assert np.all(np.diff(D, axis=1) <= 0)           # largest inner product first
+    np.testing.assert_allclose(D[:, 0], Dt[:, 0], rtol=2e-3, atol=1e-2)

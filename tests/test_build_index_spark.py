@@ -122,3 +122,20 @@ def test_spark_refuses_nan_row_before_training(spark, data, tmp_path):
     with pytest.raises(InputError, match=r"part01.npy: row 3000 contains NaN or Inf"):
         _build(tmp_path / "emb", tmp_path, "pyspark")
     assert not (tmp_path / "index" / "trained.index").exists()
+
+
+def test_spark_inner_product_build_equals_local(spark, data, tmp_path):
+    x = data * np.linspace(0.5, 2.0, len(data), dtype=np.float32)[:, None]   # varied norms
+    write_npy_parts(tmp_path / "emb", x, [0, 5000, 12000])
+    local, li = _build(tmp_path / "emb", tmp_path / "local", None, metric_type="ip",
+                       index_key="RR16,IVF64_HNSW32,SQ8")
+    remote, si = _build(tmp_path / "emb", tmp_path / "spark", "pyspark", metric_type="ip",
+                        index_key="RR16,IVF64_HNSW32,SQ8")
+    assert li["max_norm"] == si["max_norm"] and si["index_d"] == 17
+    np.testing.assert_array_equal(np.load(tmp_path / "local" / "index" / "centroids.npy"),
+                                  np.load(tmp_path / "spark" / "index" / "centroids.npy"))
+    q = x[-100:]
+    Dl, Il = local.search(q, 10, nprobe=8)
+    Ds, Is = remote.search(q, 10, nprobe=8)
+    np.testing.assert_array_equal(Il, Is)
+    np.testing.assert_array_equal(Dl, Ds)

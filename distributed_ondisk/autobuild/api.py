@@ -7,8 +7,12 @@ before any training), k-means on a seeded uniform sample of all rows, the
 trained index, one vertical slice per piece, the id mapping, the merge into
 ``nb_indices_to_keep`` horizontal shards, and the recall on held-out rows.
 
-Output layout (``index_path`` is a directory, opened by ``CombinedIndex``)::
+With ``metric_type="ip"`` every row gets one more coordinate so that the L2
+stages rank by inner product (:mod:`distributed_ondisk.autobuild.mips`).
 
+Output layout (``index_path`` is a directory, opened by ``open_index``)::
+
+    index_path/metric.json              metric_type, d, largest norm (for "ip")
     index_path/trained.index            (+ manifest) transform + HNSW quantizer + encoder
     index_path/centroids.npy
     index_path/hslices/hslice_J_of_M.index + .invlists (+ manifests)
@@ -16,7 +20,9 @@ Output layout (``index_path`` is a directory, opened by ``CombinedIndex``)::
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import re
 import json
 import logging
 import os
@@ -33,6 +39,7 @@ from distributed_ondisk.autobuild.evaluation import measure_recall, read_global_
 from distributed_ondisk.autobuild.index_key import (choose_index_key, estimate_index_bytes,
                                                     parse_memory)
 from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files
+from distributed_ondisk.autobuild.mips import METRICS, augment, open_index, write_metric
 from distributed_ondisk.autobuild.plan import (holdout_rows, plan_pieces, rows_by_piece,
                                                rows_per_piece_for)
 from distributed_ondisk.autobuild.training import PlannedDataset
@@ -105,6 +112,13 @@ def kmeans_placement(n_train: int, d: int, k: int, memory: int, nb_workers: int,
     return need, on_driver
 
 
+def _key_for(index_key: Optional[str], d: int, d_index: int) -> Optional[str]:
+    """A user's key names the data's d (``RR64``); with "ip" the stages work in d + 1."""
+    if not index_key or d == d_index:
+        return index_key
+    return re.sub(rf"\b(RR|PCA){d},", rf"\g<1>{d_index},", index_key)
+
+
 class _Stages:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -129,20 +143,16 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
                 max_points_per_centroid: int = 256, eval_queries: int = 1000,
                 keep_temporary: bool = False,
                 _fault: Optional[Callable[[str, int], None]] = None) -> tuple[Any, dict]:
-    """Build the index; returns ``(CombinedIndex opened read-only, infos dict)``."""
+    """Build the index; returns ``(index opened read-only, infos dict)``: a
+    ``CombinedIndex`` for "l2", an ``InnerProductIndex`` over one for "ip" (reopen
+    either with :func:`distributed_ondisk.autobuild.open_index`)."""
     from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
     from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
-    from distributed_ondisk.search.combined import CombinedIndex
     from distributed_ondisk.vectors import write_vectors
     from distributed_ondisk.workdir import Workdir
 
-    if metric_type == "ip":
-        raise InputError("metric_type='ip' is not supported: the build stages make L2 IVF "
-                         "indexes (L2 k-means, METRIC_L2 lists). For cosine similarity, "
-                         "normalise the embeddings to unit length and use 'l2': on unit "
-                         "vectors the L2 ranking equals the inner-product ranking")
-    if metric_type != "l2":
-        raise InputError(f"metric_type {metric_type!r}: expected 'l2' (or 'ip', see docs)")
+    if metric_type not in METRICS:
+        raise InputError(f"metric_type {metric_type!r}: expected one of {', '.join(METRICS)}")
     if not isinstance(nb_indices_to_keep, int) or nb_indices_to_keep < 1:
         raise InputError(f"nb_indices_to_keep must be an integer >= 1, got {nb_indices_to_keep!r}")
     budget = parse_memory(max_index_memory_usage)
@@ -159,7 +169,9 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
     files = stages.run("probe_inputs", probe)
     total, d = sum(f.rows for f in files), next(f.d for f in files if f.rows)
     n, _ = holdout_rows(total, eval_queries)
-    spec, reasons = choose_index_key(n, d, budget, index_key)
+    # "ip": the stages see one more coordinate per row (see mips.py)
+    d_index = d + 1 if metric_type == "ip" else d
+    spec, reasons = choose_index_key(n, d_index, budget, _key_for(index_key, d, d_index))
     for line in reasons:
         log.info("index key: %s", line)
     if nb_indices_to_keep > spec.nlist:
@@ -167,28 +179,37 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
                          f"{spec.nlist}: a shard holds at least one list")
     n_train = min(n, spec.nlist * max_points_per_centroid)
     runner = _runner(distributed, nb_cores)
-    train_bytes, on_driver = kmeans_placement(n_train, d, spec.nlist, memory, runner.nb_workers,
-                                              distributed is None)
+    train_bytes, on_driver = kmeans_placement(n_train, d_index, spec.nlist, memory,
+                                              runner.nb_workers, distributed is None)
     pieces = plan_pieces([f.rows for f in files],
                          rows_per_piece_for(n, d, runner.nb_workers, memory), limit=n)
     ctx = tasks.BuildContext(tuple(files), tuple(pieces), os.fspath(index_dir),
                              os.fspath(temp_dir), nb_indices_to_keep,
-                             tuple(id_columns or ()), runner.task_threads, _fault)
+                             tuple(id_columns or ()), runner.task_threads, _fault,
+                             metric_type)
     log.info("%d vectors of d=%d in %d file(s) -> %d pieces on %s (%d workers); %d held out",
              n, d, len(files), len(pieces), runner.name, runner.nb_workers, total - n)
     kcfg = KMeansConfig(k=spec.nlist, niter=kmeans_niter, seed=seed,
                         max_points_per_centroid=max_points_per_centroid)
     wanted = kmeans_rows_hint(n, kcfg, on_driver)
     groups = dict(rows_by_piece(wanted, pieces))
-    kept = stages.run("scan_inputs", lambda: runner.map(
+    scanned = stages.run("scan_inputs", lambda: runner.map(
         functools.partial(tasks.scan_piece_keeping, ctx),
         [(i, groups.get(i)) for i in range(len(pieces))], desc="scan"))
+    kept = [x for x, _ in scanned if x is not None]
+    max_norm = None
+    if metric_type == "ip":
+        max_norm = float(np.sqrt(max(sq for _, sq in scanned)))
+        ctx = dataclasses.replace(ctx, max_norm=max_norm)
+        kept = [augment(x, max_norm) for x in kept]
+        log.info("metric ip: rows augmented to d=%d (largest norm %.6g)", d_index, max_norm)
+    del scanned
     queries = read_global_range(files, n, total)
     wd = Workdir.from_arg(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     temp_dir.mkdir(parents=True, exist_ok=True)
-    data = PlannedDataset(runner, ctx, n, d, on_driver=on_driver)
-    data.prefetched(wanted, np.concatenate([x for x in kept if x is not None]))
+    data = PlannedDataset(runner, ctx, n, d_index, on_driver=on_driver)
+    data.prefetched(wanted, np.concatenate(kept))
     del kept
     try:
         km = stages.run("kmeans", lambda: train_kmeans(data, kcfg))
@@ -209,7 +230,8 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
     tasks.check_vslice_set(ctx, n)
     shards = stages.run("merge", lambda: runner.map(functools.partial(tasks.merge_shard, ctx),
                                                     range(nb_indices_to_keep), desc="merge"))
-    index = CombinedIndex(wd.hslice_dir, trained=wd.trained)
+    write_metric(index_dir, metric_type, max_norm, d)
+    index = open_index(index_dir)
     if index.ntotal != n:
         raise InputError(f"internal: the shards hold {index.ntotal} vectors, expected {n}")
     recall = stages.run("evaluate", lambda: measure_recall(index, runner, ctx, queries,
@@ -220,11 +242,13 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
                 p.unlink(missing_ok=True)
         train_path.unlink(missing_ok=True)
         shutil.rmtree(temp_dir / "vslices", ignore_errors=True)
-    est = estimate_index_bytes(n, d, spec)
+    est = estimate_index_bytes(n, d_index, spec)
     infos = {
-        "index_key": spec.key(d), "index_key_reasoning": reasons, "index_path": str(index_dir),
-        "metric_type": metric_type, "distributed": runner.name, "workers": runner.nb_workers,
-        "nb_vectors": n, "d": d, "nb_files": len(files), "nb_pieces": len(pieces),
+        "index_key": spec.key(d_index), "index_key_reasoning": reasons,
+        "index_path": str(index_dir), "metric_type": metric_type, "max_norm": max_norm,
+        "distributed": runner.name, "workers": runner.nb_workers,
+        "nb_vectors": n, "d": d, "index_d": d_index, "nb_files": len(files),
+        "nb_pieces": len(pieces),
         "nb_indices": nb_indices_to_keep, "nlist": spec.nlist, "seed": seed,
         "kmeans": {"n_train": km.n_train, "niter": kmeans_niter, "objective": km.objective,
                    "placement": "driver" if on_driver else "distributed"},

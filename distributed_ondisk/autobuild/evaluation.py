@@ -35,7 +35,7 @@ def brute_force(runner: Any, ctx: BuildContext, queries: np.ndarray, k: int
                 ) -> tuple[np.ndarray, np.ndarray]:
     parts = runner.map(functools.partial(knn_piece, ctx, queries=queries, k=k),
                        [p.piece_no for p in ctx.pieces], desc="ground truth")
-    heap = faiss.ResultHeap(len(queries), k)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=ctx.metric_type == "ip")
     for D, I in parts:
         heap.add_result(np.ascontiguousarray(D), np.ascontiguousarray(I))
     heap.finalize()

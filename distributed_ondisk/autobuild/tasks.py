@@ -21,6 +21,7 @@ import numpy as np
 from distributed_ondisk import manifest as mf
 from distributed_ondisk.atomic import atomic_path
 from distributed_ondisk.autobuild.inputs import InputFile, read_id_columns, read_rows
+from distributed_ondisk.autobuild.mips import augment, max_sq_norm
 from distributed_ondisk.autobuild.plan import Piece
 from distributed_ondisk.build.trained_index import load_trained_index
 from distributed_ondisk.build.vslice import KIND as VSLICE_KIND
@@ -46,6 +47,8 @@ class BuildContext:
     id_columns: tuple[str, ...] = ()
     threads: int = 0                    # faiss threads per task (0: faiss's default)
     fault: Optional[Callable[[str, int], None]] = field(default=None, compare=False)
+    metric_type: str = "l2"
+    max_norm: Optional[float] = None    # "ip": rows get the extra coordinate (see mips.py)
 
     @property
     def index_wd(self) -> Workdir:
@@ -61,25 +64,26 @@ class BuildContext:
     def ids_path(self, piece_no: int) -> Path:
         return Path(self.index_dir) / "ids" / f"ids_{piece_no:05d}_of_{len(self.pieces):05d}.parquet"
 
+    def rows(self, file_no: int, a: int, b: int) -> np.ndarray:
+        """Rows ``[a, b)`` of a file as the index sees them (augmented for "ip")."""
+        x = read_rows(self.files[file_no], a, b)
+        return x if self.max_norm is None else augment(x, self.max_norm)
+
     def piece_rows(self, p: Piece) -> np.ndarray:
-        return read_rows(self.files[p.file_no], p.a, p.b)
-
-
-def scan_piece(ctx: BuildContext, piece_no: int) -> int:
-    """Read a piece once (dimensions, NaN/Inf, nulls checked); returns its row count."""
-    return len(ctx.piece_rows(ctx.pieces[piece_no]))
+        return self.rows(p.file_no, p.a, p.b)
 
 
 def scan_piece_keeping(ctx: BuildContext, item: tuple[int, Optional[np.ndarray]]
-                       ) -> Optional[np.ndarray]:
-    """:func:`scan_piece`, returning the rows at the given file-local row numbers (sorted)
-    from the same read: the k-means sample comes back with the scan, no second job."""
+                       ) -> tuple[Optional[np.ndarray], float]:
+    """Read a piece once (dimensions, NaN/Inf, nulls checked); returns the rows at the
+    given file-local row numbers (sorted; the k-means sample comes back with the scan,
+    no second job) and the piece's largest squared norm (for "ip")."""
     piece_no, local = item
     p = ctx.pieces[piece_no]
-    x = ctx.piece_rows(p)
-    if local is None:
-        return None
-    return np.ascontiguousarray(x[np.asarray(local) - p.a], dtype=np.float32)
+    x = read_rows(ctx.files[p.file_no], p.a, p.b)
+    kept = None if local is None else np.ascontiguousarray(x[np.asarray(local) - p.a],
+                                                           dtype=np.float32)
+    return kept, max_sq_norm(x)
 
 
 def read_piece_subset(ctx: BuildContext, item: tuple[int, np.ndarray]) -> np.ndarray:
@@ -87,7 +91,7 @@ def read_piece_subset(ctx: BuildContext, item: tuple[int, np.ndarray]) -> np.nda
     piece_no, local = item
     p = ctx.pieces[piece_no]
     lo, hi = int(local[0]), int(local[-1]) + 1
-    return read_rows(ctx.files[p.file_no], lo, hi)[np.asarray(local) - lo]
+    return ctx.rows(p.file_no, lo, hi)[np.asarray(local) - lo]
 
 
 def assign_block(block: np.ndarray, centroids: np.ndarray, threads: int = 0) -> AssignResult:
@@ -127,8 +131,8 @@ def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
             for a in range(p.a, p.b, ADD_BLOCK_ROWS):
                 b = min(p.b, a + ADD_BLOCK_ROWS)
                 start = p.start + a - p.a
-                add_rows(index, read_rows(f, a, b), np.arange(start, start + b - a,
-                                                              dtype=np.int64))
+                add_rows(index, ctx.rows(p.file_no, a, b),
+                         np.arange(start, start + b - a, dtype=np.int64))
         if index.ntotal != p.rows:
             raise IndexFileError(f"internal: vslice {out} got {index.ntotal} rows, "
                                  f"expected {p.rows}")
@@ -176,16 +180,19 @@ def merge_shard(ctx: BuildContext, shard_no: int) -> dict[str, Any]:
             "bytes": sum(int(e["size"]) for e in doc["files"].values())}
 
 
-def knn_piece(ctx: BuildContext, piece_no: int, queries: np.ndarray, k: int,
-              metric: int = faiss.METRIC_L2) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest rows of one piece (global ids), for the ground truth."""
+def knn_piece(ctx: BuildContext, piece_no: int, queries: np.ndarray, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact k nearest rows of one piece (global ids) by the build's metric on the
+    original rows, for the ground truth."""
     p = ctx.pieces[piece_no]
-    x = ctx.piece_rows(p)
+    x = read_rows(ctx.files[p.file_no], p.a, p.b)
+    ip = ctx.metric_type == "ip"
     with omp_threads(ctx.threads):
-        D, I = faiss.knn(queries, x, min(k, len(x)), metric=metric)
+        D, I = faiss.knn(queries, x, min(k, len(x)),
+                         metric=faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
     pad = k - I.shape[1]
     if pad:
-        D = np.pad(D, ((0, 0), (0, pad)), constant_values=np.inf)
+        D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf if ip else np.inf)
         I = np.pad(I, ((0, 0), (0, pad)), constant_values=-1)
     return D, np.where(I >= 0, I + p.start, -1)
 
