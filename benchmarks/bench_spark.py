@@ -10,7 +10,8 @@ autofaiss needs numpy < 2, so it runs in its own virtual environment
 (``--afvenv``, default /tmp/afvenv), created and filled by pip on first use; when
 that fails the table says why.  Spark's start-up is timed apart from the build.
 recall@10 is faiss's 1-recall@10 at nprobe 16 on fresh queries of the same mixture;
-autofaiss is built with metric_type="l2" (its default is "ip"), its index read back
+both sides are built with ``--metric`` (default "l2"; autofaiss's own default is "ip"),
+the ground truth by the same metric; autofaiss's index is read back
 from its files with nprobe set on each IVF, and its ids checked by searching stored
 rows.  The sides run interleaved, ``--repeat`` times each.
 """
@@ -39,7 +40,7 @@ import json, sys, time
 import faiss, numpy as np
 from pyspark.sql import SparkSession
 from autofaiss import build_index
-emb, out, budget, mem, nshards, queries, gt, key = sys.argv[1:9]
+emb, out, budget, mem, nshards, queries, gt, key, metric = sys.argv[1:10]
 SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false") \
     .config("spark.ui.showConsoleProgress", "false") \
     .config("spark.driver.memory", "4g").getOrCreate()
@@ -48,7 +49,7 @@ t0 = time.perf_counter()
 build_index(embeddings=emb, index_path=out + "/knn.index", index_infos_path=out + "/infos.json",
             max_index_memory_usage=budget, current_memory_available=mem,
             temporary_indices_folder=out + "/tmp", nb_indices_to_keep=int(nshards),
-            distributed="pyspark", file_format="npy", metric_type="l2", **kw)
+            distributed="pyspark", file_format="npy", metric_type=metric, **kw)
 dt = time.perf_counter() - t0
 infos = json.load(open(out + "/infos.json"))
 xq, I_gt = np.load(queries), np.load(gt)
@@ -69,7 +70,8 @@ files = sorted(glob.glob(emb.rstrip("/") + "/**/*.npy", recursive=True))
 x = np.concatenate([np.load(f) for f in files])
 probe = np.linspace(0, len(x) - 1, 50).astype(np.int64)
 _, Is = index.search(x[probe], 1)
-self_hit = float((Is[:, 0] == probe).mean())
+# (by inner product a row's best match may be a longer row: the check is for l2)
+self_hit = float((Is[:, 0] == probe).mean()) if metric == "l2" else None
 print("RESULT " + json.dumps({"seconds": dt, "recall10": float((I == I_gt[:, :1]).any(1).mean()),
                               "index_key": infos.get("index_key", "?"), "files": paths,
                               "ntotal": int(sum(s.ntotal for s in shards)),
@@ -85,12 +87,13 @@ def write_inputs(folder: Path, n: int, d: int, nfiles: int, seed: int) -> None:
         np.save(folder / f"part{i:03d}.npy", part)
 
 
-def ground_truth(folder: Path, xq: np.ndarray) -> np.ndarray:
-    heap = faiss.ResultHeap(len(xq), 10)
+def ground_truth(folder: Path, xq: np.ndarray, metric: str) -> np.ndarray:
+    ip = metric == "ip"
+    heap = faiss.ResultHeap(len(xq), 10, keep_max=ip)
     start = 0
     for p in sorted(folder.glob("*.npy")):
         x = np.load(p)
-        D, I = faiss.knn(xq, x, 10)
+        D, I = faiss.knn(xq, x, 10, metric=faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
         heap.add_result(D, I + start)
         start += len(x)
     heap.finalize()
@@ -105,7 +108,7 @@ def ours(emb: Path, out: Path, distributed, args, xq, gt) -> dict:
                                max_index_memory_usage=args.max_index_memory_usage,
                                current_memory_available=args.current_memory_available,
                                nb_indices_to_keep=args.nb_indices, eval_queries=0,
-                               seed=args.seed)
+                               seed=args.seed, metric_type=args.metric)
     dt = time.perf_counter() - t0
     _, I = index.search(xq, 10, nprobe=16)
     return {"seconds": dt, "recall10": recall_at(I, gt, (10,))[10],
@@ -133,7 +136,7 @@ def autofaiss(emb: Path, out: Path, sub: str, args, xq, gt) -> dict:
     r = subprocess.run([str(py), str(script), str(emb), str(out / sub),
                         args.max_index_memory_usage, args.current_memory_available,
                         str(args.nb_indices), str(out / "queries.npy"), str(out / "gt.npy"),
-                        args.index_key or "-"], capture_output=True, text=True,
+                        args.index_key or "-", args.metric], capture_output=True, text=True,
                        env={**os.environ, "PYSPARK_PYTHON": str(py),   # executors too
                             "PYSPARK_DRIVER_PYTHON": str(py)})
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -157,6 +160,9 @@ def main() -> int:
     ap.add_argument("--afvenv", default="/tmp/afvenv")
     ap.add_argument("--repeat", type=int, default=1, help="builds per side (shared machine)")
     ap.add_argument("--seed", type=int, default=1234, help="our k-means seed")
+    ap.add_argument("--data_seed", type=int, default=0, help="the mixture the data is drawn from")
+    ap.add_argument("--metric", choices=["l2", "ip"], default="l2",
+                    help="metric_type of both builds (and of the ground truth)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     if args.quick:
@@ -164,9 +170,9 @@ def main() -> int:
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_spark_"))
     emb = root / "emb"
     if not emb.exists():
-        write_inputs(emb, args.n, args.d, args.nfiles, seed=0)
-    xq = make_queries(args.nq, args.d, seed=0)   # fresh rows of the data's own mixture (seed 0)
-    gt = ground_truth(emb, xq)
+        write_inputs(emb, args.n, args.d, args.nfiles, seed=args.data_seed)
+    xq = make_queries(args.nq, args.d, seed=args.data_seed)   # fresh rows of the same mixture
+    gt = ground_truth(emb, xq, args.metric)
     rows: dict[str, dict] = {}
     from pyspark.sql import SparkSession
     t0 = time.perf_counter()
@@ -189,7 +195,8 @@ def main() -> int:
     rows = dict(sorted(rows.items(), key=lambda kv: (side[kv[0].split(" #")[0]], kv[0])))
     import pyspark
     print(f"# bench_spark: n={args.n} d={args.d} files={args.nfiles} nq={args.nq} "
-          f"shards={args.nb_indices} budget={args.max_index_memory_usage}")
+          f"shards={args.nb_indices} budget={args.max_index_memory_usage} metric={args.metric} "
+          f"data_seed={args.data_seed}")
     print(f"# {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
           f"{platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
           f"pyspark {pyspark.__version__}; Spark start-up {startup:.1f} s (not in the times)")
@@ -203,9 +210,10 @@ def main() -> int:
         if "stages" in r:
             print(f"# {name} stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
         if "self_hit" in r:   # autofaiss: its index read back as the benchmark reads it
+            hit = "-" if r["self_hit"] is None else f"{r['self_hit']:.2f}"
             print(f"# {name}: {len(r['files'])} file(s), {r['ntotal']} vectors, metric "
                   f"{'L2' if r['metric'] == 1 else 'IP'}, stored rows found under their "
-                  f"own id: {r['self_hit']:.2f}")
+                  f"own id: {hit}")
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
     return 0
