@@ -65,3 +65,22 @@ def search(index: faiss.Index, q: np.ndarray, nprobe: int, k: int = 10):
 def run_script(name: str, *args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / name), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
+
+
+def copy_vslice(src: Path, dst: Path) -> Path:
+    """A copy of a vslice with its manifest (to damage without touching the original)."""
+    import shutil
+
+    from distributed_ondisk import manifest as mf
+
+    shutil.copy(src, dst)
+    shutil.copy(mf.manifest_path(src), mf.manifest_path(dst))
+    return dst
+
+
+def flip_byte(path: Path, pos: int, mask: int = 0x40) -> None:
+    with open(path, "r+b") as f:
+        f.seek(pos)
+        byte = f.read(1)
+        f.seek(pos)
+        f.write(bytes([byte[0] ^ mask]))

@@ -2,14 +2,12 @@
 that span many lists (so shard ranges cut through checksummed blocks)."""
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from build_helpers import make_workdir, reference_index, search
+from build_helpers import copy_vslice, flip_byte, make_workdir, reference_index, search
 from distributed_ondisk import manifest as mf
 from distributed_ondisk.build import slicefile
 from distributed_ondisk.build.listcopy import _gather
@@ -92,18 +90,11 @@ def test_corruption_in_an_edge_block_outside_the_range_is_still_caught(coarse_bl
                                                                         where):
     """Lists 3 and 13 are outside [5, 11) but in its edge blocks [0, 8) and [8, 16)."""
     wd, _ = coarse_blocks
-    bad = tmp_path / "v1.index"
-    shutil.copy(wd.vslice(1, 2), bad)
-    shutil.copy(mf.manifest_path(wd.vslice(1, 2)), mf.manifest_path(bad))
+    bad = copy_vslice(wd.vslice(1, 2), tmp_path / "v1.index")
     lay = read_layout(bad)
     lst = 3 if where == "before" else 13
     assert lay.sizes[lst] > 0
-    pos = int(lay.offsets[lst]) + 1
-    with open(bad, "r+b") as f:
-        f.seek(pos)
-        byte = f.read(1)
-        f.seek(pos)
-        f.write(bytes([byte[0] ^ 0x01]))
+    flip_byte(bad, int(lay.offsets[lst]) + 1, mask=0x01)
     out = tmp_path / "h.index"
     with pytest.raises(IndexFileError, match=r"v1.index: list block [01] .*corrupted"):
         merge_hslice(MergeJob([str(wd.vslice(0, 2)), str(bad)], out, l0=5, l1=11))

@@ -8,7 +8,7 @@ import faiss
 import numpy as np
 import pytest
 
-from build_helpers import build_all, make_workdir, run_script
+from build_helpers import build_all, copy_vslice, flip_byte, make_workdir, run_script
 from distributed_ondisk import manifest as mf
 from distributed_ondisk.build.merge import MergeJob, merge_hslice
 from distributed_ondisk.build.slicefile import read_layout, region_checksums
@@ -138,16 +138,8 @@ def test_merge_refuses_unreadable_and_truncated_inputs(built, tmp_path):
 
 def test_merge_refuses_corrupted_list_data(built, tmp_path):
     wd, _ = built
-    bad = tmp_path / "v1.index"
-    shutil.copy(wd.vslice(1, 2), bad)
-    shutil.copy(mf.manifest_path(wd.vslice(1, 2)), mf.manifest_path(bad))
-    lay = read_layout(bad)
-    pos = int(lay.offsets[20]) + 3
-    with open(bad, "r+b") as f:
-        f.seek(pos)
-        byte = f.read(1)
-        f.seek(pos)
-        f.write(bytes([byte[0] ^ 0x40]))
+    bad = copy_vslice(wd.vslice(1, 2), tmp_path / "v1.index")
+    flip_byte(bad, int(read_layout(bad).offsets[20]) + 3)
     out = tmp_path / "h.index"
     with pytest.raises(IndexFileError, match="v1.index: list block.*corrupted"):
         merge([wd.vslice(0, 2), bad], out)
