@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--output", "--out", dest="output", help="output shard index")
     ap.add_argument("--outputIL", help="output lists file (default: next to --output, .invlists)")
     ap.add_argument("--trained", help="check the slices come from this trained index")
-    ap.add_argument("--nt", type=int, default=2, help="reader threads (default 2)")
+    ap.add_argument("--nt", type=int, default=2,
+                    help="threads reading the slices (checks, and each batch's reads; default 2)")
     ap.add_argument("--batch_mb", type=float, default=DEFAULT_BATCH_BYTES / 2**20,
                     help="MB of lists per batch (bounds memory)")
     ap.add_argument("--force", action="store_true", help="rebuild even if complete")

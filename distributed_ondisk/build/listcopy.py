@@ -4,9 +4,10 @@ Per list, the output holds the codes of every slice (in slice order), then their
 ids: the ``OnDiskInvertedLists`` layout.  The copy runs in bounded batches of
 consecutive lists:
 
-* a reader thread ``pread``s each slice's bytes for batch ``k + 1``, one slice
-  after the other, into one of two reused buffers, and checks them against the
-  slice manifest's block digests
+* a reader thread ``pread``s each slice's bytes for batch ``k + 1`` (``threads``
+  of them split the slices, for file systems where a read waits on the network)
+  into one of two reused buffers, and checks them against the slice manifest's
+  block digests
   (:class:`~distributed_ondisk.build.slicefile.BlockVerifier`: the bytes checked
   are the very bytes written, and no slice byte is read twice);
 * the main thread gathers batch ``k`` into output order with one Arrow ``take``
@@ -102,15 +103,19 @@ class _Gatherer:
     """Reads batches of lists from every slice into two reused buffers (batch ``k + 1``
     is read while batch ``k`` is gathered) and gathers each into output order."""
 
-    def __init__(self, readers: Sequence[_SliceReader], code_size: int) -> None:
+    def __init__(self, readers: Sequence[_SliceReader], code_size: int,
+                 threads: int = 1) -> None:
         self.readers = readers
         self.code_size = code_size
+        # reads the slices of a batch concurrently (pays where a read waits on the network)
+        self.threads = max(1, min(threads, len(readers)))
+        self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.bufs = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
         self.sizes = np.stack([r.sizes for r in readers]).astype(np.int64)   # (S, nlist)
 
     def read(self, la: int, lb: int, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read lists [la, lb) of every slice into buffer ``slot``; returns what
-        :meth:`gather` needs."""
+        :func:`_gather` needs."""
         offsets, order = gather_plan(self.sizes[:, la:lb], self.code_size)
         total = int(offsets[-1])
         if len(self.bufs[slot]) < total:   # grows rarely: fresh pages cost a fault each
@@ -118,9 +123,25 @@ class _Gatherer:
         buf = self.bufs[slot]
         view = memoryview(buf)
         nparts = 2 * (lb - la)
-        for s, r in enumerate(self.readers):
-            r.read_into(view[offsets[s * nparts]:offsets[(s + 1) * nparts]])
+        parts = [view[offsets[s * nparts]:offsets[(s + 1) * nparts]]
+                 for s in range(len(self.readers))]
+        nt = self.threads
+        if self.pool is None:
+            _read_all(self.readers, parts)
+        else:   # one task per thread, each a fixed share of the slices: their verifiers
+            list(self.pool.map(_read_all,                 # see each slice's bytes in order
+                               [self.readers[i::nt] for i in range(nt)],
+                               [parts[i::nt] for i in range(nt)]))
         return buf, offsets, order
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _read_all(readers: Sequence[_SliceReader], views: Sequence[memoryview]) -> None:
+    for r, v in zip(readers, views):
+        r.read_into(v)
 
 
 def _gather(buf: np.ndarray, offsets: np.ndarray, order: np.ndarray) -> pa.Buffer:
@@ -156,20 +177,25 @@ def _write_batch(fd: int, data: Any, offset: int) -> None:
 def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: int,
                 batch_bytes: int) -> tuple[np.ndarray, str]:
     """Write the shard data file for lists [l0, l1) of ``slices`` (checked ``Vslice``
-    objects, in id order); returns (merged list sizes, digest of the file)."""
-    del threads  # the gather runs in Arrow's C++ and the write in one thread: 2 cores suffice
+    objects, in id order); returns (merged list sizes, digest of the file).
+
+    ``threads`` > 1 reads the slices of each batch with that many threads (worth it
+    where one read waits on the network); the gather and the write use one each."""
     cs = slices[0].layout.code_size
     sizes = np.sum([s.layout.sizes[l0:l1] for s in slices], axis=0).astype(np.int64)
     batches = [(l0 + a, l0 + b) for a, b in plan_merge_batches(sizes, cs, batch_bytes)]
     total = int(sizes.sum()) * (cs + IDX_BYTES)
     readers: list[_SliceReader] = []
+    gatherer: Optional[_Gatherer] = None
     try:
         for s in slices:
             readers.append(_SliceReader(s, l0, l1))
+        gatherer = _Gatherer(readers, cs, threads)
         with atomic_path(dest) as tmp:
-            digest = _copy(_Gatherer(readers, cs), batches, tmp, total,
-                           f"merge lists [{l0}, {l1})")
+            digest = _copy(gatherer, batches, tmp, total, f"merge lists [{l0}, {l1})")
     finally:
+        if gatherer is not None:
+            gatherer.close()
         for r in readers:
             r.close()
     return sizes, digest
