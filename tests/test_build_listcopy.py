@@ -73,12 +73,14 @@ def coarse_blocks(tmp_path_factory):
     return wd, x
 
 
-def test_shards_cutting_through_blocks_search_like_ram(coarse_blocks, tmp_path):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_shards_cutting_through_blocks_search_like_ram(coarse_blocks, tmp_path, threads):
     wd, x = coarse_blocks
     cuts = [0, 3, 13, 40, 64]           # none on a block boundary but the ends
     outs = [tmp_path / f"h{j}.index" for j in range(len(cuts) - 1)]
     for o, a, b in zip(outs, cuts[:-1], cuts[1:]):
-        merge_hslice(MergeJob([str(wd.vslice_dir)], o, l0=a, l1=b, batch_bytes=3000))
+        merge_hslice(MergeJob([str(wd.vslice_dir)], o, l0=a, l1=b, batch_bytes=3000,
+                              threads=threads))
     q = x[::53][:100] + np.float32(0.05)
     D0, I0 = search(reference_index(wd, x), q, 16)
     D1, I1 = search(open_hslices(wd.trained, outs), q, 16)
