@@ -12,8 +12,8 @@ consecutive lists:
   are the very bytes written, and no slice byte is read twice);
 * the main thread gathers batch ``k`` into output order with one Arrow ``take``
   over its buffer cut into (slice, list, codes|ids) parts
-  (:func:`~distributed_ondisk.build.plan.gather_plan`), and hashes it;
-* a writer thread ``pwrite``s batch ``k - 1`` and starts its writeback.
+  (:func:`~distributed_ondisk.build.plan.gather_plan`);
+* a writer thread ``pwrite``s batch ``k - 1``, hashes it and starts its writeback.
 
 Why Arrow: a shard has two parts per (list, slice), ~30 vectors each at the
 benchmark's scale and fewer at a billion vectors, and a Python loop over them
@@ -167,10 +167,12 @@ def _pwrite_all(fd: int, data: Any, offset: int) -> None:
         done += os.pwrite(fd, view[done:], offset + done)
 
 
-def _write_batch(fd: int, data: Any, offset: int) -> None:
-    """pwrite one gathered batch, then start its writeback (POSIX_FADV_DONTNEED writes
-    dirty pages back on Linux) so that the final fsync has little left to wait for."""
+def _write_batch(fd: int, data: Any, offset: int, digest: Any) -> None:
+    """pwrite one gathered batch, hash it (batches come in file order: one writer),
+    then start its writeback (POSIX_FADV_DONTNEED writes dirty pages back on Linux)
+    so that the final fsync has little left to wait for."""
     _pwrite_all(fd, data, offset)
+    digest.update(data)           # XXH3 releases the GIL: the main thread gathers meanwhile
     os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
 
 
@@ -224,10 +226,9 @@ def _copy(gatherer: _Gatherer, batches: list[tuple[int, int]], tmp: Path, total:
                            if k + 1 < len(batches) else None)
                 data = _gather(*read)
                 del read
-                h.update(data)
                 if writing is not None:
                     writing.result()      # one batch in flight: memory stays bounded
-                writing = writer.submit(_write_batch, fd, data, pos)
+                writing = writer.submit(_write_batch, fd, data, pos, h)
                 pos += data.size
                 prog.update(data.size)
             if writing is not None:
