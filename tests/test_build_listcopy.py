@@ -29,8 +29,8 @@ def naive_merge(slices: list[list[tuple[bytes, bytes]]]) -> bytes:
 
 @settings(max_examples=60, deadline=None)
 @given(nsl=st.integers(1, 5), nl=st.integers(1, 12), cs=st.sampled_from([1, 5, 38, 72]),
-       seed=st.integers(0, 2**31))
-def test_gather_matches_naive_merge(nsl, nl, cs, seed):
+       seed=st.integers(0, 2**31), cut=st.integers(0, 12))
+def test_gather_matches_naive_merge(nsl, nl, cs, seed, cut):
     rs = np.random.default_rng(seed)
     sizes = rs.integers(0, 4, (nsl, nl)) * rs.integers(0, 2, (nsl, nl))   # many empty lists
     slices = [[(rs.bytes(int(n) * cs), rs.bytes(int(n) * IDX_BYTES)) for n in row]
@@ -38,7 +38,13 @@ def test_gather_matches_naive_merge(nsl, nl, cs, seed):
     buf = np.frombuffer(b"".join(c + i for s in slices for c, i in s), dtype=np.uint8)
     offsets, order = gather_plan(sizes, cs)
     assert offsets[-1] == len(buf)
-    assert _gather(buf, offsets, order).to_pybytes() == naive_merge(slices)
+    # written as two pieces cut after list `cut` (as the merge cuts a read batch)
+    cut = min(cut, nl)
+    nbytes = [int(sizes[:, :cut].sum()) * (cs + IDX_BYTES),
+              int(sizes[:, cut:].sum()) * (cs + IDX_BYTES)]
+    pieces = [(0, 2 * nsl * cut, nbytes[0]), (2 * nsl * cut, 2 * nsl * nl, nbytes[1])]
+    got = b"".join(p.to_pybytes() for p in _gather(buf, offsets, order, pieces))
+    assert got == naive_merge(slices)
 
 
 def test_gather_plan_starts_each_slice_where_the_previous_ends():

@@ -38,7 +38,7 @@ import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -53,6 +53,11 @@ from distributed_ondisk.log import Progress
 
 log = logging.getLogger(__name__)
 _EDGE_READ = 8 << 20
+# Slices are read READ_BATCHES output batches at a time: with many slices each one's
+# share of a batch is small, and a read costs a system call (and, on network file
+# systems, a round trip) whatever its size.  The gathered pieces stay at the batch
+# size: larger ones are fresh allocations, and a fresh page costs a fault each.
+READ_BATCHES = 4
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, path: Path) -> None:
@@ -144,20 +149,23 @@ def _read_all(readers: Sequence[_SliceReader], views: Sequence[memoryview]) -> N
         r.read_into(v)
 
 
-def _gather(buf: np.ndarray, offsets: np.ndarray, order: np.ndarray) -> pa.Buffer:
-    """Parts ``buf[offsets[i]:offsets[i + 1]]`` concatenated in ``order`` (C++, no GIL)."""
+def _gather(buf: np.ndarray, offsets: np.ndarray, order: np.ndarray,
+            pieces: Sequence[tuple[int, int, int]]) -> Iterator[pa.Buffer]:
+    """Parts ``buf[offsets[i]:offsets[i + 1]]`` concatenated in ``order``, cut into
+    ``pieces`` ``(first, end, nbytes)`` of ``order``: one Arrow take each (C++, no
+    GIL) over the parts array built once."""
     total = int(offsets[-1])
     parts = pa.LargeBinaryArray.from_buffers(
         pa.large_binary(), len(offsets) - 1,
         [None, pa.py_buffer(offsets), pa.py_buffer(buf[:total])])
-    out = pc.take(parts, pa.array(order))
-    data = out.buffers()[2]
-    if total == 0:
-        return pa.py_buffer(b"")
-    if data is None or data.size < total:
-        raise IndexFileError(f"internal: gathered {0 if data is None else data.size} bytes, "
-                             f"expected {total}")
-    return data.slice(0, total)
+    for first, end, nbytes in pieces:
+        if nbytes == 0:
+            continue
+        data = pc.take(parts, pa.array(order[first:end])).buffers()[2]
+        if data is None or data.size < nbytes:
+            raise IndexFileError(f"internal: gathered {0 if data is None else data.size} "
+                                 f"bytes, expected {nbytes}")
+        yield data.slice(0, nbytes)
 
 
 def _pwrite_all(fd: int, data: Any, offset: int) -> None:
@@ -185,7 +193,15 @@ def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: in
     where one read waits on the network); the gather and the write use one each."""
     cs = slices[0].layout.code_size
     sizes = np.sum([s.layout.sizes[l0:l1] for s in slices], axis=0).astype(np.int64)
-    batches = [(l0 + a, l0 + b) for a, b in plan_merge_batches(sizes, cs, batch_bytes)]
+    batches = []
+    for a, b in plan_merge_batches(sizes, cs, READ_BATCHES * batch_bytes):
+        pieces = []
+        for pa_, pb in plan_merge_batches(sizes[a:b], cs, batch_bytes):
+            # output order is per list (codes, ids; all slices): list j's parts are
+            # order[2 S j : 2 S (j + 1)]
+            pieces.append((2 * len(slices) * pa_, 2 * len(slices) * pb,
+                           int(sizes[a + pa_:a + pb].sum()) * (cs + IDX_BYTES)))
+        batches.append((l0 + a, l0 + b, pieces))
     total = int(sizes.sum()) * (cs + IDX_BYTES)
     readers: list[_SliceReader] = []
     gatherer: Optional[_Gatherer] = None
@@ -203,7 +219,8 @@ def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: in
     return sizes, digest
 
 
-def _copy(gatherer: _Gatherer, batches: list[tuple[int, int]], tmp: Path, total: int,
+def _copy(gatherer: _Gatherer, batches: list[tuple[int, int, list[tuple[int, int, int]]]],
+          tmp: Path, total: int,
           what: str) -> str:
     """Copy all batches into ``tmp`` (fsynced); returns the file's digest."""
     fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
@@ -216,21 +233,23 @@ def _copy(gatherer: _Gatherer, batches: list[tuple[int, int]], tmp: Path, total:
                 raise IndexFileError(f"{tmp}: cannot reserve {total} bytes: {e.strerror}") from e
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, \
                 Progress(total, what, "B", logger=log) as prog:
-            reading = reader.submit(gatherer.read, *batches[0], 0) if batches else None
+            reading = (reader.submit(gatherer.read, *batches[0][:2], 0) if batches
+                       else None)
             writing: Optional[Future] = None
             pos = 0
             for k in range(len(batches)):
                 read = reading.result()
                 # the other buffer fills with batch k + 1 while batch k is gathered
-                reading = (reader.submit(gatherer.read, *batches[k + 1], (k + 1) % 2)
+                reading = (reader.submit(gatherer.read, *batches[k + 1][:2], (k + 1) % 2)
                            if k + 1 < len(batches) else None)
-                data = _gather(*read)
+                for data in _gather(*read, batches[k][2]):
+                    if writing is not None:
+                        writing.result()      # one piece in flight: memory stays bounded
+                    writing = writer.submit(_write_batch, fd, data, pos, h)
+                    pos += data.size
+                    prog.update(data.size)
+                    del data
                 del read
-                if writing is not None:
-                    writing.result()      # one batch in flight: memory stays bounded
-                writing = writer.submit(_write_batch, fd, data, pos, h)
-                pos += data.size
-                prog.update(data.size)
             if writing is not None:
                 writing.result()
             for r in gatherer.readers:
