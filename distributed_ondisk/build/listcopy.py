@@ -23,8 +23,8 @@ does the same gather in C++ without the GIL (640 MB: 0.11 s, reads included,
 vs 0.39 s).  Fresh memory is expensive here (2.5 us per page fault), so every
 buffer is reused.
 
-Memory is about four batches (two read buffers, the batch being gathered, the
-batch being written), whatever the shard size.
+Memory is about ten batches (two read buffers of ``READ_BATCHES`` batches each,
+the piece being gathered, the piece being written), whatever the shard size.
 
 The output is preallocated (``posix_fallocate``: a full disk fails before the
 long work), written under a temporary name, fsynced once and renamed by

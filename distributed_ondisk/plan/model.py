@@ -16,7 +16,7 @@ What each stage costs is read off the code that runs it:
   the slice's lists in RAM (faiss's vectors grow geometrically: x1.5 on average),
   65536-row blocks, written once.
 * merge (``build/merge.py``, ``listcopy.py``): one job per node at a time, reads
-  its lists from every vslice, writes them once; RAM ~4 batches of 2 MiB plus
+  its lists from every vslice, writes them once; RAM ~10 batches of 2 MiB plus
   every vslice's list table (sizes + offsets, 16 bytes per list per vslice).
 * search (``search/client.py``, ``server.py``): the client quantizes (transform +
   HNSW) once per query and sends each server only its probed lists; servers scan.
@@ -312,7 +312,7 @@ def vslices_cost(w: Workload, c: Cluster, r: Rates, nv: int) -> StageCost:
 
 
 def merge_ram(w: Workload, nv: int) -> float:
-    return 4 * MERGE_BATCH_BYTES + nv * (w.nlist + 1) * 16 + 64 * MB
+    return 10 * MERGE_BATCH_BYTES + nv * (w.nlist + 1) * 16 + 64 * MB
 
 
 def merge_cost(w: Workload, c: Cluster, r: Rates, nv: int, nh: int) -> StageCost:
