@@ -34,6 +34,7 @@ byte, and every byte of the partly covered edge blocks, matched its digest.
 """
 from __future__ import annotations
 
+import collections
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,6 +59,7 @@ _EDGE_READ = 8 << 20
 # systems, a round trip) whatever its size.  The gathered pieces stay at the batch
 # size: larger ones are fresh allocations, and a fresh page costs a fault each.
 READ_BATCHES = 4
+WRITES_IN_FLIGHT = 2
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, path: Path) -> None:
@@ -235,7 +237,7 @@ def _copy(gatherer: _Gatherer, batches: list[tuple[int, int, list[tuple[int, int
                 Progress(total, what, "B", logger=log) as prog:
             reading = (reader.submit(gatherer.read, *batches[0][:2], 0) if batches
                        else None)
-            writing: Optional[Future] = None
+            writing: collections.deque[Future] = collections.deque()
             pos = 0
             for k in range(len(batches)):
                 read = reading.result()
@@ -243,15 +245,15 @@ def _copy(gatherer: _Gatherer, batches: list[tuple[int, int, list[tuple[int, int
                 reading = (reader.submit(gatherer.read, *batches[k + 1][:2], (k + 1) % 2)
                            if k + 1 < len(batches) else None)
                 for data in _gather(*read, batches[k][2]):
-                    if writing is not None:
-                        writing.result()      # one piece in flight: memory stays bounded
-                    writing = writer.submit(_write_batch, fd, data, pos, h)
+                    if len(writing) == WRITES_IN_FLIGHT:
+                        writing.popleft().result()   # bounded memory; a slow disk moment
+                    writing.append(writer.submit(_write_batch, fd, data, pos, h))  # is absorbed
                     pos += data.size
                     prog.update(data.size)
                     del data
                 del read
-            if writing is not None:
-                writing.result()
+            while writing:
+                writing.popleft().result()
             for r in gatherer.readers:
                 r.finish()
         if pos != total:
