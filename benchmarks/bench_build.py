@@ -160,6 +160,7 @@ def main() -> None:
 
     import faiss
 
+    from distributed_ondisk.build.slicefile import read_layout
     from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
     from distributed_ondisk.build.vslice import VsliceJob, make_vslice
     from distributed_ondisk.workdir import Workdir
@@ -210,23 +211,31 @@ def main() -> None:
         modes = ["warm", "cold"] if can_drop else ["warm"]
         res: dict = {(m, k): [] for m in modes for k in ("ours", "faiss")}
         res["dd"] = []
+        lists_bytes = 0     # what the merge writes: every vslice's list entries
+        for p in in_files:
+            layout = read_layout(p)
+            lists_bytes += int(layout.offsets[-1] - layout.offsets[0])
         out = root / "hslices" / "h.index"
-        for _ in range(args.merge_repeat):
-            for mode in modes:
-                for kind, child_kind in (("ours", "merge"), ("faiss", "faiss")):
-                    shutil.rmtree(root / "hslices")
-                    os.mkdir(root / "hslices")
-                    if mode == "warm":
-                        os.sync()
-                        read_through(in_files)
-                    else:
-                        drop_caches()
-                    res[(mode, kind)].append(run_child(child_kind, inputs=inputs, out=out,
-                                                       trained=wd.trained, nt=args.nt))
-            os.sync()
-            res["dd"].append(run_child("dd", out=root / "dd.bin",
-                                       nbytes=res[("warm", "ours")][-1]["bytes"]))
-            os.unlink(root / "dd.bin")
+        runs: list = [(m, k) for m in modes for k in ("ours", "faiss")] + ["dd"]
+        for rnd in range(args.merge_repeat):
+            # the order rotates every round: on this disk a run right after a big write
+            # (and its deletion) is slower, whichever method it is
+            for run in runs[rnd % len(runs):] + runs[:rnd % len(runs)]:
+                shutil.rmtree(root / "hslices")
+                os.mkdir(root / "hslices")
+                os.sync()
+                if run == "dd":
+                    res["dd"].append(run_child("dd", out=root / "dd.bin", nbytes=lists_bytes))
+                    os.unlink(root / "dd.bin")
+                    continue
+                mode, kind = run
+                if mode == "warm":
+                    read_through(in_files)
+                else:
+                    drop_caches()
+                res[run].append(run_child("merge" if kind == "ours" else "faiss",
+                                          inputs=inputs, out=out, trained=wd.trained,
+                                          nt=args.nt))
         best = {k: min(v, key=lambda r: r["seconds"]) for k, v in res.items()}
         mbs = {k: r["bytes"] / r["seconds"] / 1e6 for k, r in best.items()}
         med = {k: r[0]["bytes"] / float(np.median([x["seconds"] for x in r])) / 1e6
