@@ -12,7 +12,8 @@ from distributed_ondisk import manifest as mf
 from distributed_ondisk.build import slicefile
 from distributed_ondisk.build.listcopy import _gather
 from distributed_ondisk.build.merge import MergeJob, merge_hslice
-from distributed_ondisk.build.plan import IDX_BYTES, gather_plan, plan_merge_batches
+from distributed_ondisk.build.plan import (IDX_BYTES, gather_plan, plan_merge_batches,
+                                           plan_merge_reads)
 from distributed_ondisk.build.shards import open_hslices
 from distributed_ondisk.build.slicefile import read_layout
 from distributed_ondisk.build.vslice import VsliceJob, make_vslice
@@ -62,6 +63,19 @@ def test_batches_cover_lists_in_order_and_respect_the_bound():
     assert all(x[1] == y[0] for x, y in zip(b, b[1:]))
     for a, z in b:   # at most 100 bytes, unless one list alone is bigger
         assert sizes[a:z].sum() * 20 <= 100 or z - a == 1
+
+
+def test_read_batches_are_cut_into_pieces_that_tile_them():
+    sizes = np.array([3, 0, 7, 1, 40, 2, 2, 0, 5, 9])
+    nsl, cs = 3, 12
+    reads = plan_merge_reads(sizes, nsl, cs, 100, 4)
+    assert [(a, b) for a, b, _ in reads] == plan_merge_batches(sizes, cs, 400)
+    for a, b, pieces in reads:
+        bounds = [p[0] for p in pieces] + [pieces[-1][1]]
+        assert bounds[0] == 0 and bounds[-1] == 2 * nsl * (b - a)   # every part, in order
+        assert all(x[1] == y[0] for x, y in zip(pieces, pieces[1:]))
+        assert all(first % (2 * nsl) == 0 for first, _, _ in pieces)  # whole lists only
+        assert sum(p[2] for p in pieces) == sizes[a:b].sum() * (cs + IDX_BYTES)
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,7 @@ import pyarrow.compute as pc
 
 from distributed_ondisk import manifest as mf
 from distributed_ondisk.atomic import atomic_path
-from distributed_ondisk.build.plan import IDX_BYTES, gather_plan, plan_merge_batches
+from distributed_ondisk.build.plan import IDX_BYTES, gather_plan, plan_merge_reads
 from distributed_ondisk.build.slicefile import BlockVerifier
 from distributed_ondisk.errors import IndexFileError
 from distributed_ondisk.log import Progress
@@ -195,15 +195,8 @@ def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: in
     where one read waits on the network); the gather and the write use one each."""
     cs = slices[0].layout.code_size
     sizes = np.sum([s.layout.sizes[l0:l1] for s in slices], axis=0).astype(np.int64)
-    batches = []
-    for a, b in plan_merge_batches(sizes, cs, READ_BATCHES * batch_bytes):
-        pieces = []
-        for pa_, pb in plan_merge_batches(sizes[a:b], cs, batch_bytes):
-            # output order is per list (codes, ids; all slices): list j's parts are
-            # order[2 S j : 2 S (j + 1)]
-            pieces.append((2 * len(slices) * pa_, 2 * len(slices) * pb,
-                           int(sizes[a + pa_:a + pb].sum()) * (cs + IDX_BYTES)))
-        batches.append((l0 + a, l0 + b, pieces))
+    batches = [(l0 + a, l0 + b, pieces) for a, b, pieces in
+               plan_merge_reads(sizes, len(slices), cs, batch_bytes, READ_BATCHES)]
     total = int(sizes.sum()) * (cs + IDX_BYTES)
     readers: list[_SliceReader] = []
     gatherer: Optional[_Gatherer] = None
@@ -222,8 +215,7 @@ def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: in
 
 
 def _copy(gatherer: _Gatherer, batches: list[tuple[int, int, list[tuple[int, int, int]]]],
-          tmp: Path, total: int,
-          what: str) -> str:
+          tmp: Path, total: int, what: str) -> str:
     """Copy all batches into ``tmp`` (fsynced); returns the file's digest."""
     fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
     h = mf.new_digest()

@@ -79,6 +79,25 @@ def plan_merge_batches(list_sizes: np.ndarray, code_size: int,
     return batches
 
 
+def plan_merge_reads(list_sizes: np.ndarray, nslices: int, code_size: int, piece_bytes: int,
+                     pieces_per_read: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+    """Read batches of up to ``pieces_per_read * piece_bytes``, each cut into written
+    pieces of up to ``piece_bytes``: ``(a, b, [(first, end, nbytes), ...])`` with
+    ``[a, b)`` indexing ``list_sizes`` and ``order[first:end]`` the output parts of
+    a piece in the batch's :func:`gather_plan` order (list ``j`` of the batch owns
+    parts ``2 S j`` to ``2 S (j + 1)``: its codes, then its ids, of all ``S`` slices).
+    """
+    sizes = np.asarray(list_sizes, dtype=np.int64)
+    per_list = 2 * nslices
+    out = []
+    for a, b in plan_merge_batches(sizes, code_size, pieces_per_read * piece_bytes):
+        pieces = [(per_list * p, per_list * q,
+                   int(sizes[a + p:a + q].sum()) * (code_size + IDX_BYTES))
+                  for p, q in plan_merge_batches(sizes[a:b], code_size, piece_bytes)]
+        out.append((a, b, pieces))
+    return out
+
+
 def list_offsets(list_sizes: np.ndarray, code_size: int) -> np.ndarray:
     """Byte offset of each list in a contiguous on-disk lists file (codes then ids per list),
     plus the total size as the last element."""
