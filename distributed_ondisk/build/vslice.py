@@ -120,7 +120,8 @@ class _RowExactLinear:
             while i < len(x):
                 pos = (first_row + i) % CHUNK_ROWS
                 take = min(len(x) - i, CHUNK_ROWS - pos)
-                self.buf[:] = 0
+                if take < CHUNK_ROWS:      # a full chunk overwrites every row
+                    self.buf[:] = 0
                 self.buf[pos:pos + take] = x[i:i + take]
                 np.matmul(self.buf, self.at, out=self.prod)
                 y[i:i + take] = self.prod[pos:pos + take]
