@@ -62,6 +62,8 @@ class InnerProductIndex:
         self.ntotal = l2_index.ntotal
 
     def __getattr__(self, name: str) -> Any:      # nlist, ranges_text, ... of the L2 index
+        if name == "index":      # not set yet (copy, unpickling): no recursion through here
+            raise AttributeError(name)
         return getattr(self.index, name)
 
     def search(self, x: np.ndarray, k: int, **kw: Any) -> tuple[np.ndarray, np.ndarray]:
