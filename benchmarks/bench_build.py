@@ -41,12 +41,6 @@ def vm_hwm() -> int:
     return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) * 1024
 
 
-def fsync_path(p: Path) -> None:
-    fd = os.open(p, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-
-
 def read_through(paths: list[Path]) -> None:
     """Read files once so that they sit in the page cache."""
     for p in paths:
@@ -71,6 +65,7 @@ def child(args: argparse.Namespace) -> None:
     import faiss
     from faiss.contrib.ondisk import merge_ondisk
 
+    from distributed_ondisk.atomic import fsync_path
     from distributed_ondisk.build.merge import MergeJob, merge_hslice
 
     t0 = time.perf_counter()            # imports above are not timed
