@@ -187,6 +187,30 @@ def is_complete(output: PathLike, kind: str, params: Optional[Mapping[str, Any]]
     return True
 
 
+def trained_link(trained: PathLike, fingerprint: str, part: PathLike) -> dict[str, Any]:
+    """The record of the trained index a part (slice, shard) was built from: its path
+    relative to the part's directory (followed first, so a tree moved as a whole still
+    leads to it), its absolute path when written (for parts moved alone) and its
+    fingerprint (what a found file must match)."""
+    t = os.path.abspath(trained)
+    return {"path": os.path.relpath(t, os.path.dirname(os.path.abspath(part))),
+            "absolute": t, "fingerprint": fingerprint}
+
+
+def linked_trained_paths(doc: Mapping[str, Any], part: PathLike) -> list[Path]:
+    """Where a part's manifest says its trained index is, in the order to try."""
+    link = doc.get("trained_index")
+    if not isinstance(link, Mapping):
+        return []
+    out = []
+    rel, absolute = link.get("path"), link.get("absolute")
+    if isinstance(rel, str) and rel:
+        out.append(Path(part).parent / rel if not os.path.isabs(rel) else Path(rel))
+    if isinstance(absolute, str) and os.path.isabs(absolute):
+        out.append(Path(absolute))
+    return out
+
+
 def remove_stale_for(output: PathLike) -> list[Path]:
     """Remove leftovers of a crashed writer of ``output`` (and of its manifest) only.
 

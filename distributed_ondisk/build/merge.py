@@ -123,19 +123,24 @@ def open_vslice(path: Path) -> Vslice:
     return Vslice(path, doc, layout, (int(i0), int(i1)))
 
 
-def check_vslices(paths: Sequence[Path], trained_fingerprint: Optional[str],
+def check_vslices(paths: Sequence[Path], trained: Optional[tuple[faiss.Index, str]],
                   threads: int) -> list[Vslice]:
-    """Open and cross-check all inputs; raise naming the first bad file."""
+    """Open and cross-check all inputs (against ``trained``, an index and its file
+    fingerprint, when given); raise naming the first bad file."""
+    from distributed_ondisk.build.trained_index import fingerprint_matches
+
     with ThreadPoolExecutor(max(1, threads)) as ex:
         slices = list(ex.map(open_vslice, paths))
     ref = slices[0]
-    want_fp = trained_fingerprint or ref.doc["trained_fingerprint"]
+    ref_fp = ref.doc["trained_fingerprint"]
+    if trained is not None and not fingerprint_matches(trained[0], trained[1], ref_fp):
+        raise IndexFileError(f"{ref.path} was built from a different trained index than "
+                             f"the given one (fingerprints {ref_fp[:12]} vs {trained[1][:12]})")
     for s in slices:
-        if s.doc["trained_fingerprint"] != want_fp:
-            other = "the given trained index" if trained_fingerprint else str(ref.path)
+        if s.doc["trained_fingerprint"] != ref_fp:
             raise IndexFileError(f"{s.path} was built from a different trained index than "
-                                 f"{other} (fingerprints {s.doc['trained_fingerprint'][:12]} "
-                                 f"vs {want_fp[:12]})")
+                                 f"{ref.path} (fingerprints {s.doc['trained_fingerprint'][:12]} "
+                                 f"vs {ref_fp[:12]})")
         if (s.layout.structure, s.layout.nlist, s.layout.code_size) != (
                 ref.layout.structure, ref.layout.nlist, ref.layout.code_size):
             raise IndexFileError(f"{s.path} and {ref.path} have different index structures")
@@ -153,6 +158,8 @@ def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
                        sizes: np.ndarray) -> None:
     """Write the shard's index file: the slice structure with on-disk lists pointing
     (relatively) at ``invlists_path``, lists outside [l0, l1) empty."""
+    from distributed_ondisk.build.structure import placeholder_quantizer
+
     index = read_index(template, faiss.IO_FLAG_MMAP)
     ivf = faiss.extract_index_ivf(index)
     full = np.zeros(ivf.nlist, dtype=np.uint64)
@@ -164,8 +171,30 @@ def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
     ivf.replace_invlists(od, True)   # frees the slice's mapping
     od.this.disown()
     index.ntotal = ivf.ntotal = int(full.sum())
-    with atomic_path(out) as tmp:
+    # lists only: the trained index holds the coarse quantizer once for all shards
+    with atomic_path(out) as tmp, placeholder_quantizer(index):
         write_index(index, tmp)
+
+
+def locate_trained(given: Optional[Path], slices: Sequence[Vslice],
+                   fingerprint: str) -> Optional[Path]:
+    """The trained index file of the slices, to record in the shard's manifest: the given
+    one, else where the slices' manifests say, else next to the slices' folder."""
+    from distributed_ondisk.build.trained_index import find_trained
+
+    if given is not None:
+        return given
+    cands: list[Path] = []
+    for s in slices:
+        cands += mf.linked_trained_paths(s.doc, s.path)
+    for d in dict.fromkeys(s.path.parent for s in slices):
+        cands += [d / "trained.index", d.parent / "trained.index"]
+    found, tried = find_trained(cands, fingerprint)
+    if found is None:
+        log.warning("trained index of the slices not found (tried %s): the shard records "
+                    "only its fingerprint, searching it will need --trained",
+                    "; ".join(tried) or "nothing")
+    return found
 
 
 def merge_hslice(job: MergeJob) -> dict[str, Any]:
@@ -177,10 +206,10 @@ def merge_hslice(job: MergeJob) -> dict[str, Any]:
     if il_path.resolve() == out.resolve():
         raise InputError(f"--outputIL {il_path} must differ from --output")
     paths = resolve_inputs(job.inputs)
-    trained_fp = load_trained_index(job.trained)[1] if job.trained else None
+    trained = load_trained_index(job.trained) if job.trained else None
     for p in (out, il_path):
         mf.remove_stale_for(p)
-    slices = check_vslices(paths, trained_fp, job.threads)
+    slices = check_vslices(paths, trained, job.threads)
     nlist = slices[0].layout.nlist
     l0, l1 = resolve_range(nlist, job.l0, job.l1, job.nslice, job.slice_no, "lists")
     inputs = [{"name": os.path.abspath(s.path), "digest": s.doc["files"]["index"][mf.DIGEST],
@@ -194,12 +223,21 @@ def merge_hslice(job: MergeJob) -> dict[str, Any]:
     # data first, then the index that points at it: the index never names a missing file
     sizes, il_digest = write_lists(slices, l0, l1, il_path, job.threads, job.batch_bytes)
     write_hslice_index(slices[0].path, out, il_path, l0, sizes)
+    fp = params["trained_fingerprint"]
+    # not in params: moving the trained index must not make a complete shard "other"
+    extra: dict[str, Any] = {}
+    trained_path = locate_trained(job.trained, slices, fp)
+    if trained_path is not None:
+        extra["trained_index"] = mf.trained_link(trained_path, fp, out)
+    if job.nslice is not None:
+        # which part of which split: a missing shard can then be named at search time
+        extra["hslice"] = {"no": int(job.slice_no), "of": int(job.nslice)}
     doc = mf.write_manifest(out, KIND, {"index": out, "invlists": il_path},
                             known_digests={"invlists": il_digest}, params=params,
-                            trained_fingerprint=params["trained_fingerprint"],
+                            trained_fingerprint=fp, nlist=nlist,
                             structure=slices[0].layout.structure, list_range=[l0, l1],
                             list_sizes=mf.encode_counts(sizes), rows=int(sizes.sum()),
-                            quantizer=slices[0].doc["quantizer"])
+                            quantizer="placeholder", **extra)
     log.info("wrote %s + %s (%d vectors, %d bytes of lists)", out, il_path, doc["rows"],
              doc["files"]["invlists"]["size"])
     return doc

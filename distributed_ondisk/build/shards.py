@@ -20,7 +20,7 @@ import faiss
 
 from distributed_ondisk import manifest as mf
 from distributed_ondisk.build.structure import read_index
-from distributed_ondisk.build.trained_index import load_trained_index
+from distributed_ondisk.build.trained_index import fingerprint_matches, load_trained_index
 from distributed_ondisk.errors import IndexFileError
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -79,7 +79,7 @@ def open_hslices(trained: PathLike, hslices: Sequence[PathLike]) -> faiss.Index:
     parts: list[faiss.InvertedLists] = []
     pos, ntotal = 0, 0
     for s in shards:
-        if s.manifest["trained_fingerprint"] != fingerprint:
+        if not fingerprint_matches(index, fingerprint, s.manifest["trained_fingerprint"]):
             raise IndexFileError(f"{s.path} was built from a different trained index than "
                                  f"{trained}")
         a, b = s.list_range

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 import faiss
 import numpy as np
@@ -61,6 +61,45 @@ def fingerprint_bytes(data: bytes | np.ndarray) -> str:
     return hashlib.sha256(memoryview(data)).hexdigest()
 
 
+CONTENT_PREFIX = "content-sha256:"
+
+
+def content_fingerprint(index: faiss.Index) -> str:
+    """The identity of a trained index by what it holds, not by its file's bytes: its
+    structure digest and its coarse centroids.
+
+    Slices made by faiss alone (``--adopt``) carry their quantizer but no record of
+    the trained file; without ``--trained`` this is the identity they can prove.  A
+    trained index file matches a part recorded this way when its content matches
+    (see :func:`fingerprint_matches`), whatever faiss version serialized it.
+    """
+    ivf = ivf_of(index, "trained index")
+    q = ivf.quantizer
+    if q.ntotal != ivf.nlist:
+        raise IndexFileError(f"coarse quantizer holds {q.ntotal} centroids, nlist is "
+                             f"{ivf.nlist}: no content fingerprint")
+    try:
+        centroids = q.reconstruct_n(0, q.ntotal)
+    except RuntimeError as e:
+        raise IndexFileError("coarse quantizer cannot return its centroids") from e
+    h = hashlib.sha256(structure_digest(index).encode("ascii"))
+    h.update(np.ascontiguousarray(centroids, dtype=np.float32).tobytes())
+    return CONTENT_PREFIX + h.hexdigest()
+
+
+def fingerprint_matches(index: faiss.Index, file_fingerprint: str, wanted: str) -> bool:
+    """Whether a trained index (its file's sha256 ``file_fingerprint``) is the one a part
+    recorded as ``wanted`` (a file sha256, or a :func:`content_fingerprint`)."""
+    if wanted == file_fingerprint:
+        return True
+    if isinstance(wanted, str) and wanted.startswith(CONTENT_PREFIX):
+        try:
+            return content_fingerprint(index) == wanted
+        except IndexFileError:
+            return False
+    return False
+
+
 def load_trained_index(path: PathLike) -> tuple[faiss.Index, str]:
     """Read a trained index and return it with its fingerprint (sha256 of the file).
 
@@ -90,6 +129,47 @@ def load_trained_index(path: PathLike) -> tuple[faiss.Index, str]:
         raise IndexFileError(f"{p}: coarse quantizer holds {ivf.quantizer.ntotal} centroids, "
                              f"nlist is {ivf.nlist}")
     return index, fp
+
+
+def file_fingerprint(path: PathLike) -> str:
+    """sha256 of a file, streamed (what :func:`load_trained_index` computes)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(8 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise IndexFileError(f"{path}: cannot read trained index: {e.strerror}") from e
+    return h.hexdigest()
+
+
+def find_trained(candidates: Sequence[PathLike], wanted: str) -> tuple[Optional[Path], list[str]]:
+    """The first candidate file that is the trained index ``wanted`` (a fingerprint),
+    and, for error messages, each candidate tried before it with why it was not."""
+    tried: list[str] = []
+    seen: set[str] = set()
+    for cand in map(Path, candidates):
+        key = os.path.abspath(cand)
+        if key in seen:
+            continue
+        seen.add(key)
+        if not cand.is_file():
+            tried.append(f"{cand} (no such file)")
+            continue
+        try:
+            if wanted.startswith(CONTENT_PREFIX):
+                index, fp = load_trained_index(cand)
+                ok = fingerprint_matches(index, fp, wanted)
+            else:
+                fp = file_fingerprint(cand)
+                ok = fp == wanted
+        except IndexFileError as e:
+            tried.append(f"{cand} (unusable: {e})")
+            continue
+        if ok:
+            return cand, tried
+        tried.append(f"{cand} (another trained index, fingerprint {fp[:12]})")
+    return None, tried
 
 
 def load_centroids(path: PathLike) -> np.ndarray:

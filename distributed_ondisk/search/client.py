@@ -128,7 +128,8 @@ class DistributedSearchClient:
                                         thread_name_prefix="search-client")
 
     def _load_trained(self, infos: list[dict], trained: Optional[str]) -> TrainedSearcher:
-        from distributed_ondisk.build.trained_index import load_trained_index
+        from distributed_ondisk.build.trained_index import (fingerprint_matches,
+                                                            load_trained_index)
 
         fp = infos[0]["fingerprint"]
         for a, info in zip(self.addresses, infos):
@@ -136,19 +137,26 @@ class DistributedSearchClient:
                 raise IndexFileError(f"search servers {self.addresses[0]} and {a} serve shards "
                                      "of different trained indexes")
         nlist = int(infos[0]["nlist"])
+        # servers name the split of each shard they hold (older ones do not): a shard no
+        # server holds is then named ("h1 of 4, lists [16, 32)"), not only its lists
+        splits = [p[1] for info in infos for p in (info.get("parts") or []) if p]
         check_coverage([(f"{a} [{l0}, {l1})", l0, l1) for a, info in zip(self.addresses, infos)
-                        for l0, l1 in info["ranges"]], nlist, complete=True)
+                        for l0, l1 in info["ranges"]], nlist, complete=True, splits=splits)
         if trained is not None:
             index, tfp = load_trained_index(trained)
             where = trained
         else:
             data = np.asarray(self._clients[0][0].call("trained_index"), dtype=np.uint8)
             tfp = hashlib.sha256(memoryview(data)).hexdigest()
-            index = faiss.deserialize_index(data)
+            try:
+                index = faiss.deserialize_index(data)
+            except RuntimeError as e:
+                raise IndexFileError(f"the trained index sent by {self.addresses[0]} is not "
+                                     "a faiss index") from e
             where = f"the trained index sent by {self.addresses[0]}"
-        if tfp != fp:
+        if not fingerprint_matches(index, tfp, fp):
             raise IndexFileError(f"{where} (fingerprint {tfp[:12]}) is not the one the servers' "
-                                 f"shards were built from ({fp[:12]})")
+                                 f"shards were built from (they need {fp})")
         return TrainedSearcher(index, fp)
 
     @property

@@ -100,23 +100,27 @@ class CombinedIndex(TrainedSearcher):
                  trained: Optional[PathLike] = None, complete: bool = True,
                  checksums: bool = False) -> None:
         from distributed_ondisk.build.structure import structure_digest
-        from distributed_ondisk.build.trained_index import load_trained_index
+        from distributed_ondisk.build.trained_index import (fingerprint_matches,
+                                                            load_trained_index)
 
         paths = expand_shard_args(shards)
         metas = [read_shard_meta(p, checksums=checksums) for p in paths]
+        # an explicit --trained overrides the shards' record, but is checked against it
         self.trained_path = Path(trained) if trained is not None else find_trained_index(metas)
-        index, fingerprint = load_trained_index(self.trained_path)
-        super().__init__(index, fingerprint)
+        index, file_fp = load_trained_index(self.trained_path)
         for m in metas:
-            if m.trained_fingerprint != fingerprint:
+            if not fingerprint_matches(index, file_fp, m.trained_fingerprint):
                 raise IndexFileError(f"shard {m.path} was built from another trained index "
-                                     f"than {self.trained_path} (fingerprint "
-                                     f"{m.trained_fingerprint[:12]} != {fingerprint[:12]})")
+                                     f"than {self.trained_path} (it needs fingerprint "
+                                     f"{m.trained_fingerprint}, that file has {file_fp})")
+        # the shards' identity of their trained index (what servers report to clients)
+        super().__init__(index, metas[0].trained_fingerprint)
+        for m in metas:
             if m.nlist not in (None, self.nlist) or m.l1 > self.nlist:
                 raise IndexFileError(f"shard {m.path}: lists [{m.l0}, {m.l1}) of nlist {m.nlist} "
                                      f"do not fit the trained index's nlist {self.nlist}")
-        check_coverage([(str(m.path), m.l0, m.l1) for m in metas], self.nlist,
-                       complete=complete)
+        check_coverage([(m.label, m.l0, m.l1) for m in metas], self.nlist,
+                       complete=complete, splits=[m.part[1] for m in metas if m.part])
         self.shards: list[ShardMeta] = sorted(metas, key=lambda m: m.l0)
         structure = structure_digest(index)
         self.owned = np.zeros(self.nlist, dtype=bool)

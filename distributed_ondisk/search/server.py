@@ -39,7 +39,8 @@ class SearchServer:
         return {"name": self.name, "fingerprint": ix.fingerprint, "nlist": ix.nlist, "d": ix.d,
                 "metric_type": ix.metric_type, "ntotal": ix.ntotal,
                 "ranges": [[m.l0, m.l1] for m in ix.shards],
-                "shards": [m.name for m in ix.shards]}
+                "shards": [m.name for m in ix.shards],
+                "parts": [list(m.part) if m.part else None for m in ix.shards]}
 
     def trained_index(self) -> np.ndarray:
         """The trained index file (no lists) as uint8, for the client's coarse quantizer."""

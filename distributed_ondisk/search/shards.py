@@ -34,7 +34,13 @@ class ShardMeta:
     nlist: Optional[int]      # when the manifest records it; else checked against the trained index
     trained_fingerprint: str
     structure: Optional[str]
-    trained_path: Optional[Path]
+    trained_paths: tuple[Path, ...]   # where the manifest says the trained index is
+    part: Optional[tuple[int, int]] = None   # (shard number, shard count) of its split
+
+    @property
+    def label(self) -> str:
+        """``h1 of 4 (name)`` when the split is recorded, else the file name."""
+        return f"h{self.part[0]} of {self.part[1]} ({self.path})" if self.part else str(self.path)
 
     @property
     def name(self) -> str:
@@ -62,17 +68,21 @@ def read_shard_meta(path: PathLike, *, checksums: bool = False) -> ShardMeta:
     l0, l1 = int(rng[0]), int(rng[1])
     if not 0 <= l0 <= l1 or (isinstance(nlist, int) and l1 > nlist):
         raise IndexFileError(f"{p}: invalid list range [{l0}, {l1}) (nlist {nlist})")
-    trained = _first(doc, "trained_path", "trained")
-    trained_path = None
-    if isinstance(trained, str):
-        trained_path = Path(trained) if os.path.isabs(trained) else p.parent / trained
-    return ShardMeta(p, l0, l1, nlist, fp, doc.get("structure"), trained_path)
+    part = None
+    hs = doc.get("hslice")
+    if isinstance(hs, dict):
+        no, of = hs.get("no"), hs.get("of")
+        if not (isinstance(no, int) and isinstance(of, int) and 0 <= no < of):
+            raise IndexFileError(f"{p}: manifest has an invalid shard number {hs}")
+        part = (no, of)
+    return ShardMeta(p, l0, l1, nlist, fp, doc.get("structure"),
+                     tuple(mf.linked_trained_paths(doc, p)), part)
 
 
 def expand_shard_args(specs: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
     """Shard files from a directory, files, or a comma-separated list of either.
 
-    A directory means every ``*.index`` in it that has an hslice manifest, so a
+    A directory means every file in it that has an hslice manifest, so a
     trained index or a vslice lying there is not mistaken for a shard.
     """
     items: list[str] = []
@@ -82,9 +92,13 @@ def expand_shard_args(specs: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
     for it in items:
         p = Path(it)
         if p.is_dir():
-            found = sorted(q for q in p.glob("*.index") if _is_hslice(q))
+            # any name: users call their shards as they like (*.index is only the layout's)
+            found = sorted(q for q in (m.with_name(m.name[:-len(mf.MANIFEST_SUFFIX)])
+                                       for m in p.glob("*" + mf.MANIFEST_SUFFIX)
+                                       if not m.name.startswith("."))
+                           if q.is_file() and _is_hslice(q))
             if not found:
-                raise InputError(f"{p}: directory holds no shard (*.index with an hslice "
+                raise InputError(f"{p}: directory holds no shard (a file with an hslice "
                                  "manifest)")
             out += found
         elif p.is_file():
@@ -103,10 +117,26 @@ def _is_hslice(p: Path) -> bool:
         return False
 
 
+def missing_parts(missing: Sequence[tuple[int, int]], nlist: int,
+                  splits: Sequence[int]) -> list[str]:
+    """Names (``h1 of 4, lists [16, 32)``) of the shards of the recorded splits (shard
+    counts) that hold some of the ``missing`` list ranges."""
+    from distributed_ondisk.build.plan import plan_hslices
+
+    names = []
+    for m in sorted(set(splits)):
+        for j, (a, b) in enumerate(plan_hslices(nlist, m)):
+            if a < b and any(a < y and x < b for x, y in missing):
+                names.append(f"h{j} of {m}, lists [{a}, {b})")
+    return names
+
+
 def check_coverage(ranges: Sequence[tuple[str, int, int]], nlist: int, *,
-                   complete: bool = True) -> None:
+                   complete: bool = True, splits: Sequence[int] = ()) -> None:
     """Check that named list ranges ``(name, l0, l1)`` do not overlap and, if ``complete``,
-    cover ``[0, nlist)``; IndexFileError naming the shards or the missing lists otherwise."""
+    cover ``[0, nlist)``; IndexFileError naming the shards or the missing lists otherwise
+    (and the missing shards, when the given ones record their split: ``splits``, the
+    shard counts).""" 
     if not ranges:
         raise IndexFileError("no shard given")
     order = sorted(ranges, key=lambda r: (r[1], r[2]))
@@ -132,22 +162,47 @@ def check_coverage(ranges: Sequence[tuple[str, int, int]], nlist: int, *,
         missing.append((covered_to, nlist))
     if complete and missing:
         desc = ", ".join(f"[{a}, {b})" for a, b in missing)
+        parts = missing_parts(missing, nlist, splits)
+        which = (f"missing shard(s): {'; '.join(parts)}" if parts
+                 else "is a shard missing?")
         raise IndexFileError(f"shards do not cover every inverted list: lists {desc} of "
-                             f"{nlist} are in no given shard (is a shard missing?)")
+                             f"{nlist} are in no given shard ({which})")
+
+
+def common_fingerprint(metas: Sequence[ShardMeta]) -> str:
+    """The trained index fingerprint all the shards record; IndexFileError naming two
+    shards of different trained indexes otherwise."""
+    fp = metas[0].trained_fingerprint
+    for m in metas:
+        if m.trained_fingerprint != fp:
+            raise IndexFileError(f"shards {metas[0].path} and {m.path} were built from "
+                                 f"different trained indexes (fingerprints {fp[:12]} and "
+                                 f"{m.trained_fingerprint[:12]})")
+    return fp
 
 
 def find_trained_index(metas: Sequence[ShardMeta]) -> Path:
-    """The trained index the shards were built from: named in their manifest, else the
-    work directory layout (``hslices/`` next to ``trained.index``)."""
+    """The trained index the shards were built from (their common fingerprint): where
+    their manifests say (relative to the shard, then absolute), else the work directory
+    layout (``trained.index`` next to the shards or to their folder)."""
+    from distributed_ondisk.build.trained_index import find_trained
+
+    fp = common_fingerprint(metas)
+    cands: list[Path] = []
     for m in metas:
-        if m.trained_path is not None and m.trained_path.is_file():
-            return m.trained_path
-    for m in metas:
-        for cand in (m.path.parent / "trained.index", m.path.parent.parent / "trained.index"):
-            if cand.is_file():
-                return cand
-    raise IndexFileError(f"cannot find the trained index of shard {metas[0].path}: "
-                         "pass it explicitly (--trained)")
+        cands += m.trained_paths
+    for d in dict.fromkeys(m.path.parent for m in metas):
+        cands += [d / "trained.index", d.parent / "trained.index"]
+    found, tried = find_trained(cands, fp)
+    if found is not None:
+        if tried:
+            log.info("trained index found at %s (also tried %s)", found, "; ".join(tried))
+        return found
+    raise IndexFileError(
+        f"cannot find the trained index of shard {metas[0].path}: tried "
+        f"{'; '.join(tried)}. The shards need the trained index with fingerprint "
+        f"{fp} (shard files hold only the inverted lists; their coarse quantizer is in the "
+        "trained index, so they cannot be searched without it): pass it with --trained PATH")
 
 
 def open_shard(meta: ShardMeta, code_size: int, structure: str) -> Any:
