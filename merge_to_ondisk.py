@@ -1,6 +1,12 @@
 #!/usr/bin/env python3
 """Merge vertical slices' inverted lists [l0, l1) into one horizontal on-disk shard:
-a contiguous lists file plus an index file naming it by a relative path."""
+a contiguous lists file plus an index file naming it by a relative path.
+
+Slices without a manifest (made by faiss alone, or copied without theirs) are
+refused unless --adopt is given: each file is then checked (readable IVF, same
+trained structure and centroids as the others and as --trained, list sizes
+consistent, id ranges disjoint) and its manifest written next to it before the
+merge.  --adopt without --output only adopts."""
 from __future__ import annotations
 
 import argparse
@@ -30,6 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--batch_mb", type=float, default=DEFAULT_BATCH_BYTES / 2**20,
                     help="MB of lists per batch (bounds memory)")
     ap.add_argument("--force", action="store_true", help="rebuild even if complete")
+    ap.add_argument("--adopt", action="store_true",
+                    help="check slices that have no manifest (e.g. made by faiss's "
+                         "make_index_vslice.py) and write their manifests next to them "
+                         "first; without --output, only adopt")
     add_logging_args(ap)
     return ap
 
@@ -40,10 +50,18 @@ def main(args: argparse.Namespace) -> int:
     out = args.output
     if out is None and wd and args.nslice is not None and args.slice_no is not None:
         out = wd.hslice(args.slice_no, args.nslice)
-    if not (inputs and out):
-        raise InputError("need --inputs and --output (or --workdir with --nslice/--slice_no)")
     if args.batch_mb <= 0:
         raise InputError(f"--batch_mb must be positive, got {args.batch_mb}")
+    if args.adopt and inputs:
+        from distributed_ondisk.build.adopt import adopt_vslices
+        from distributed_ondisk.build.merge import resolve_inputs
+
+        adopt_vslices(resolve_inputs(inputs), Path(args.trained) if args.trained else None,
+                      max(1, args.nt))
+        if out is None:
+            return 0
+    if not (inputs and out):
+        raise InputError("need --inputs and --output (or --workdir with --nslice/--slice_no)")
     merge_hslice(MergeJob(inputs, Path(out), Path(args.outputIL) if args.outputIL else None,
                           args.l0, args.l1, args.nslice, args.slice_no,
                           Path(args.trained) if args.trained else None, max(1, args.nt),

@@ -80,7 +80,8 @@ def resolve_inputs(specs: Sequence[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(q for q in p.glob("*.index") if not q.name.startswith("."))
             if not found:
-                raise IndexFileError(f"{spec}: directory holds no *.index slice")
+                raise IndexFileError(f"{spec}: directory holds no *.index slice (name the "
+                                     "files, or a glob pattern, for other names)")
         elif glob.has_magic(spec):
             found = sorted(Path(q) for q in glob.glob(spec) if not Path(q).name.startswith("."))
             if not found:
@@ -102,6 +103,12 @@ def resolve_inputs(specs: Sequence[str]) -> list[Path]:
 
 
 def open_vslice(path: Path) -> Vslice:
+    if path.is_file() and not mf.manifest_path(path).exists():
+        # the manifest is the integrity record: refused, but say how to adopt such a file
+        raise IndexFileError(f"{path}: no manifest {mf.manifest_path(path).name} (not written "
+                             "by this tool, or copied without it; a slice made by faiss "
+                             "alone can be checked and adopted with merge_to_ondisk.py "
+                             "--adopt)")
     doc = mf.load_manifest(path, "vslice")
     try:
         size = path.stat().st_size

@@ -82,7 +82,12 @@ def content_fingerprint(index: faiss.Index) -> str:
         centroids = q.reconstruct_n(0, q.ntotal)
     except RuntimeError as e:
         raise IndexFileError("coarse quantizer cannot return its centroids") from e
-    h = hashlib.sha256(structure_digest(index).encode("ascii"))
+    return content_fingerprint_of(structure_digest(index), centroids)
+
+
+def content_fingerprint_of(structure: str, centroids: np.ndarray) -> str:
+    """:func:`content_fingerprint` from a structure digest and the coarse centroids."""
+    h = hashlib.sha256(structure.encode("ascii"))
     h.update(np.ascontiguousarray(centroids, dtype=np.float32).tobytes())
     return CONTENT_PREFIX + h.hexdigest()
 
