@@ -6,7 +6,9 @@
         [--in-ram] [--servers h1:p1,h2:p2 --secret-file S] [--plot curves.png]
 
 Shards are opened read-only and must together cover every inverted list once,
-from one trained index.  recall@r is the fraction of queries whose true nearest
+from one trained index; a missing shard is named (h1 of 4, its lists).  Shard
+files hold only the inverted lists: the trained index (transform + coarse
+quantizer) is found where the shards' manifests record it, or given with --trained.  recall@r is the fraction of queries whose true nearest
 neighbour is in the first r results (r <= k).  Without --gt, the ground truth is
 computed from --database by brute force and cached next to the queries.
 """
@@ -26,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", required=True, nargs="+",
                     help="shard files or a directory of them (comma-separated allowed)")
-    ap.add_argument("--trained", help="trained index (default: found from the shards' work dir)")
+    ap.add_argument("--trained",
+                    help="trained index (default: the one the shards' manifests record, "
+                         "else trained.index next to the shards or their folder; always "
+                         "checked against the shards' fingerprint)")
     ap.add_argument("--queries", required=True, help="query vectors")
     ap.add_argument("--k", type=int, default=10, help="neighbours per query")
     ap.add_argument("--nprobe", default="1,4,16,64", help="comma-separated nprobe values")
@@ -88,8 +93,9 @@ def main(args: argparse.Namespace) -> int:
         from distributed_ondisk.rpc import secret_from_args
         from distributed_ondisk.search.client import DistributedSearchClient
 
-        with DistributedSearchClient(args.servers.split(","),
-                                     secret=secret_from_args(args)) as client:
+        # the trained index found (and checked) above: no need to fetch it from a server
+        with DistributedSearchClient(args.servers.split(","), secret=secret_from_args(args),
+                                     trained=str(ci.trained_path)) as client:
             def distributed(x, k, nprobe):
                 return tuple(client.search(x, k, nprobe=nprobe, ef_search=ef))
 

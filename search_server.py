@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shards", required=True, nargs="+",
                     help="this server's shard files or directories (comma-separated allowed)")
-    ap.add_argument("--trained", help="trained index (default: found from the shards' work dir)")
+    ap.add_argument("--trained",
+                    help="trained index (default: the one the shards' manifests record, "
+                         "else trained.index next to the shards or their folder; always "
+                         "checked against the shards' fingerprint)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
     ap.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     ap.add_argument("--when_ready", metavar="FILE",

@@ -291,3 +291,24 @@ def test_read_only_folder_by_permissions(base, tmp_path):
             adopt_vslices(slices)
     finally:
         os.chmod(tmp_path / "ro", 0o755)
+
+
+def test_adopt_only_then_the_documented_merge(base, tmp_path):
+    """--adopt without --output only adopts; the plain merge command then works."""
+    wd, x = base
+    slices = classic_slices(wd.trained, x, tmp_path / "vs")
+    r = run_script("merge_to_ondisk.py", "--adopt", "--inputs", tmp_path / "vs",
+                   "--trained", wd.trained)
+    assert r.returncode == 0, r.stderr
+    assert not no_manifests(slices) and not list(tmp_path.glob("*.invlists"))
+    outs = []
+    for j in range(2):
+        outs.append(tmp_path / f"h{j}.index")
+        r = run_script("merge_to_ondisk.py", "--inputs", tmp_path / "vs", "--nslice", "2",
+                       "--slice_no", str(j), "--output", outs[-1])
+        assert r.returncode == 0, r.stderr
+    assert_shards_equal_ram(outs, ram_reference(wd.trained, x))
+    bad = tmp_path / "vs" / "zz_garbage.index"
+    bad.write_bytes(b"junk" * 64)
+    r = run_script("merge_to_ondisk.py", "--adopt", "--inputs", tmp_path / "vs")
+    assert r.returncode == 2 and str(bad) in r.stderr and "Traceback" not in r.stderr, r.stderr

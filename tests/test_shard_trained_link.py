@@ -170,3 +170,22 @@ def test_servers_follow_the_record_and_the_client_names_a_missing_shard(built, t
     finally:
         for p in procs:
             p.stop()
+
+
+def test_merge_without_trained_follows_the_vslices_record(built, tmp_path):
+    """Trained index named freely in its own folder, not given to the merge: the vslices'
+    manifests lead the merge to it, and the shards then lead the search to it."""
+    from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+
+    wd, _, _ = built
+    t = copy_trained(wd, tmp_path / "models" / "ivf.trained")
+    vs = [tmp_path / "v" / f"v{i}.index" for i in range(2)]
+    for i, v in enumerate(vs):
+        make_vslice(VsliceJob(t, wd.data(), v, nslice=2, slice_no=i, threads=1))
+    assert mf.load_manifest(vs[0], "vslice")["trained_index"]["path"] == "../models/ivf.trained"
+    outs = [tmp_path / "s" / f"h{j}.index" for j in range(3)]
+    for j, out in enumerate(outs):
+        merge_hslice(MergeJob([str(tmp_path / "v")], out, nslice=3, slice_no=j))
+    ci = CombinedIndex(tmp_path / "s")
+    assert ci.trained_path.resolve() == t.resolve()
+    assert_same(ci, built)

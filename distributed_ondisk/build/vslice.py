@@ -169,7 +169,8 @@ def fill(index: faiss.Index, vf: Any, i0: int, i1: int, block_rows: int) -> None
 
 def write_vslice(index: faiss.Index, out: Path, *, params: dict[str, Any],
                  trained_fingerprint: str, id_range: tuple[int, int], data: str,
-                 keep_quantizer: bool = False) -> dict[str, Any]:
+                 keep_quantizer: bool = False,
+                 trained: Optional[PathLike] = None) -> dict[str, Any]:
     """Write a filled vslice atomically (quantizer replaced by a placeholder unless
     kept), check it reads back with the same structure and list sizes, then write its
     manifest (what the merge verifies); returns the manifest.  Shared by the
@@ -191,7 +192,10 @@ def write_vslice(index: faiss.Index, out: Path, *, params: dict[str, Any],
                              trained_fingerprint=trained_fingerprint, structure=structure,
                              rows=i1 - i0, id_range=[i0, i1],
                              list_sizes=mf.encode_counts(sizes),
-                             quantizer="kept" if keep_quantizer else "placeholder", data=data)
+                             quantizer="kept" if keep_quantizer else "placeholder", data=data,
+                             # where the merge finds the trained index to link shards to
+                             **({"trained_index": mf.trained_link(trained, trained_fingerprint,
+                                                                  out)} if trained else {}))
 
 
 def make_vslice(job: VsliceJob) -> dict[str, Any]:
@@ -221,6 +225,6 @@ def make_vslice(job: VsliceJob) -> dict[str, Any]:
         raise InputError(f"added {index.ntotal} vectors, expected {i1 - i0}")
     doc = write_vslice(index, out, params=params, trained_fingerprint=fingerprint,
                        id_range=(i0, i1), data=os.path.abspath(job.data),
-                       keep_quantizer=job.keep_quantizer)
+                       keep_quantizer=job.keep_quantizer, trained=job.trained)
     log.info("wrote %s (%d vectors)", out, i1 - i0)
     return doc
