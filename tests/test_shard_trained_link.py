@@ -117,6 +117,14 @@ def test_absent_trained_index_says_where_it_looked_and_what_is_needed(built, tmp
     assert str(tmp_path / "a" / "shards" / ".." / "trained.index") in msg   # the record
     assert "another trained index" in msg
     assert fp in msg and "--trained" in msg and "cannot be searched without it" in msg
+    qf = tmp_path / "q.npy"
+    np.save(qf, built[1])
+    r = run_script("combined_index.py", "--shards", files[0].parent, "--queries", qf)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "cannot find the trained index" in r.stderr and fp in r.stderr
+    r = run_script("combined_index.py", "--shards", files[0].parent, "--queries", qf,
+                   "--trained", wd.trained)
+    assert r.returncode == 0, r.stderr
 
 
 def test_explicit_trained_of_another_build_is_refused(built, tmp_path):

@@ -77,9 +77,13 @@ def open_hslices(trained: PathLike, hslices: Sequence[PathLike]) -> faiss.Index:
     if not shards:
         raise IndexFileError("no shards given")
     parts: list[faiss.InvertedLists] = []
+    matched: dict[str, bool] = {}    # once per fingerprint (a content check is not free)
     pos, ntotal = 0, 0
     for s in shards:
-        if not fingerprint_matches(index, fingerprint, s.manifest["trained_fingerprint"]):
+        want = s.manifest["trained_fingerprint"]
+        if want not in matched:
+            matched[want] = fingerprint_matches(index, fingerprint, want)
+        if not matched[want]:
             raise IndexFileError(f"{s.path} was built from a different trained index than "
                                  f"{trained}")
         a, b = s.list_range

@@ -108,13 +108,15 @@ class CombinedIndex(TrainedSearcher):
         # an explicit --trained overrides the shards' record, but is checked against it
         self.trained_path = Path(trained) if trained is not None else find_trained_index(metas)
         index, file_fp = load_trained_index(self.trained_path)
-        for m in metas:
-            if not fingerprint_matches(index, file_fp, m.trained_fingerprint):
+        wanted = list(dict.fromkeys(m.trained_fingerprint for m in metas))
+        for fp in wanted:    # once per fingerprint: a content check reads every centroid
+            if not fingerprint_matches(index, file_fp, fp):
+                m = next(m for m in metas if m.trained_fingerprint == fp)
                 raise IndexFileError(f"shard {m.path} was built from another trained index "
                                      f"than {self.trained_path} (it needs fingerprint "
-                                     f"{m.trained_fingerprint}, that file has {file_fp})")
+                                     f"{fp}, that file has {file_fp})")
         # the shards' identity of their trained index (what servers report to clients)
-        super().__init__(index, metas[0].trained_fingerprint)
+        super().__init__(index, file_fp if file_fp in wanted else wanted[0])
         for m in metas:
             if m.nlist not in (None, self.nlist) or m.l1 > self.nlist:
                 raise IndexFileError(f"shard {m.path}: lists [{m.l0}, {m.l1}) of nlist {m.nlist} "
