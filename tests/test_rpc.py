@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed_ondisk.errors import (ConnectionLost, ForbiddenError, InputError, RemoteError,
-                                       RPCTimeout)
+from distributed_ondisk.errors import (AuthenticationError, ConnectionLost, ForbiddenError,
+                                       InputError, RemoteError, RPCTimeout)
 from distributed_ondisk.rpc import (Client, Server, parse_address,
                                     register_message_type, wait_ready)
 from distributed_ondisk.rpc import framing
@@ -120,14 +120,54 @@ def test_register_message_type_only_for_project_classes():
         roundtrip(Outsider(1))
 
 
-def test_remote_exception_carries_type_message_traceback(client, server):
-    with pytest.raises(RemoteError) as info:
-        client.call("fail", "the reason")
+def test_remote_exception_carries_type_and_message_only(client, server, caplog):
+    with caplog.at_level("WARNING", logger="distributed_ondisk.rpc.server"):
+        with pytest.raises(RemoteError) as info:
+            client.call("fail", "the reason")
     e = info.value
     assert e.remote_type == "ValueError" and e.remote_message == "the reason"
-    assert "in fail" in e.remote_traceback and "ValueError: the reason" in e.remote_traceback
+    assert e.remote_traceback == ""          # no paths or source lines leave the server
+    assert "in fail" in caplog.text and "demo.py" in caplog.text   # they are in its log
     assert e.server == server.address and server.address in str(e)
     assert client.call("add", 1, 1) == 2  # connection still usable
+
+
+def test_remote_traceback_only_with_debug_errors(secret):
+    with Server(EchoService(), secret=secret, debug_errors=True) as srv, \
+            Client(srv.address, secret=secret) as c:
+        with pytest.raises(RemoteError) as info:
+            c.call("fail", "the reason")
+    tb = info.value.remote_traceback
+    assert "in fail" in tb and "ValueError: the reason" in tb
+
+
+def test_encrypted_by_default_and_plaintext_only_on_both_sides(secret):
+    big = np.random.default_rng(1).random(3_000_000, dtype=np.float32)   # many records
+    with Server(EchoService(), secret=secret) as srv:
+        assert srv.encrypt
+        with Client(srv.address, secret=secret) as c:
+            assert c._chan.encrypted
+            np.testing.assert_array_equal(c.call("echo", big), big)
+            assert c.call("echo", [big[:10], "x"])[1] == "x"
+        with pytest.raises(AuthenticationError, match="encrypt"):
+            Client(srv.address, secret=secret, encrypt=False)
+    with Server(EchoService(), secret=secret, encrypt=False) as srv:
+        with Client(srv.address, secret=secret, encrypt=False) as c:
+            assert not c._chan.encrypted
+            np.testing.assert_array_equal(c.call("echo", big), big)
+        with pytest.raises(AuthenticationError, match="without encryption"):
+            Client(srv.address, secret=secret)
+
+
+def test_client_reconnects_after_the_servers_idle_timeout(secret):
+    with Server(EchoService(), secret=secret, idle_timeout=0.3) as srv, \
+            Client(srv.address, secret=secret) as c:
+        assert c.call("add", 1, 2) == 3
+        deadline = time.monotonic() + 10
+        while srv.connection_count() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.connection_count() == 0       # dropped as idle
+        assert c.call("add", 2, 2) == 4          # a fresh connection, transparently
 
 
 @pytest.mark.parametrize("method", ["_private", "__init__", "nonexistent", "sleep_"])

@@ -39,8 +39,7 @@ class Reduce:
 
 def authed_socket(address: str, secret: bytes) -> socket.socket:
     sock = socket.create_connection(parse_address(address), timeout=10)
-    auth.client_handshake(sock, secret, address)
-    return sock
+    return auth.client_handshake(sock, secret, address)  # the (encrypted) channel
 
 
 def frame(payload: bytes, *, kind=framing.KIND_REQUEST, rid=1, body_len=None, nbuf=0) -> bytes:
@@ -197,7 +196,7 @@ def test_client_refuses_hostile_reply(secret, tmp_path):
     def evil_server():
         conn, _ = listener.accept()
         with conn:
-            auth.server_handshake(conn, secret, "client")
+            conn = auth.server_handshake(conn, secret, "client")  # the (encrypted) channel
             framing.recv_message(conn)
             conn.sendall(frame(pickle.dumps(Reduce(os.system, f"touch {marker}")),
                                kind=framing.KIND_REPLY, rid=1))

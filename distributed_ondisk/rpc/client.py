@@ -4,7 +4,11 @@ One connection per Client; calls are serialised by a lock, so a Client can be
 shared by threads but runs one call at a time (use one Client per thread for
 parallel calls to the same server).  A call that times out or breaks drops the
 connection, since its reply may still be on the way; the next call reconnects.
-Calls are never retried: a method may not be safe to run twice.
+Calls are never retried: a method may not be safe to run twice.  A connection
+the server closed while idle (its idle timeout) is noticed before the next
+request is sent, and replaced: nothing was in flight on it.  With a secret,
+traffic is encrypted unless ``encrypt=False`` (or DISTRIBUTED_ONDISK_RPC_PLAINTEXT=1);
+both sides must agree.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from distributed_ondisk.errors import (AuthenticationError, ConnectionLost, Forb
 from distributed_ondisk.rpc import framing
 from distributed_ondisk.rpc.address import parse_address
 from distributed_ondisk.rpc.auth import client_handshake
+from distributed_ondisk.rpc.server import encryption_default
+from distributed_ondisk.rpc.session import Channel
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +33,17 @@ log = logging.getLogger(__name__)
 class Client:
     def __init__(self, address: str, *, secret: Optional[bytes],
                  timeout: Optional[float] = 600, connect_timeout: float = 30,
-                 max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES) -> None:
+                 max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
+                 encrypt: Optional[bool] = None) -> None:
         self.host, self.port = parse_address(address)
         self.address = address
         self.secret = secret or None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes
+        self.encrypt = encryption_default(encrypt)
         self._lock = threading.Lock()
-        self._sock: Optional[socket.socket] = None
+        self._chan: Optional[Channel] = None
         self._next_id = 0
         with self._lock:
             self._connect()
@@ -50,7 +58,8 @@ class Client:
             raise ConnectionLost(f"cannot connect to {self.address}: {e.strerror or e}") from e
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            client_handshake(sock, self.secret, self.address, self.connect_timeout)
+            chan = client_handshake(sock, self.secret, self.address, self.connect_timeout,
+                                    encrypt=self.encrypt)
         except BaseException as e:
             sock.close()
             if isinstance(e, socket.timeout):
@@ -62,7 +71,7 @@ class Client:
                 raise ConnectionLost(f"handshake with {self.address} failed: {e}") from e
             raise
         sock.settimeout(None)
-        self._sock = sock
+        self._chan = chan
         log.debug("connected to %s", self.address)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
@@ -77,15 +86,23 @@ class Client:
             request_id = self._next_id
             views = framing.encode_message(framing.KIND_REQUEST, request_id,
                                            (method, args, kwargs))
-            if self._sock is None:
+            if self._chan is not None and self._chan.pending():
+                # Nothing is owed to us between calls: the server closed it (idle) or
+                # the stream is out of step.  Either way no request is lost: reconnect.
+                log.debug("connection to %s closed by the server while idle; reconnecting",
+                          self.address)
+                self._drop()
+            if self._chan is None:
                 self._connect()
-            sock = self._sock
-            assert sock is not None
+            chan = self._chan
+            assert chan is not None
             deadline = None if timeout is None else time.monotonic() + timeout
+            if deadline is None:
+                chan.sock.settimeout(None)
             try:
-                framing.send_views(sock, views, deadline)
+                framing.send_views(chan, views, deadline)
                 kind, reply_id, reply = framing.recv_message(
-                    sock, max_bytes=self.max_message_bytes, deadline=deadline)
+                    chan, max_bytes=self.max_message_bytes, deadline=deadline)
             except RPCTimeout as e:
                 self._drop()
                 raise RPCTimeout(f"call {method}() to {self.address} timed out after "
@@ -118,9 +135,9 @@ class Client:
         return self.call("methods")
 
     def _drop(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._chan is not None:
+            self._chan.close()
+            self._chan = None
 
     def close(self) -> None:
         with self._lock:
@@ -157,7 +174,8 @@ def _remote_error(reply: Any, address: str) -> RemoteError:
                        server=address)
 
 
-def wait_ready(address: str, *, secret: Optional[bytes], timeout: float = 60.0) -> None:
+def wait_ready(address: str, *, secret: Optional[bytes], timeout: float = 60.0,
+               encrypt: Optional[bool] = None) -> None:
     """Poll ``ping`` until the server at ``address`` answers; RPCTimeout otherwise.
 
     A wrong or missing secret fails at once (AuthenticationError): waiting would not fix it.
@@ -168,7 +186,8 @@ def wait_ready(address: str, *, secret: Optional[bytes], timeout: float = 60.0) 
         remaining = deadline - time.monotonic()
         try:
             with Client(address, secret=secret, timeout=max(remaining, 0.1),
-                        connect_timeout=max(min(remaining, 5.0), 0.1)) as client:
+                        connect_timeout=max(min(remaining, 5.0), 0.1),
+                        encrypt=encrypt) as client:
                 client.call("ping")
                 return
         except AuthenticationError:

@@ -13,12 +13,13 @@ import contextlib
 import socket
 import struct
 import time
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
 from distributed_ondisk.errors import ConnectionLost, ProtocolError, RPCTimeout
-from distributed_ondisk.rpc import safe_pickle
+from distributed_ondisk.rpc import safe_pickle, sockio
+from distributed_ondisk.rpc.session import Channel
 
 MAGIC = b"DORP"
 VERSION = 1
@@ -36,42 +37,18 @@ MAX_BUFFERS = 1 << 16
 INBAND_BELOW = 4096          # smaller array buffers stay inside the pickle
 SMALL_MESSAGE = 64 << 10     # joined and sent with one sendall
 SMALL_BODY = 1 << 20         # received with one recv_into
-IOV_MAX = 512
+# A message body must keep arriving at this rate once its header is in (on top of the
+# receiver's fixed allowance), so a peer cannot hold a connection by trickling bytes.
+MIN_TRANSFER_RATE = 10e6   # bytes/s
 
 
-def _wait(sock: socket.socket, deadline: Optional[float]) -> None:
-    if deadline is not None:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise socket.timeout("deadline passed")
-        sock.settimeout(remaining)
+def _channel(conn: Union[socket.socket, Channel]) -> Channel:
+    """Framing runs over a channel; a bare socket is a plain one (tests, tools)."""
+    return conn if isinstance(conn, Channel) else Channel(conn, "peer")
 
 
-def _send_views(sock: socket.socket, views: list[memoryview],
-                deadline: Optional[float]) -> None:
-    i = 0
-    while i < len(views):
-        _wait(sock, deadline)
-        sent = sock.sendmsg(views[i:i + IOV_MAX])
-        while sent and i < len(views):
-            n = views[i].nbytes
-            if sent >= n:
-                sent -= n
-                i += 1
-            else:
-                views[i] = views[i][sent:]
-                sent = 0
-
-
-def _recv_into(sock: socket.socket, view: memoryview, deadline: Optional[float]) -> None:
-    pos, total = 0, view.nbytes
-    while pos < total:
-        _wait(sock, deadline)
-        n = sock.recv_into(view[pos:], total - pos)
-        if n == 0:
-            raise ConnectionLost(f"connection closed by peer after {pos} of {total} bytes"
-                                 if pos else "connection closed by peer")
-        pos += n
+# The socket helpers under their old names (the handshake and tests used them).
+_wait, _recv_into = sockio.wait, sockio.recv_into
 
 
 def encode_message(kind: int, request_id: int, obj: Any) -> list[memoryview]:
@@ -105,32 +82,41 @@ def _socket_errors(waiting: str, doing: str) -> Iterator[None]:
         raise ConnectionLost(f"connection broke while {doing}: {e}") from e
 
 
-def send_views(sock: socket.socket, views: list[memoryview],
+def send_views(conn: Union[socket.socket, Channel], views: list[memoryview],
                deadline: Optional[float] = None) -> None:
     """Send an encoded frame.  Socket errors become ConnectionLost / RPCTimeout."""
     with _socket_errors("sending a message", "sending"):
-        if len(views) == 1:
-            _wait(sock, deadline)
-            sock.sendall(views[0])
-        else:
-            _send_views(sock, list(views), deadline)
+        _channel(conn).send_views(views, deadline)
 
 
-def send_message(sock: socket.socket, kind: int, request_id: int, obj: Any,
+def send_message(conn: Union[socket.socket, Channel], kind: int, request_id: int, obj: Any,
                  deadline: Optional[float] = None) -> None:
-    send_views(sock, encode_message(kind, request_id, obj), deadline)
+    send_views(conn, encode_message(kind, request_id, obj), deadline)
 
 
-def recv_message(sock: socket.socket, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 deadline: Optional[float] = None) -> tuple[int, int, Any]:
+def transfer_deadline(nbytes: int, allowance: Optional[float]) -> Optional[float]:
+    """When ``nbytes`` must have gone through: ``allowance`` s plus MIN_TRANSFER_RATE."""
+    if allowance is None:
+        return None
+    return time.monotonic() + allowance + nbytes / MIN_TRANSFER_RATE
+
+
+def recv_message(conn: Union[socket.socket, Channel], *,
+                 max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 deadline: Optional[float] = None,
+                 body_allowance: Optional[float] = None) -> tuple[int, int, Any]:
     """Receive one frame and unpickle it with the allowlist: (kind, request id, object).
 
+    ``deadline`` bounds the whole message, or with ``body_allowance`` only the wait for
+    its header: the body then must arrive within transfer_deadline(body length,
+    allowance) (a server's idle timeout vs. its transfer deadline).
     Raises ProtocolError (malformed or too large), ForbiddenError (refused content),
     ConnectionLost, RPCTimeout.
     """
+    chan = _channel(conn)
     with _socket_errors("waiting for a message", "receiving"):
         head = bytearray(HEADER.size)
-        _recv_into(sock, memoryview(head), deadline)
+        chan.recv_exact(memoryview(head), deadline)
         magic, version, kind, _, request_id, pickle_len, nbuf, _, body_len = HEADER.unpack(head)
         if magic != MAGIC:
             raise ProtocolError(f"bad frame magic {bytes(magic)!r}: peer does not speak "
@@ -144,9 +130,12 @@ def recv_message(sock: socket.socket, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
         if nbuf > MAX_BUFFERS or table_len + pickle_len > body_len:
             raise ProtocolError(f"inconsistent frame header: {nbuf} buffers, pickle "
                                 f"{pickle_len} bytes, body {body_len} bytes")
+        body_deadline = transfer_deadline(body_len, body_allowance)
+        if body_deadline is not None:   # from now on the body's own deadline counts
+            deadline = body_deadline
         if body_len <= SMALL_BODY:
             body = memoryview(bytearray(body_len))
-            _recv_into(sock, body, deadline)
+            chan.recv_exact(body, deadline)
             lengths = struct.unpack_from(f"<{nbuf}Q", body)
             data = body[table_len:table_len + pickle_len]
             _check_lengths(lengths, table_len + pickle_len, body_len)
@@ -158,14 +147,14 @@ def recv_message(sock: socket.socket, *, max_bytes: int = DEFAULT_MAX_MESSAGE_BY
             # np.empty: pages are only touched as data arrives, so a peer that claims a
             # large message and stops early does not cost its claimed size in memory.
             head_part = memoryview(np.empty(table_len + pickle_len, dtype=np.uint8))
-            _recv_into(sock, head_part, deadline)
+            chan.recv_exact(head_part, deadline)
             lengths = struct.unpack_from(f"<{nbuf}Q", head_part)
             _check_lengths(lengths, table_len + pickle_len, body_len)
             data = head_part[table_len:]
             buffers = []
             for n in lengths:
                 arr = np.empty(n, dtype=np.uint8)  # uninitialised: no memset before the copy
-                _recv_into(sock, memoryview(arr), deadline)
+                chan.recv_exact(memoryview(arr), deadline)
                 buffers.append(arr)
     return kind, request_id, safe_pickle.loads(data, buffers=buffers)
 

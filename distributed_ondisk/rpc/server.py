@@ -1,16 +1,21 @@
-"""Serve an object's allowlisted methods over TCP, one thread per connection.
+"""Serve an object's allowlisted methods over TCP, one thread per authenticated connection.
 
-Every connection first passes the handshake (with its own short timeout, so a
-peer that connects and says nothing is dropped and never blocks anyone), then
-loops: receive a request, call the method, send the reply.  Anything refused
-(unknown method, forbidden pickle content, malformed frame) is logged with the
-peer's address; a refused *payload* closes that connection, the server goes on.
+Every connection first passes the handshake in the accept thread's bounded pool
+(:mod:`preauth`: short deadline, no thread, stalest dropped when full, so a
+flood of silent peers never blocks anyone), then gets a thread that loops:
+receive a request, call the method, send the reply, over the encrypted channel
+of :mod:`session`.  An authenticated peer that sends nothing for
+``idle_timeout`` s, or does not take its reply within the send deadline, is
+dropped.  Anything refused (unknown method, forbidden pickle content, malformed
+or tampered frame) is logged with the peer's address; a refused *payload*
+closes that connection, the server goes on.  Errors go back to the peer as
+type and message only; the traceback stays in the server's log unless the
+server runs with ``debug_errors`` (or DISTRIBUTED_ONDISK_RPC_DEBUG=1).
 """
 from __future__ import annotations
 
 import logging
 import os
-import select
 import signal
 import socket
 import threading
@@ -19,23 +24,43 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from distributed_ondisk.errors import (AuthenticationError, ConnectionLost, ForbiddenError,
-                                       InputError, ProtocolError, RPCError)
+from distributed_ondisk.errors import (ConnectionLost, DistributedOndiskError, ForbiddenError,
+                                       InputError, ProtocolError, RPCError, RPCTimeout)
 from distributed_ondisk.rpc import framing
 from distributed_ondisk.rpc.address import format_address, is_loopback
-from distributed_ondisk.rpc.auth import DEFAULT_HANDSHAKE_TIMEOUT, server_handshake
+from distributed_ondisk.rpc.preauth import (DEFAULT_MAX_PENDING, DEFAULT_PREAUTH_TIMEOUT,
+                                            HandshakePool)
+from distributed_ondisk.rpc.session import Channel
 
 log = logging.getLogger(__name__)
 
 BUILTIN_METHODS = ("ping", "methods")
+ENV_DEBUG = "DISTRIBUTED_ONDISK_RPC_DEBUG"
+ENV_PLAINTEXT = "DISTRIBUTED_ONDISK_RPC_PLAINTEXT"
+DEFAULT_IDLE_TIMEOUT = 600.0
+DEFAULT_SEND_TIMEOUT = 60.0
+LISTEN_BACKLOG = 4096   # the kernel caps it at net.core.somaxconn
+
+
+def env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def encryption_default(encrypt: Optional[bool]) -> bool:
+    """On unless asked off: ``encrypt=False`` or DISTRIBUTED_ONDISK_RPC_PLAINTEXT=1."""
+    return (not env_flag(ENV_PLAINTEXT)) if encrypt is None else bool(encrypt)
 
 
 @dataclass
 class _Connection:
-    sock: socket.socket
+    chan: Channel
     peer: str
     busy: bool = False
     thread: Optional[threading.Thread] = field(default=None, repr=False)
+
+    @property
+    def sock(self) -> socket.socket:
+        return self.chan.sock
 
 
 def _exposed_methods(obj: Any, methods: Optional[Iterable[str]]) -> frozenset[str]:
@@ -64,15 +89,30 @@ class Server:
     """Expose ``obj``'s methods (``RPC_METHODS`` or ``methods=``) to authenticated clients.
 
     Without a secret the server refuses to start unless ``allow_insecure_loopback``
-    is set *and* it listens on a loopback address only.
+    is set *and* it listens on a loopback address only.  With a secret, traffic is
+    encrypted unless ``encrypt=False`` (or DISTRIBUTED_ONDISK_RPC_PLAINTEXT=1).
+    ``handshake_timeout``/``max_pending`` bound the unauthenticated pool,
+    ``max_connections`` the authenticated ones; ``idle_timeout`` drops a silent
+    authenticated peer, ``send_timeout`` (plus 1 s per 10 MB) a peer that does not
+    take its reply or trickles its request.
     """
 
     def __init__(self, obj: Any, *, host: str = "127.0.0.1", port: int = 0,
                  secret: Optional[bytes], allow_insecure_loopback: bool = False,
                  methods: Optional[Iterable[str]] = None, name: Optional[str] = None,
                  max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
-                 handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-                 max_connections: int = 1000) -> None:
+                 handshake_timeout: float = DEFAULT_PREAUTH_TIMEOUT,
+                 max_connections: int = 1000, max_pending: int = DEFAULT_MAX_PENDING,
+                 idle_timeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
+                 send_timeout: float = DEFAULT_SEND_TIMEOUT,
+                 encrypt: Optional[bool] = None,
+                 debug_errors: Optional[bool] = None) -> None:
+        for label, value in (("handshake_timeout", handshake_timeout),
+                             ("send_timeout", send_timeout), ("max_pending", max_pending),
+                             ("max_connections", max_connections),
+                             ("idle_timeout", 1 if idle_timeout is None else idle_timeout)):
+            if not value > 0:
+                raise InputError(f"RPC server {label} must be positive, not {value!r}")
         if not secret:
             if not allow_insecure_loopback:
                 raise InputError("refusing to serve without a shared secret: pass one "
@@ -89,6 +129,10 @@ class Server:
         self.max_message_bytes = max_message_bytes
         self.handshake_timeout = handshake_timeout
         self.max_connections = max_connections
+        self.max_pending = max_pending
+        self.idle_timeout, self.send_timeout = idle_timeout, send_timeout
+        self.encrypt = bool(self.secret) and encryption_default(encrypt)
+        self.debug_errors = env_flag(ENV_DEBUG) if debug_errors is None else debug_errors
         self._listener: Optional[socket.socket] = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._lock = threading.Lock()
@@ -107,7 +151,7 @@ class Server:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind(sockaddr)
-            sock.listen(128)
+            sock.listen(LISTEN_BACKLOG)
         except OSError as e:
             sock.close()
             raise ConnectionLost(f"cannot listen on {format_address(self.host, self.port)}: "
@@ -115,11 +159,15 @@ class Server:
         sock.setblocking(False)
         self._listener = sock
         self.port = sock.getsockname()[1]
-        self._accept_thread = threading.Thread(target=self._accept_loop, daemon=True,
+        pool = HandshakePool(sock, self._wake_r, secret=self.secret, encrypt=self.encrypt,
+                             timeout=self.handshake_timeout, max_pending=self.max_pending,
+                             on_ready=self._admit, stopping=lambda: self._stopping)
+        self._accept_thread = threading.Thread(target=pool.run, daemon=True,
                                                name=f"rpc-accept-{self.port}")
         self._accept_thread.start()
         log.info("serving %s (%d methods) on %s%s", self.name, len(self.methods), self.address,
-                 "" if self.secret else " WITHOUT authentication (loopback only)")
+                 " WITHOUT authentication (loopback only)" if not self.secret else
+                 "" if self.encrypt else " authenticated but NOT encrypted (as asked)")
         return self
 
     @property
@@ -184,72 +232,48 @@ class Server:
         with self._lock:
             return len(self._conns)
 
-    # -- accepting ---------------------------------------------------------
-    def _accept_loop(self) -> None:
-        assert self._listener is not None
-        listener = self._listener
-        try:
-            while True:
-                select.select([listener, self._wake_r], [], [])
-                if self._stopping:
-                    return
-                try:
-                    sock, addr = listener.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as e:  # e.g. EMFILE: back off instead of spinning
-                    log.error("accept on %s failed: %s", self.address, e)
-                    time.sleep(0.1)
-                    continue
-                self._admit(sock, format_address(addr[0], addr[1]))
-        finally:
-            listener.close()
-
-    def _admit(self, sock: socket.socket, peer: str) -> None:
+    # -- authenticated connections -----------------------------------------
+    def _admit(self, chan: Channel) -> None:
+        """Called by the handshake pool with a freshly authenticated channel."""
+        peer = chan.peer
         with self._lock:
             if self._stopping or len(self._conns) >= self.max_connections:
                 log.warning("refusing connection from %s: %s", peer,
                             "shutting down" if self._stopping else
                             f"{self.max_connections} connections open")
-                sock.close()
+                chan.close()
                 return
-            conn = _Connection(sock, peer)
+            conn = _Connection(chan, peer)
             self._conns[id(conn)] = conn
             conn.thread = threading.Thread(target=self._serve_connection, args=(conn,),
                                            daemon=True, name=f"rpc-conn-{peer}")
-        log.debug("accepted connection from %s", peer)
-        conn.thread.start()
-
-    # -- one connection ----------------------------------------------------
-    def _serve_connection(self, conn: _Connection) -> None:
-        sock, peer = conn.sock, conn.peer
+        log.debug("authenticated %s%s", peer, " (encrypted)" if chan.encrypted else "")
         try:
-            sock.setblocking(True)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            try:
-                server_handshake(sock, self.secret, peer, self.handshake_timeout)
-            except (AuthenticationError, ProtocolError) as e:
-                log.warning("refused connection from %s: %s", peer, e)
-                return
-            except (OSError, RPCError) as e:
-                log.debug("connection from %s dropped during the handshake: %s", peer, e)
-                return
-            sock.settimeout(None)
-            log.debug("authenticated %s", peer)
+            conn.thread.start()
+        except RuntimeError as e:   # no thread left: refuse this one, keep serving
+            log.error("cannot serve %s: %s", peer, e)
+            with self._lock:
+                self._conns.pop(id(conn), None)
+            chan.close()
+
+    def _serve_connection(self, conn: _Connection) -> None:
+        try:
             while self._serve_one(conn):
                 pass
         finally:
             with self._lock:
                 self._conns.pop(id(conn), None)
-            sock.close()
-            log.debug("closed connection from %s", peer)
+            conn.chan.close()
+            log.debug("closed connection from %s", conn.peer)
 
     def _serve_one(self, conn: _Connection) -> bool:
         """Receive and answer one request; False when the connection should end."""
-        sock, peer = conn.sock, conn.peer
+        chan, peer = conn.chan, conn.peer
+        idle = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
         try:
-            kind, request_id, message = framing.recv_message(sock,
-                                                             max_bytes=self.max_message_bytes)
+            kind, request_id, message = framing.recv_message(
+                chan, max_bytes=self.max_message_bytes, deadline=idle,
+                body_allowance=self.send_timeout)
             if kind != framing.KIND_REQUEST:
                 raise ProtocolError(f"expected a request frame, got kind {kind}")
             if not (isinstance(message, tuple) and len(message) == 3
@@ -258,9 +282,13 @@ class Server:
                 raise ProtocolError("a request must be (method name, args tuple, kwargs dict)")
         except ConnectionLost:
             return False
+        except RPCTimeout:
+            log.info("dropping connection from %s: no request for %s s, or a request "
+                     "not received in time", peer, self.idle_timeout)
+            return False
         except (ForbiddenError, ProtocolError) as e:
             log.warning("refused a message from %s: %s", peer, e)
-            self._send_best_effort(sock, framing.KIND_FATAL, 0, _error_tuple(e))
+            self._send_best_effort(chan, framing.KIND_FATAL, 0, _error_tuple(e, False))
             return False
         except (OSError, RPCError) as e:
             log.debug("connection from %s broke: %s", peer, e)
@@ -268,7 +296,7 @@ class Server:
         method, args, kwargs = message
         with self._lock:
             if self._stopping:
-                self._send_best_effort(sock, framing.KIND_FATAL, request_id, (
+                self._send_best_effort(chan, framing.KIND_FATAL, request_id, (
                     "distributed_ondisk.errors.ConnectionLost",
                     f"{self.name} is shutting down", ""))
                 return False
@@ -276,13 +304,24 @@ class Server:
         try:
             kind, reply = framing.KIND_REPLY, self._dispatch(method, args, kwargs, peer)
         except Exception as e:
-            kind, reply = framing.KIND_ERROR, _error_tuple(e)
+            if isinstance(e, DistributedOndiskError):
+                log.info("%s() from %s raised %s: %s", method, peer, type(e).__name__, e)
+            else:   # unexpected: the full traceback goes to our log, not to the peer
+                log.warning("%s() from %s raised", method, peer, exc_info=True)
+            kind, reply = framing.KIND_ERROR, _error_tuple(e, self.debug_errors)
         try:
             try:
                 views = framing.encode_message(kind, request_id, reply)
             except ProtocolError as e:
-                views = framing.encode_message(framing.KIND_ERROR, request_id, _error_tuple(e))
-            framing.send_views(sock, views)
+                views = framing.encode_message(framing.KIND_ERROR, request_id,
+                                               _error_tuple(e, self.debug_errors))
+            deadline = framing.transfer_deadline(sum(v.nbytes for v in views),
+                                                 self.send_timeout)
+            framing.send_views(chan, views, deadline)
+        except RPCTimeout:
+            log.warning("dropping connection from %s: it did not take its reply of %s() in "
+                        "time (not reading?)", peer, method)
+            return False
         except (OSError, RPCError) as e:
             log.debug("could not reply to %s: %s", peer, e)
             return False
@@ -303,20 +342,21 @@ class Server:
                                  f"{', '.join(sorted(self.methods)) or 'none'})")
         return getattr(self.obj, method)(*args, **kwargs)
 
-    def _send_best_effort(self, sock: socket.socket, kind: int, request_id: int,
+    def _send_best_effort(self, chan: Channel, kind: int, request_id: int,
                           obj: Any) -> None:
         try:
-            sock.settimeout(1.0)
-            framing.send_message(sock, kind, request_id, obj)
+            framing.send_message(chan, kind, request_id, obj, time.monotonic() + 1.0)
         except (OSError, RPCError):
             pass
 
 
-def _error_tuple(e: BaseException) -> tuple[str, str, str]:
+def _error_tuple(e: BaseException, debug: bool) -> tuple[str, str, str]:
+    """What a peer learns of an error: type and message; the traceback only in debug."""
     cls = type(e)
     qualname = cls.__qualname__ if cls.__module__ == "builtins" else \
         f"{cls.__module__}.{cls.__qualname__}"
-    return qualname, str(e), "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)) if debug else ""
+    return qualname, str(e), tb
 
 
 def _shutdown_socket(sock: socket.socket) -> None:
