@@ -23,7 +23,7 @@ from distributed_ondisk.search.combined import CombinedIndex
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    wd, x = build_shards(tmp_path_factory.mktemp("link_wd"), nh=(3,), n=6000, d=16, k=32)
+    wd, _ = build_shards(tmp_path_factory.mktemp("link_wd"), nh=(3,), n=6000, d=16, k=32)
     q = clustered(50, 16, seed=9)
     ref = CombinedIndex(wd.hslices(3)).search(q, 10, nprobe=8)
     return wd, q, ref
