@@ -188,8 +188,8 @@ def _probe_write(folder: Path) -> None:
     os.unlink(name)
 
 
-def _check_writable(todo: Sequence[Found]) -> None:
-    for d in dict.fromkeys(f.path.parent for f in todo):
+def _check_writable(todo: Sequence[Path]) -> None:
+    for d in dict.fromkeys(p.parent for p in todo):
         try:
             _probe_write(d)
         except OSError as e:
@@ -225,9 +225,12 @@ def adopt_vslices(paths: Sequence[Path], trained: Optional[Path] = None,
 
     if not paths:
         raise InputError("no vslices to adopt")
+    # before the checks, which read every slice: a read-only folder is known at once
+    _check_writable([p for p in map(Path, paths)
+                     if p.is_file() and not mf.manifest_path(p).exists()])
     t = load_trained_index(trained) if trained is not None else None
     with ThreadPoolExecutor(max(1, threads)) as ex:
-        found = list(ex.map(inspect, paths))
+        found = list(ex.map(inspect, map(Path, paths)))
     for f in found:
         if f.doc is not None:
             try:
@@ -243,7 +246,6 @@ def adopt_vslices(paths: Sequence[Path], trained: Optional[Path] = None,
                              f"{list(found[a].id_range)}, {found[b].path} holds "
                              f"{list(found[b].id_range)}")
     todo = [f for f in found if f.doc is None]
-    _check_writable(todo)
     for f in todo:
         write_adopted_manifest(f, fp, trained)
         open_vslice(f.path)      # reads back as the merge will check it
