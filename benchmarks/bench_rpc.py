@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
-"""RPC on loopback: this toolkit's RPC vs faiss.contrib.rpc vs a raw socket.
+"""RPC on loopback: this toolkit's RPC (authenticated; plain and encrypted) vs
+faiss.contrib.rpc vs a raw socket.
 
 One run prints one table: small-call round trip (median, p99) and throughput of
 float32 arrays of 1 MB and 100 MB in both directions (argument client->server,
-result server->client).  Each server runs in its own process.
+result server->client).  Each server runs in its own process.  "this rpc" runs
+with --no-encryption (authenticated only), "encrypted" with the default sealed
+records (AES-256-GCM).
 
-    python benchmarks/bench_rpc.py [--quick]
+    python benchmarks/bench_rpc.py [--quick | --tiny]
+
+The secret is passed to the servers as DISTRIBUTED_ONDISK_SECRET; any exported
+DISTRIBUTED_ONDISK_SECRET_FILE is not passed on (a server refuses two sources).
 
 faiss.contrib.rpc as shipped cannot unpickle arrays under numpy 2 (its allowlist
 lacks ``numpy._core``); this benchmark widens that allowlist in both its processes.
@@ -31,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SIZES = {"1 MB": 250_000, "100 MB": 25_000_000}  # float32 element counts
+TINY_SIZES = {"1 KB": 250, "100 KB": 25_000}      # --tiny: a smoke run of every path
+KINDS = ("ours", "encrypted", "faiss", "raw")
 
 
 # -- servers (each started as `bench_rpc.py --serve KIND` in its own process) ---------
@@ -97,7 +105,7 @@ def serve_raw() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     print(f"127.0.0.1:{listener.getsockname()[1]}", flush=True)
     req = bytearray(9)
-    out = np.arange(max(SIZES.values()), dtype=np.float32).view(np.uint8)
+    out = np.arange(max(SIZES.values()), dtype=np.float32).view(np.uint8)  # covers TINY too
     inbuf = np.empty(out.nbytes, dtype=np.uint8)
     while True:
         conn, _ = listener.accept()
@@ -145,8 +153,9 @@ class RawClient:
 
 
 def start_server(kind: str, env: dict) -> tuple[subprocess.Popen, str]:
-    if kind == "ours":
-        cmd = [sys.executable, str(REPO / "rpc.py"), "-q", "serve-echo"]
+    if kind in ("ours", "encrypted"):
+        cmd = [sys.executable, str(REPO / "rpc.py"), "-q", "serve-echo",
+               *(["--no-encryption"] if kind == "ours" else [])]
     else:
         cmd = [sys.executable, __file__, "--serve", kind]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -156,7 +165,8 @@ def start_server(kind: str, env: dict) -> tuple[subprocess.Popen, str]:
     return proc, address
 
 
-def measure(client_call: Callable, n_small: int, reps: dict[str, int]) -> dict[str, float]:
+def measure(client_call: Callable, n_small: int, reps: dict[str, int],
+            sizes: dict[str, int]) -> dict[str, float]:
     res: dict[str, float] = {}
     for _ in range(50):
         client_call("echo", 1)
@@ -167,7 +177,7 @@ def measure(client_call: Callable, n_small: int, reps: dict[str, int]) -> dict[s
         lat.append(time.perf_counter() - t)
     res["small median us"] = float(np.median(lat) * 1e6)
     res["small p99 us"] = float(np.percentile(lat, 99) * 1e6)
-    for label, n in SIZES.items():
+    for label, n in sizes.items():
         x = np.random.default_rng(0).random(n, dtype=np.float32)
         assert client_call("nbytes", x) == x.nbytes
         assert client_call("make_array", n).shape == (n,)
@@ -184,23 +194,28 @@ def measure(client_call: Callable, n_small: int, reps: dict[str, int]) -> dict[s
     return res
 
 
-def run(quick: bool) -> None:
-    from distributed_ondisk.rpc import Client, generate_secret
+def run(quick: bool, tiny: bool) -> None:
+    from distributed_ondisk.rpc import Client, generate_secret, wait_ready
 
-    n_small = 300 if quick else 2000
-    reps = {"1 MB": 10, "100 MB": 2} if quick else {"1 MB": 50, "100 MB": 7}
+    sizes = TINY_SIZES if tiny else SIZES
+    n_small = 100 if tiny else 300 if quick else 2000
+    small_reps, big_reps = (3, 2) if tiny else (10, 2) if quick else (50, 7)
+    reps = dict(zip(sizes, (small_reps, big_reps)))
     secret = generate_secret()
     env = dict(os.environ, DISTRIBUTED_ONDISK_SECRET=secret.decode())
+    # One source of the secret only, and encryption as each row asks, whatever is exported.
+    for name in ("DISTRIBUTED_ONDISK_SECRET_FILE", "DISTRIBUTED_ONDISK_RPC_PLAINTEXT"):
+        env.pop(name, None)
+    os.environ.pop("DISTRIBUTED_ONDISK_RPC_PLAINTEXT", None)
     results = {}
-    for kind in ("ours", "faiss", "raw"):
+    for kind in KINDS:
         proc, address = start_server(kind, env)
         try:
-            if kind == "ours":
-                from distributed_ondisk.rpc import wait_ready
-
-                wait_ready(address, secret=secret, timeout=30)
-                client = Client(address, secret=secret)
-                results[kind] = measure(client.call, n_small, reps)
+            if kind in ("ours", "encrypted"):
+                encrypt = kind == "encrypted"
+                wait_ready(address, secret=secret, timeout=30, encrypt=encrypt)
+                client = Client(address, secret=secret, encrypt=encrypt)
+                results[kind] = measure(client.call, n_small, reps, sizes)
                 client.close()
             elif kind == "faiss":
                 import faiss.contrib.rpc as frpc
@@ -208,43 +223,47 @@ def run(quick: bool) -> None:
                 _widen_faiss_allowlist()
                 host, port = address.rsplit(":", 1)
                 fc = frpc.Client(host, int(port))
-                results[kind] = measure(lambda m, *a: getattr(fc, m)(*a), n_small, reps)
+                results[kind] = measure(lambda m, *a: getattr(fc, m)(*a), n_small, reps, sizes)
                 fc.sock.close()
             else:
                 rc = RawClient(address)
-                results[kind] = measure(lambda m, *a: getattr(rc, m)(*a), n_small, reps)
+                results[kind] = measure(lambda m, *a: getattr(rc, m)(*a), n_small, reps, sizes)
                 rc.sock.close()
         finally:
             proc.terminate()
             proc.wait(10)
-    print_table(results, quick)
+    print_table(results, " (--tiny)" if tiny else " (--quick)" if quick else "")
 
 
-def print_table(results: dict[str, dict[str, float]], quick: bool) -> None:
+def print_table(results: dict[str, dict[str, float]], mode: str) -> None:
     import faiss
 
-    print(f"# RPC on loopback{' (--quick)' if quick else ''}: {os.cpu_count()} cores, "
+    print(f"# RPC on loopback{mode}: {os.cpu_count()} cores, "
           f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
           f"numpy {np.__version__}, faiss {faiss.__version__}, load avg "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"| {'metric':<28} | {'this rpc':>10} | {'faiss.contrib.rpc':>17} | {'raw socket':>10} "
-          f"| {'rpc/raw':>7} | {'rpc/faiss':>9} |")
-    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 19}|{'-' * 12}|{'-' * 9}|{'-' * 11}|")
+    print(f"| {'metric':<28} | {'this rpc':>10} | {'encrypted':>10} | {'faiss.contrib.rpc':>17} "
+          f"| {'raw socket':>10} | {'rpc/raw':>7} | {'enc/raw':>7} | {'rpc/faiss':>9} |")
+    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 19}|{'-' * 12}|{'-' * 9}|{'-' * 9}"
+          f"|{'-' * 11}|")
     for metric in results["ours"]:
-        o, f, r = (results[k][metric] for k in ("ours", "faiss", "raw"))
+        o, e, f, r = (results[k][metric] for k in KINDS)
         if "us" in metric:  # lower is better: ratios as speed-ups
-            ratio_raw, ratio_f = r / o, f / o
+            ratio_raw, ratio_enc, ratio_f = r / o, r / e, f / o
         else:
-            ratio_raw, ratio_f = o / r, o / f
-        print(f"| {metric:<28} | {o:>10.1f} | {f:>17.1f} | {r:>10.1f} | {ratio_raw:>7.2f} "
-              f"| {ratio_f:>9.2f} |")
-    print("ratios > 1 mean this rpc is better (higher throughput or lower latency)")
+            ratio_raw, ratio_enc, ratio_f = o / r, e / r, o / f
+        print(f"| {metric:<28} | {o:>10.1f} | {e:>10.1f} | {f:>17.1f} | {r:>10.1f} "
+              f"| {ratio_raw:>7.2f} | {ratio_enc:>7.2f} | {ratio_f:>9.2f} |")
+    print("this rpc: authenticated, --no-encryption; encrypted: the default (AES-256-GCM "
+          "records).  Ratios > 1 mean better than the other (throughput or latency)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument("--tiny", action="store_true",
+                        help="1 KB / 100 KB arrays, few repetitions: a smoke run")
     parser.add_argument("--serve", choices=["faiss", "raw"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "faiss":
@@ -252,7 +271,7 @@ def main() -> None:
     elif args.serve == "raw":
         serve_raw()
     else:
-        run(args.quick)
+        run(args.quick, args.tiny)
 
 
 if __name__ == "__main__":

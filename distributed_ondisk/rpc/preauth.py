@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING = 64
 DEFAULT_PREAUTH_TIMEOUT = 3.0
-ACCEPT_BATCH = 256          # accepts per wake-up, so pending handshakes are served too
+ACCEPT_BATCH = 16           # accepts per wake-up, so pending handshakes are served too
 FD_PAUSE = 0.1              # listener rest after running out of descriptors
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -134,8 +134,12 @@ class HandshakePool:
         p = _Pending(sock, peer, hs, time.monotonic() + self.timeout, self._seq)
         self.pending[sock.fileno()] = p
         self.sel.register(sock, selectors.EVENT_READ, None)
+        # A real client sent its hello right after connecting: it is usually here by
+        # now.  Reading it at once ranks this peer above the silent ones (see _evict).
+        self._on_readable(p)
 
     def _evict(self) -> None:
+        """Drop the pending peer that has sent nothing for longest (else the oldest)."""
         victim = min(self.pending.values(), key=lambda p: (len(p.hs.buf) > 0, p.seq))
         self.dropped_full += 1
         if self.dropped_full in (1, 100) or self.dropped_full % 10000 == 0:

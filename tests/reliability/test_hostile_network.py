@@ -42,10 +42,10 @@ class Target:
     def connect(self, timeout: float = 10) -> socket.socket:
         return socket.create_connection((self.host, self.port), timeout=timeout)
 
-    def authed(self) -> socket.socket:
-        s = self.connect()
-        client_handshake(s, self.secret, self.proc.address)
-        return s
+    def authed(self):
+        """The authenticated channel (sealed records): raw frames sent through it reach
+        the server's parser and unpickler as a real client's would."""
+        return client_handshake(self.connect(), self.secret, self.proc.address)
 
     def check_healthy(self) -> None:
         """Up, answering a real call, memory bounded, no marker from a payload."""
