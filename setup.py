@@ -41,8 +41,11 @@ setup(
     description="Build and serve billion-scale IVF vector indexes split over many machines and disks",
     packages=find_packages(include=["distributed_ondisk", "distributed_ondisk.*"]),
     python_requires=">=3.9",
+    # matplotlib: the pipeline's report plots recall curves (combined_index.py --plot);
+    # fsspec: build_index reads its inputs through fsspec, local paths included.
     install_requires=["numpy>=1.22", "scipy>=1.8", "tqdm>=4.60", "threadpoolctl>=3.1", "xxhash>=3.0",
-                      "pyarrow>=12", *faiss_requirement()],
+                      "pyarrow>=12", "matplotlib>=3.5", "fsspec>=2023.1", "cryptography>=41",
+                      *faiss_requirement()],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "psutil>=5", "matplotlib>=3.5"],
         "plot": ["matplotlib>=3.5"],

@@ -1,5 +1,8 @@
-"""The torch backend: on a torch CPU device wherever torch is installed, on CUDA
-when a GPU is present.  No faiss needed (the GPU machine has none)."""
+"""The torch backend: on torch's CPU device wherever torch is installed (CI
+installs the CPU-only wheel, see scripts/test.bash), compared with brute force
+and with the faiss CPU backend, in process and in real server processes; on
+CUDA when a GPU is present.  The CUDA test needs no faiss (the GPU machine may
+have none)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +13,8 @@ from distributed_ondisk.kmeans import KMeansConfig, RowSource, ShardedAssign, tr
 
 torch = pytest.importorskip("torch", reason="torch is not installed: the torch k-means "
                                             "backend cannot be tested here")
-from distributed_ondisk.kmeans.gpu import TorchAssign, make_dataset  # noqa: E402
+from distributed_ondisk.kmeans.backend import choose_backend, make_dataset  # noqa: E402
+from distributed_ondisk.kmeans.gpu import TorchAssign  # noqa: E402
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA GPU")
 
@@ -87,3 +91,88 @@ def test_no_gpu_explicit_request_is_refused(x):
     from distributed_ondisk.errors import InputError
     with pytest.raises(InputError, match="no CUDA device"):
         make_dataset(RowSource(x), 0)
+
+
+# -- the torch backend against the faiss CPU backend ------------------------------------
+# Same data, same centroids, same DatasetAssign calls: the assignments agree except at
+# float32 near-ties, so counts/sums/objective agree to float tolerance, and a whole
+# k-means run ends at the same centroids.
+
+@pytest.fixture(scope="module")
+def cpu_backend():
+    pytest.importorskip("faiss", reason="the faiss CPU backend is the reference here")
+    from distributed_ondisk.kmeans.cpu import CPUAssign
+    return CPUAssign
+
+
+def check_same_assignment(ds, ref, c):
+    _, I = ds.perform_search(c)
+    _, Iref = ref.perform_search(c)
+    assert (I.ravel() != Iref.ravel()).sum() <= 2            # fp32 near-ties only
+    a, b = ds.assign_to(c), ref.assign_to(c)
+    assert np.abs(a.counts - b.counts).sum() <= 4
+    assert a.objective == pytest.approx(b.objective, rel=1e-5)
+    same = a.counts == b.counts     # a tie moves a row between two centroids' sums
+    np.testing.assert_allclose(a.sums[same], b.sums[same], rtol=1e-5, atol=1e-3)
+    w = np.random.default_rng(2).random(ds.count()).astype(np.float32)
+    aw, bw = ds.assign_to(c, w), ref.assign_to(c, w)
+    np.testing.assert_allclose(aw.sums[same], bw.sums[same], rtol=1e-5, atol=1e-3)
+    I3, D3, sums3 = ds.assign_full(c)
+    J3, E3, tums3 = ref.assign_full(c)
+    assert (I3 != J3).sum() <= 2
+    np.testing.assert_allclose(D3, E3, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(sums3[same], tums3[same], rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("nthreads", [None, 1])
+def test_torch_cpu_matches_faiss_cpu_backend(x, cpu_backend, nthreads):
+    c = x[::97][:50].copy()
+    ds = TorchAssign(RowSource(x), "cpu", block_rows=900, nthreads=nthreads)
+    ref = cpu_backend(RowSource(x), nthreads, block_rows=900)
+    check_same_assignment(ds, ref, c)
+    sub = np.arange(0, len(x), 3)
+    assert ds.select(sub) == ref.select(sub) == len(sub)
+    np.testing.assert_array_equal(ds.get_subset(np.arange(10)), ref.get_subset(np.arange(10)))
+    check_same_assignment(ds, ref, c)
+
+
+def test_torch_cpu_kmeans_matches_faiss_cpu_kmeans(x, cpu_backend):
+    cfg = KMeansConfig(40, niter=6, seed=5, max_points_per_centroid=80)
+    r_torch = train_kmeans(make_dataset(RowSource(x), -2, backend="torch"), cfg)
+    r_cpu = train_kmeans(cpu_backend(RowSource(x)), cfg)
+    np.testing.assert_allclose(r_torch.centroids, r_cpu.centroids, rtol=1e-4, atol=1e-4)
+    assert r_torch.objective == pytest.approx(r_cpu.objective, rel=1e-5)
+
+
+@pytest.mark.integration
+def test_torch_cpu_backend_in_server_processes(x, cpu_backend, tmp_path):
+    """distributed_kmeans.py --server --backend torch --gpu -2: real processes over RPC."""
+    from distributed_ondisk.kmeans.local import LocalServers
+    from distributed_ondisk.kmeans.remote import connect_servers
+
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    cfg = KMeansConfig(40, niter=4, seed=6, max_points_per_centroid=80)
+    with LocalServers(str(path), len(x), 2, nthreads=1, gpu=-2,
+                      extra_args=["--backend", "torch"]) as servers:
+        data = connect_servers(servers.addresses, secret=servers.secret, wait_s=120)
+        try:
+            assert [s.describe()["backend"] for s in data.shards] == ["torch:cpu"] * 2
+            remote = train_kmeans(data, cfg)
+        finally:
+            data.close()
+    ref = train_kmeans(cpu_backend(RowSource(x)), cfg)
+    np.testing.assert_allclose(remote.centroids, ref.centroids, rtol=1e-4, atol=1e-4)
+    assert remote.objective == pytest.approx(ref.objective, rel=1e-5)
+
+
+def test_backend_choice_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the CPU fallbacks cannot be observed")
+    from distributed_ondisk.errors import InputError
+    assert choose_backend(-2, "torch").devices == ("cpu",)
+    assert choose_backend(None, "torch").devices == ("cpu",)     # no GPU asked: CPU device
+    with pytest.raises(InputError, match="torch sees no CUDA device"):
+        choose_backend(0, "torch")
+    with pytest.raises(InputError, match="--backend must be one of"):
+        choose_backend(None, "jax")

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("compute")
     g.add_argument("--gpu", type=int, default=None,
                    help="-2: CPU only, -1: all GPUs, i: GPU i (default: GPUs if present)")
+    g.add_argument("--backend", choices=("auto", "faiss", "torch"), default="auto",
+                   help="auto: faiss GPU, else torch CUDA, else faiss CPU; torch: the torch "
+                        "backend only (with --gpu -2 on torch's CPU device; needs the "
+                        "[torch] extra)")
     g.add_argument("--nt", type=int, default=None, help="CPU threads (default: all cores)")
     g = p.add_argument_group("server mode")
     g.add_argument("--server", action="store_true", help="serve the [i0, i1) slice")
@@ -134,14 +138,15 @@ def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
 
 
 def main_server(args: argparse.Namespace) -> int:
-    from distributed_ondisk.kmeans.gpu import make_dataset
+    from distributed_ondisk.kmeans.backend import build_dataset, choose_backend
     from distributed_ondisk.kmeans.remote import serve_dataset
 
     secret = secret_from_args(args)
+    backend = choose_backend(args.gpu, args.backend)   # a missing torch/GPU: before the scan
     source = _source(args)
     log.info("checking %s for NaN/Inf", source.describe())
     source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
-    ds = make_dataset(source, args.gpu, args.nt)
+    ds = build_dataset(backend, source, args.nt)
     host = args.host or ("127.0.0.1" if secret is None
                          else ("0.0.0.0" if args.ipv4 else "::"))
     serve_dataset(ds, host=host, port=args.port, secret=secret, insecure=secret is None,
@@ -173,8 +178,9 @@ def main_args(args: argparse.Namespace) -> int:
         return main_server(args)
     if args.client:
         return main_client(args)
-    from distributed_ondisk.kmeans.gpu import make_dataset
+    from distributed_ondisk.kmeans.backend import build_dataset, choose_backend
 
+    backend = choose_backend(args.gpu, args.backend)
     source = _source(args)
     if args.k is None:
         raise InputError("--k is required")
@@ -183,7 +189,7 @@ def main_args(args: argparse.Namespace) -> int:
     except InputError as e:   # name the data: "k > n" is about this file
         raise InputError(f"{source.describe()}: {e}") from e
     source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
-    run_loop(args, make_dataset(source, args.gpu, args.nt))
+    run_loop(args, build_dataset(backend, source, args.nt))
     return 0
 
 

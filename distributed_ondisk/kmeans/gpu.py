@@ -1,14 +1,15 @@
-"""GPU ``DatasetAssign`` backends and the choice between CPU and GPU.
+"""GPU ``DatasetAssign`` backends (the choice between them: :mod:`.backend`).
 
 * faiss GPU (when the installed faiss has GPU support): the CPU backend with
   its flat search done by a GPU flat index (one GPU, or all of them).
-* torch (when torch sees CUDA and faiss has no GPU support, e.g. a CUDA 13
-  machine where the faiss-gpu wheel cannot load): exact assignment by blocked
-  matrix product ``|c|^2 - 2 x.c`` + min, with ``|x|^2`` added to the minimum
-  only; the slice stays resident on the GPU when it fits; sums by
+* torch (``--backend torch``, or when torch sees CUDA and faiss has no GPU
+  support, e.g. a CUDA 13 machine where the faiss-gpu wheel cannot load):
+  exact assignment by blocked matrix product ``|c|^2 - 2 x.c`` + min, with
+  ``|x|^2`` added to the minimum only; the slice stays resident on the GPU when it fits; sums by
   ``index_add_`` in float64, counts by ``bincount``.  TF32 is switched off:
-  it would change assignments compared with the CPU.  It also runs on a
-  torch CPU device (tests, float64 reference).
+  it would change assignments compared with the CPU.  Everything but the
+  residency and synchronisation also runs on torch's CPU device, which is how
+  CI tests this backend, and gives a float64 reference.
 
 Nothing here imports faiss at module level: the torch path works without it.
 """
@@ -20,7 +21,6 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import AssignResult, check_centroids, check_weights
 from distributed_ondisk.kmeans.cpu import RPC_METHODS, CPUAssign, LocalView
 from distributed_ondisk.kmeans.source import RowSource
@@ -31,23 +31,6 @@ log = logging.getLogger(__name__)
 DIST_BLOCK_BYTES = 1 << 30
 #: Share of free GPU memory the resident slice may take.
 RESIDENT_FRACTION = 0.6
-
-
-def faiss_gpu_count() -> int:
-    try:
-        import faiss
-    except ImportError:
-        return 0
-    get = getattr(faiss, "get_num_gpus", None)
-    return int(get()) if get is not None else 0
-
-
-def torch_cuda_count() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 class FaissGPUAssign(CPUAssign):
@@ -85,7 +68,8 @@ class TorchAssign:
     backend = "torch"
 
     def __init__(self, source: RowSource, device: str = "cuda:0", dtype: Any = None,
-                 block_rows: Optional[int] = None, resident: Optional[bool] = None) -> None:
+                 block_rows: Optional[int] = None, resident: Optional[bool] = None,
+                 nthreads: Optional[int] = None) -> None:
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -96,6 +80,7 @@ class TorchAssign:
         self.dtype = dtype or torch.float32
         self.view = LocalView(source, block_rows)
         self.resident = resident
+        self.nthreads = nthreads              # CPU device only: torch's intra-op threads
         self._blocks: Optional[list] = None   # [(start, x on device, |x|^2)] when resident
         self._generation = 0                  # bumped by select(): stale passes keep nothing
 
@@ -162,6 +147,11 @@ class TorchAssign:
         return torch.cat(Ds), torch.cat(Is)
 
     def _centroids(self, centroids: np.ndarray) -> tuple[Any, Any]:
+        if self.nthreads and self.device.type == "cpu":
+            # Set in the calling thread, as the CPU backend does: an RPC server calls
+            # from a connection thread, and servers sharing a machine must not each
+            # take every core.
+            self.torch.set_num_threads(int(self.nthreads))
         c = self.torch.from_numpy(check_centroids(centroids, self.dim())).to(self.device,
                                                                                self.dtype)
         return c, (c * c).sum(1)
@@ -222,34 +212,3 @@ class TorchAssign:
         return (np.concatenate([np.empty(0, np.int64)] + ids),
                 np.concatenate([np.empty(0, np.float32)] + dists),
                 sums.cpu().numpy().astype(np.float32))
-
-
-def make_dataset(source: RowSource, gpu: Optional[int] = None,
-                 nthreads: Optional[int] = None) -> Any:
-    """The backend for ``--gpu``: None = a GPU if there is one, else CPU; -2 = CPU;
-    -1 = all GPUs; ``i`` = GPU i.  faiss GPU is preferred over torch when available."""
-    if gpu is not None and gpu < -2:
-        raise InputError(f"--gpu must be -2 (none), -1 (all) or a GPU number, got {gpu}")
-    if gpu == -2:
-        return CPUAssign(source, nthreads)
-    nf = faiss_gpu_count()
-    if nf:
-        if gpu is not None and gpu >= nf:
-            raise InputError(f"--gpu {gpu}: faiss sees only {nf} GPU(s)")
-        return FaissGPUAssign(source, -1 if gpu is None else gpu, nthreads)
-    nt = torch_cuda_count()
-    if nt:
-        if gpu is not None and gpu >= nt:
-            raise InputError(f"--gpu {gpu}: torch sees only {nt} GPU(s)")
-        if gpu is not None and gpu >= 0:
-            return TorchAssign(source, f"cuda:{gpu}")
-        if nt == 1:
-            return TorchAssign(source, "cuda:0")
-        from distributed_ondisk.kmeans.shards import ShardedAssign
-        cuts = np.linspace(0, source.n, nt + 1).astype(np.int64)
-        return ShardedAssign([TorchAssign(source.subrange(int(a), int(b)), f"cuda:{g}")
-                              for g, (a, b) in enumerate(zip(cuts[:-1], cuts[1:]))])
-    if gpu is not None:
-        raise InputError(f"--gpu {gpu} asked for a GPU, but none is usable: faiss has no GPU "
-                         "support and torch sees no CUDA device (use --gpu -2 for the CPU)")
-    return CPUAssign(source, nthreads)

@@ -43,11 +43,12 @@ def parse_levels(text: str) -> list[int]:
 
 
 def run_test_levels(args: argparse.Namespace) -> int:
-    from distributed_ondisk.kmeans.gpu import make_dataset
+    from distributed_ondisk.kmeans.backend import build_dataset, choose_backend
     from distributed_ondisk.kmeans.local import LocalServers
     from distributed_ondisk.kmeans.remote import connect_servers
 
     levels = parse_levels(args.test)
+    backend = choose_backend(args.gpu, args.backend)
     with tempfile.TemporaryDirectory(prefix="kmeans-test-") as tmp:
         if args.indata:
             path = args.indata
@@ -74,7 +75,7 @@ def run_test_levels(args: argparse.Namespace) -> int:
             return float(km.obj[-1])
 
         def level1() -> float:
-            return train_kmeans(make_dataset(source, args.gpu, args.nt), cfg).objective
+            return train_kmeans(build_dataset(backend, source, args.nt), cfg).objective
 
         def level2() -> float:
             cuts = np.linspace(0, n, ns + 1).astype(np.int64)
@@ -84,7 +85,8 @@ def run_test_levels(args: argparse.Namespace) -> int:
 
         def level3() -> float:
             with LocalServers(path, n, ns, nthreads=args.nt, gpu=args.gpu,
-                              insecure=args.insecure) as servers:
+                              insecure=args.insecure,
+                              extra_args=["--backend", args.backend]) as servers:
                 data = connect_servers(servers.addresses, secret=servers.secret,
                                        wait_s=args.wait_servers, timeout=args.timeout)
                 try:
