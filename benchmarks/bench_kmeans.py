@@ -35,7 +35,8 @@ from distributed_ondisk.kmeans.source import RowSource  # noqa: E402
 REF_SERVER = r"""
 import sys, numpy as np, faiss, faiss.contrib.rpc as rpc
 from faiss.contrib.clustering import DatasetAssign
-rpc.safe_modules |= {"numpy._core.multiarray", "numpy._core.numeric"}  # numpy 2 (FAISS_NOTES)
+# its unpickler does not allow numpy 2's module names: array replies would never arrive
+rpc.safe_modules |= {"numpy._core.multiarray", "numpy._core.numeric"}  # docs/FAISS_FACTS.md
 faiss.omp_set_num_threads(1)
 path, i0, i1, port, ready = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 ds = DatasetAssign(np.load(path, mmap_mode="r")[i0:i1])

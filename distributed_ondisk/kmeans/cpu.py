@@ -2,7 +2,8 @@
 
 Sums per centroid use one sparse (k x rows) matrix product per block: the
 (centroid, row) one-hot matrix times the block.  ``np.add.at`` does the same
-in 6x the time (see FAISS_NOTES), and a Python loop over vectors is out of
+in 6x the time (0.45 s vs 0.07 s for 500k x 96 into 4096 centroids, see
+docs/FAISS_FACTS.md), and a Python loop over vectors is out of
 the question.  Block sums are added in float64 so that splitting the rows
 across servers only changes the last bits.
 """

@@ -4,7 +4,7 @@ Every rate is *per core* (or per GPU, per process) at a reference shape; the
 model scales it to the planned shape (see :mod:`distributed_ondisk.plan.model`).
 The shipped defaults describe a typical 2023 CPU node (AVX-512 server cores,
 NVMe, 25 Gb/s), with figures taken from runs of this project's code on a
-Zen 4 machine (FAISS_NOTES) rounded down; the GPU figure is the torch
+Zen 4 machine (docs/FAISS_FACTS.md) rounded down; the GPU figure is the torch
 backend's exact assignment + sums, 1M x 96 vs k=4096 in ~32 ms on one H100.
 ``plan --calibrate`` replaces them by measurements of the machine it runs on.
 """

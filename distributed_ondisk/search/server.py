@@ -3,8 +3,8 @@
 The server only scans inverted lists.  The client does the transform and the
 coarse quantization once per query and sends each server just the queries
 that probe its lists, with those list ids; so servers never repeat the
-quantizer work (which is more than half of the time at nprobe 16, see
-FAISS_NOTES) and never see lists they do not hold.  Requests carry ``k`` and
+quantizer work (an HNSW search over all centroids per query, see
+docs/FAISS_FACTS.md) and never see lists they do not hold.  Requests carry ``k`` and
 the list ids (hence ``nprobe``); the server keeps no per-request state, so
 concurrent clients with different parameters cannot disturb each other.
 
