@@ -29,13 +29,17 @@ def _check_single_faiss() -> None:
 _check_single_faiss()
 
 __version__ = "0.1.0"
-__all__ = ["DistributedOndiskError", "__version__", "build_index"]
+__all__ = ["DistributedOndiskError", "__version__", "build_index", "open_index"]
 
 
 def __getattr__(name: str):
-    # distributed_ondisk.build_index(...) as autofaiss users call it, imported on first use
-    # so that ``import distributed_ondisk`` stays light (no faiss, no pyarrow)
+    # distributed_ondisk.build_index(...) / open_index(...) as autofaiss users call them,
+    # imported on first use so that ``import distributed_ondisk`` stays light (no faiss,
+    # no pyarrow)
     if name == "build_index":
         from distributed_ondisk.autobuild.api import build_index
         return build_index
+    if name == "open_index":
+        from distributed_ondisk.autobuild.mips import open_index
+        return open_index
     raise AttributeError(f"module 'distributed_ondisk' has no attribute {name!r}")

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from distributed_ondisk.autobuild import build_index
+from distributed_ondisk.autobuild import build_index, open_index
 from distributed_ondisk.autobuild.index_key import (choose_index_key, parse_index_key,
                                                     parse_memory)
 from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files, read_rows
@@ -116,7 +116,7 @@ def test_parquet_inputs_read_back(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["mixed_d", "missing_column", "empty", "nan", "metric",
-                                  "shards"])
+                                  "shards", "old_layout", "eval_queries"])
 def test_bad_inputs_are_refused_clearly(tmp_path, case):
     x = make_clustered(3000, 16, seed=1)
     emb = tmp_path / "emb"
@@ -140,17 +140,36 @@ def test_bad_inputs_are_refused_clearly(tmp_path, case):
         write_npy_parts(emb, x, [0, 3000])
         kw = {"metric_type": "cosine"}
         match = "metric_type 'cosine': expected one of l2, ip"
+    elif case == "old_layout":       # older versions wrote a folder at index_path
+        write_npy_parts(emb, x, [0, 3000])
+        (tmp_path / "index" / "hslices").mkdir(parents=True)
+        match = "index is a folder .*older versions"
+    elif case == "eval_queries":
+        write_npy_parts(emb, x, [0, 3000])
+        kw = {"eval_queries": -1}
+        match = "eval_queries must be an integer >= 0"
     else:
         write_npy_parts(emb, x, [0, 3000])
         kw = {"index_key": "IVF16_HNSW32,SQ8", "nb_indices_to_keep": 17}
         match = "nb_indices_to_keep=17"
     with pytest.raises(InputError, match=match):
         build_index(str(emb), str(tmp_path / "index"), str(tmp_path / "infos.json"), **kw)
-    assert not (tmp_path / "index" / "trained.index").exists()   # refused before training
+    assert not (tmp_path / "index.parts" / "trained.index").exists()   # refused before training
     assert not (tmp_path / "infos.json").exists()
 
 
 # ---- a whole local build ----------------------------------------------------------------
+
+def faiss_file_ids(path, flags=0):
+    """(ntotal, every id in the lists) of an index file as plain faiss opens it."""
+    import faiss
+
+    index = faiss.read_index(str(path), flags)
+    il = faiss.extract_index_ivf(index).invlists
+    ids = [faiss.rev_swig_ptr(il.get_ids(j), il.list_size(j)).copy()
+           for j in range(il.nlist) if il.list_size(j)]
+    return index.ntotal, np.concatenate(ids) if ids else np.empty(0, np.int64)
+
 
 def test_local_build_parquet_with_ids(tmp_path):
     import pyarrow.parquet as pq
@@ -163,21 +182,28 @@ def test_local_build_parquet_with_ids(tmp_path):
                                str(tmp_path / "infos.json"), file_format="parquet",
                                id_columns=["key"], nb_indices_to_keep=3, eval_queries=100,
                                kmeans_niter=8)
-    n = 9000 - 100
+    n = 9000                                          # every row, none held out
     assert index.ntotal == n and infos["nb_vectors"] == n
+    assert infos["queries"] == "sample of 100 indexed rows, seed 1234"
+    # autofaiss's names for 3 indices: index1..index3, which plain faiss opens
+    assert [f["path"] for f in infos["index_files"]] == [str(tmp_path / f"index{i}")
+                                                         for i in (1, 2, 3)]
+    parts = [faiss_file_ids(tmp_path / f"index{i}") for i in (1, 2, 3)]
+    assert sum(nt for nt, _ in parts) == n
+    assert np.array_equal(np.sort(np.concatenate([ids for _, ids in parts])), np.arange(n))
     on_disk = json.loads((tmp_path / "infos.json").read_text())
     assert on_disk["index_key"] == infos["index_key"]
     assert set(on_disk["timings_s"]) >= {"kmeans", "trained_index", "vslices", "merge"}
     r16 = next(p for p in on_disk["recall"]["points"] if p["nprobe"] == 16)
     assert r16["recall@10"] >= 0.9
     # ids: every indexed row once, mapped back to its key
-    ids = pq.ParquetDataset(tmp_path / "index" / "ids").read()
+    ids = pq.ParquetDataset(tmp_path / "index.parts" / "ids").read()
     i = ids.column("i").to_numpy()
     assert sorted(i.tolist()) == list(range(n))
     keys = dict(zip(i.tolist(), ids.column("key").to_pylist()))
     assert keys[4321] == "k4321"
     # exact rows come back first from the reopened index
-    again = CombinedIndex(tmp_path / "index" / "hslices")
+    again = CombinedIndex(tmp_path / "index.parts" / "hslices")
     _, I = again.search(x[:50], 1, nprobe=16)
     assert (I[:, 0] == np.arange(50)).mean() > 0.9
 
@@ -189,13 +215,15 @@ def test_cli_and_package_entry_point(tmp_path):
     import distributed_ondisk
 
     assert distributed_ondisk.build_index is build_index
+    assert distributed_ondisk.open_index is open_index
     write_npy_parts(tmp_path / "emb", make_clustered(3000, 8, seed=2), [0, 1000, 3000])
     ok = subprocess.run([sys.executable, "-m", "distributed_ondisk.autobuild", "--embeddings",
                          str(tmp_path / "emb"), "--index_path", str(tmp_path / "index"),
                          "--index_infos_path", str(tmp_path / "infos.json"), "--kmeans_niter",
                          "4", "-q"], capture_output=True, text=True, timeout=300)
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["nb_vectors"] == 2700
+    assert json.loads(ok.stdout)["nb_vectors"] == 3000         # every row
+    assert distributed_ondisk.open_index(tmp_path / "index").ntotal == 3000
     bad = subprocess.run([sys.executable, "-m", "distributed_ondisk.autobuild", "--embeddings",
                           str(tmp_path / "none"), "--index_path", str(tmp_path / "i2"),
                           "--index_infos_path", str(tmp_path / "i2.json")],
@@ -223,8 +251,8 @@ def test_scan_brings_back_the_kmeans_sample(tmp_path, monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(api, "kmeans_rows_hint", lambda n, cfg, on_driver: np.array([0]))
         build_index(str(tmp_path / "emb"), str(tmp_path / "b"), str(tmp_path / "b.json"), **kw)
-    np.testing.assert_array_equal(np.load(tmp_path / "a" / "centroids.npy"),
-                                  np.load(tmp_path / "b" / "centroids.npy"))
+    np.testing.assert_array_equal(np.load(tmp_path / "a.parts" / "centroids.npy"),
+                                  np.load(tmp_path / "b.parts" / "centroids.npy"))
 
 
 # ---- inner product ------------------------------------------------------------------
@@ -259,11 +287,12 @@ def test_local_build_inner_product_on_vectors_of_any_norm(tmp_path):
     write_npy_parts(tmp_path / "emb", x, [0, 5000, 12000])
     index, infos = build_index(str(tmp_path / "emb"), str(tmp_path / "index"),
                                str(tmp_path / "infos.json"), metric_type="ip",
-                               eval_queries=200, index_key="RR16,IVF64_HNSW32,SQfp16",
-                               nb_indices_to_keep=2)
+                               eval_queries=200, eval_holdout=True,
+                               index_key="RR16,IVF64_HNSW32,SQfp16", nb_indices_to_keep=2)
     assert isinstance(index, InnerProductIndex) and index.d == 16
     assert infos["metric_type"] == "ip" and infos["index_d"] == 17
     assert infos["index_key"] == "RR17,IVF64_HNSW32,SQfp16"
+    assert infos["queries"] == "200 held-out rows" and infos["nb_vectors"] == 11800
     assert np.isclose(infos["max_norm"], np.linalg.norm(x[:11800], axis=1).max(), rtol=1e-6)
     r16 = next(p for p in infos["recall"]["points"] if p["nprobe"] == 16)
     assert r16["recall@10"] >= 0.95                  # against inner-product brute force
@@ -274,3 +303,63 @@ def test_local_build_inner_product_on_vectors_of_any_norm(tmp_path):
     assert (I[:, 0] == It[:, 0]).mean() > 0.99
     assert np.all(np.diff(D, axis=1) <= 0)           # largest inner product first
     np.testing.assert_allclose(D[:, 0], Dt[:, 0], rtol=2e-3, atol=1e-2)
+
+    # plain faiss: d-dimensional queries (the 0 coordinate is appended by the file's own
+    # transform), ranked by inner product, augmented-L2 distances; the two shards' results
+    # merged as for autofaiss's index_path1..N
+    Ds, Is = [], []
+    for i in (1, 2):
+        f = faiss.read_index(str(tmp_path / f"index{i}"))
+        assert f.d == 16
+        faiss.extract_index_ivf(f).nprobe = 64
+        Dp, Ip = f.search(q, 10)
+        Ds.append(Dp)
+        Is.append(Ip)
+    Dm, Im = np.hstack(Ds), np.hstack(Is)
+    order = np.argsort(np.where(Im < 0, np.inf, Dm), axis=1, kind="stable")[:, :10]
+    Ip = np.take_along_axis(Im, order, 1)
+    assert (Ip[:, 0] == It[:, 0]).mean() > 0.99
+    ip_plain = ((q * q).sum(1)[:, None] + infos["max_norm"] ** 2
+                - np.take_along_axis(Dm, order, 1)) / 2
+    np.testing.assert_allclose(ip_plain[:, 0], Dt[:, 0], rtol=2e-3, atol=1e-2)
+
+
+def test_local_build_faiss_file_every_row_moved_and_resumed(tmp_path):
+    """nb_indices_to_keep=1: one faiss file at index_path with all rows; it opens with
+    plain faiss where it was written and with IO_FLAG_ONDISK_SAME_DIR once moved; a
+    rerun finds the shard complete and leaves its lists untouched; holding out is asked for."""
+    import faiss
+
+    x = make_clustered(5000, 8, seed=9)
+    write_npy_parts(tmp_path / "emb", x, [0, 1800, 5000])
+    kw = dict(index_key="IVF32_HNSW32,SQ8", kmeans_niter=4, eval_queries=300, seed=3)
+    out = tmp_path / "a" / "knn.index"
+    index, infos = build_index(str(tmp_path / "emb"), str(out), str(tmp_path / "i.json"), **kw)
+    assert infos["nb_vectors"] == 5000 and infos["nb_input_rows"] == 5000
+    rec = infos["recall"]
+    assert rec["queries"] == infos["queries"] == "sample of 300 indexed rows, seed 3"
+    assert "distance 0" in rec["note"]
+    assert rec["points"][-1]["recall@1"] > 0.9 and rec["points"][-1]["10-recall@10"] > 0.8
+    ntotal, ids = faiss_file_ids(out)
+    assert ntotal == 5000 and np.array_equal(np.sort(ids), np.arange(5000))
+    f = faiss.read_index(str(out))
+    faiss.extract_index_ivf(f).nprobe = 32
+    _, I = f.search(x[:100], 1)
+    _, Io = index.search(x[:100], 1, nprobe=32)
+    assert (I[:, 0] == np.arange(100)).mean() > 0.95 and (I == Io).mean() > 0.95
+    lists = out.with_name("knn.index.ivfdata")
+    stamp = lists.stat().st_mtime_ns
+    _, again = build_index(str(tmp_path / "emb"), str(out), str(tmp_path / "i.json"), **kw)
+    assert lists.stat().st_mtime_ns == stamp and again["nb_vectors"] == 5000
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = tmp_path / "b" / "knn.index"
+    with pytest.raises(RuntimeError, match="could not open"):   # the stored absolute path
+        faiss.read_index(str(moved))
+    flags = faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY
+    assert faiss_file_ids(moved, flags)[0] == 5000
+    assert open_index(moved).ntotal == 5000 and open_index(moved.with_name("knn.index.parts"))
+    _, held = build_index(str(tmp_path / "emb"), str(tmp_path / "h"), str(tmp_path / "h.json"),
+                          eval_holdout=True, **kw)
+    assert held["nb_vectors"] == 4700 and held["queries"] == "300 held-out rows"
+    assert held["recall"]["note"] == "the queries are not in the index"
+    assert faiss_file_ids(tmp_path / "h")[0] == 4700

@@ -5,21 +5,31 @@ Stages (each timed into the infos JSON): list and probe the inputs (headers
 only), plan the pieces, scan every piece (NaN, nulls, wrong lengths: refused
 before any training), k-means on a seeded uniform sample of all rows, the
 trained index, one vertical slice per piece, the id mapping, the merge into
-``nb_indices_to_keep`` horizontal shards, and the recall on held-out rows.
+``nb_indices_to_keep`` horizontal shards, the faiss index files, and the recall.
+
+Every row is indexed.  The recall is measured on a seeded sample of indexed
+rows (``eval_queries`` of them, exact ground truth over all rows: a query finds
+itself at distance 0, as autofaiss measures); ``eval_holdout=True`` instead
+holds the last ``eval_queries`` rows out of the index and queries with them.
 
 With ``metric_type="ip"`` every row gets one more coordinate so that the L2
 stages rank by inner product (:mod:`distributed_ondisk.autobuild.mips`).
 
-Output layout (``index_path`` is a directory, opened by ``open_index``)::
+Output layout (see :mod:`distributed_ondisk.autobuild.faiss_files` for how faiss
+opens the files; ``open_index(index_path)`` opens all of it)::
 
-    index_path/metric.json              metric_type, d, largest norm (for "ip")
-    index_path/trained.index            (+ manifest) transform + HNSW quantizer + encoder
-    index_path/centroids.npy
-    index_path/hslices/hslice_J_of_M.index + .invlists (+ manifests)
-    index_path/ids/ids_P_of_N.parquet   id_columns + "i" (the index id), one per piece
+    index_path                          faiss index file (``faiss.read_index``); with
+                                        nb_indices_to_keep=N>1: index_path1..index_pathN
+    index_path.ivfdata                  its on-disk lists (index_pathJ.ivfdata)
+    index_path.parts/metric.json        metric_type, d, largest norm (for "ip")
+    index_path.parts/trained.index      (+ manifest) transform + HNSW quantizer + encoder
+    index_path.parts/centroids.npy
+    index_path.parts/hslices/hslice_J_of_M.index (+ manifest), lists: the .ivfdata files
+    index_path.parts/ids/ids_P_of_N.parquet   id_columns + "i" (the index id), per piece
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import re
@@ -35,7 +45,10 @@ import numpy as np
 
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.autobuild import tasks
-from distributed_ondisk.autobuild.evaluation import measure_recall, read_global_range
+from distributed_ondisk.autobuild.evaluation import choose_queries, measure_recall
+from distributed_ondisk.autobuild.faiss_files import (check_index_path, data_file,
+                                                      index_files, parts_dir,
+                                                      write_faiss_indexes)
 from distributed_ondisk.autobuild.index_key import (choose_index_key, estimate_index_bytes,
                                                     parse_memory)
 from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files
@@ -141,24 +154,42 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
                 distributed: Optional[str] = None, metric_type: str = "l2",
                 nb_cores: Optional[int] = None, seed: int = 1234, kmeans_niter: int = 10,
                 max_points_per_centroid: int = 256, eval_queries: int = 1000,
-                keep_temporary: bool = False,
+                eval_holdout: bool = False, keep_temporary: bool = False,
                 _fault: Optional[Callable[[str, int], None]] = None) -> tuple[Any, dict]:
-    """Build the index; returns ``(index opened read-only, infos dict)``: a
-    ``CombinedIndex`` for "l2", an ``InnerProductIndex`` over one for "ip" (reopen
-    either with :func:`distributed_ondisk.autobuild.open_index`)."""
+    """Build the index of every row; returns ``(index opened read-only, infos dict)``:
+    a ``CombinedIndex`` for "l2", an ``InnerProductIndex`` over one for "ip" (reopen
+    either with :func:`distributed_ondisk.open_index`).
+
+    ``index_path`` is a faiss index file (``index_path1..N`` when
+    ``nb_indices_to_keep`` is N > 1): ``faiss.read_index(index_path)`` opens it,
+    ``faiss.IO_FLAG_ONDISK_SAME_DIR`` once moved; never ``IO_FLAG_MMAP`` (faiss then
+    leaves the on-disk lists unmapped and the search crashes).  For "ip", plain faiss
+    ranks by inner product but returns the augmented L2 distances
+    ``|q|^2 + max_norm^2 - 2 <q, x>``; ``open_index`` returns inner products.
+
+    ``eval_queries`` rows are the recall's queries: a seeded sample of the indexed
+    rows (default), or with ``eval_holdout=True`` the last rows, held out of the index.
+    """
     from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
     from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
     from distributed_ondisk.vectors import write_vectors
     from distributed_ondisk.workdir import Workdir
 
+    if distributed == "pyspark":
+        from distributed_ondisk.extras import require
+        require("spark", "distributed='pyspark'")
     if metric_type not in METRICS:
         raise InputError(f"metric_type {metric_type!r}: expected one of {', '.join(METRICS)}")
     if not isinstance(nb_indices_to_keep, int) or nb_indices_to_keep < 1:
         raise InputError(f"nb_indices_to_keep must be an integer >= 1, got {nb_indices_to_keep!r}")
     budget = parse_memory(max_index_memory_usage)
     memory = parse_memory(current_memory_available)
-    index_dir = _local_dir(index_path, "index_path")
-    temp_dir = _local_dir(temporary_indices_folder or f"{index_dir}_tmp",
+    if not isinstance(eval_queries, int) or eval_queries < 0:
+        raise InputError(f"eval_queries must be an integer >= 0, got {eval_queries!r}")
+    out_path = _local_dir(index_path, "index_path")
+    check_index_path(out_path, nb_indices_to_keep)
+    index_dir = parts_dir(out_path)
+    temp_dir = _local_dir(temporary_indices_folder or f"{out_path}_tmp",
                           "temporary_indices_folder")
     infos_path = _local_dir(index_infos_path, "index_infos_path")
     stages = _Stages()
@@ -168,7 +199,7 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
                            embedding_column_name, id_columns)
     files = stages.run("probe_inputs", probe)
     total, d = sum(f.rows for f in files), next(f.d for f in files if f.rows)
-    n, _ = holdout_rows(total, eval_queries)
+    n = holdout_rows(total, eval_queries)[0] if eval_holdout else total
     # "ip": the stages see one more coordinate per row (see mips.py)
     d_index = d + 1 if metric_type == "ip" else d
     spec, reasons = choose_index_key(n, d_index, budget, _key_for(index_key, d, d_index))
@@ -186,8 +217,11 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
     ctx = tasks.BuildContext(tuple(files), tuple(pieces), os.fspath(index_dir),
                              os.fspath(temp_dir), nb_indices_to_keep,
                              tuple(id_columns or ()), runner.task_threads, _fault,
-                             metric_type)
-    log.info("%d vectors of d=%d in %d file(s) -> %d pieces on %s (%d workers); %d held out",
+                             metric_type, lists_files=tuple(
+                                 os.fspath(data_file(p))
+                                 for p in index_files(out_path, nb_indices_to_keep)))
+    log.info("%d vectors of d=%d in %d file(s) -> %d pieces on %s (%d workers); %d held out"
+             " (eval_holdout)",
              n, d, len(files), len(pieces), runner.name, runner.nb_workers, total - n)
     kcfg = KMeansConfig(k=spec.nlist, niter=kmeans_niter, seed=seed,
                         max_points_per_centroid=max_points_per_centroid)
@@ -204,7 +238,8 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
         kept = [augment(x, max_norm) for x in kept]
         log.info("metric ip: rows augmented to d=%d (largest norm %.6g)", d_index, max_norm)
     del scanned
-    queries = read_global_range(files, n, total)
+    queries, query_source = choose_queries(runner, ctx, files, n, total, eval_queries, seed,
+                                           eval_holdout)
     wd = Workdir.from_arg(index_dir)
     index_dir.mkdir(parents=True, exist_ok=True)
     temp_dir.mkdir(parents=True, exist_ok=True)
@@ -230,24 +265,32 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
     tasks.check_vslice_set(ctx, n)
     shards = stages.run("merge", lambda: runner.map(functools.partial(tasks.merge_shard, ctx),
                                                     range(nb_indices_to_keep), desc="merge"))
+    faiss_files = stages.run("faiss_files", lambda: write_faiss_indexes(
+        wd.trained, [wd.hslice(j, nb_indices_to_keep) for j in range(nb_indices_to_keep)],
+        out_path, d if metric_type == "ip" else None))
     write_metric(index_dir, metric_type, max_norm, d)
     index = open_index(index_dir)
-    if index.ntotal != n:
-        raise InputError(f"internal: the shards hold {index.ntotal} vectors, expected {n}")
+    if index.ntotal != n or sum(f["vectors"] for f in faiss_files) != n:
+        raise RuntimeError(f"internal: the shards hold {index.ntotal} vectors, expected {n}")
     recall = stages.run("evaluate", lambda: measure_recall(index, runner, ctx, queries,
-                                                           spec.nlist))
+                                                           spec.nlist, query_source))
     if not keep_temporary:
         for i in range(len(pieces)):
             for p in (ctx.vslice_path(i), Workdir.manifest(ctx.vslice_path(i))):
                 p.unlink(missing_ok=True)
         train_path.unlink(missing_ok=True)
         shutil.rmtree(temp_dir / "vslices", ignore_errors=True)
+        if temporary_indices_folder is None:
+            with contextlib.suppress(OSError):      # ours, and empty unless other files
+                temp_dir.rmdir()
     est = estimate_index_bytes(n, d_index, spec)
     infos = {
         "index_key": spec.key(d_index), "index_key_reasoning": reasons,
-        "index_path": str(index_dir), "metric_type": metric_type, "max_norm": max_norm,
+        "index_path": str(out_path), "index_files": faiss_files,
+        "parts_path": str(index_dir), "metric_type": metric_type, "max_norm": max_norm,
         "distributed": runner.name, "workers": runner.nb_workers,
-        "nb_vectors": n, "d": d, "index_d": d_index, "nb_files": len(files),
+        "nb_vectors": n, "nb_input_rows": total, "queries": query_source,
+        "d": d, "index_d": d_index, "nb_files": len(files),
         "nb_pieces": len(pieces),
         "nb_indices": nb_indices_to_keep, "nlist": spec.nlist, "seed": seed,
         "kmeans": {"n_train": km.n_train, "niter": kmeans_niter, "objective": km.objective,
@@ -263,6 +306,6 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
     }
     infos_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(infos_path, json.dumps(infos, indent=1) + "\n")
-    log.info("index %s (%s, %d vectors) in %.1f s; infos in %s", index_dir, infos["index_key"],
+    log.info("index %s (%s, %d vectors) in %.1f s; infos in %s", out_path, infos["index_key"],
              n, infos["total_s"], infos_path)
     return index, infos

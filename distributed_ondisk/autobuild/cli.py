@@ -15,7 +15,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "parquet embedding files, locally or on Spark")
     ap.add_argument("--embeddings", required=True, nargs="+",
                     help="files or folders (local paths or fsspec URLs: file://, hdfs://, s3://)")
-    ap.add_argument("--index_path", required=True, help="output directory of the index")
+    ap.add_argument("--index_path", required=True, help="output faiss index file (index_path1..N with "
+                    "--nb_indices_to_keep N > 1; the build's parts go to INDEX_PATH.parts/)")
     ap.add_argument("--index_infos_path", required=True, help="output JSON")
     ap.add_argument("--file_format", choices=["npy", "parquet"], default="npy")
     ap.add_argument("--embedding_column_name", default="embeddings")
@@ -32,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--kmeans_niter", type=int, default=10,
                     help="k-means iterations (faiss's IVF training default, as autofaiss)")
-    ap.add_argument("--eval_queries", type=int, default=1000)
+    ap.add_argument("--eval_queries", type=int, default=1000,
+                    help="queries of the recall report: a seeded sample of indexed rows")
+    ap.add_argument("--eval_holdout", action="store_true",
+                    help="hold the last --eval_queries rows out of the index as the queries "
+                         "(default: every row is indexed)")
     ap.add_argument("--keep_temporary", action="store_true")
     add_logging_args(ap)
     return ap

@@ -7,12 +7,15 @@ the slices and the shards all run unchanged on ``d + 1`` dimensions; the
 search wrapper turns distances back into inner products.  On unit vectors the
 extra coordinate is 0 and nothing changes but one dimension.
 
-``index_path/metric.json`` records the metric and ``M``; :func:`open_index`
-reads it and returns the right searcher.
+``index_path.parts/metric.json`` records the metric and ``M``; :func:`open_index`
+reads it and returns the right searcher.  The faiss file at ``index_path``
+appends the query's 0 coordinate itself (see ``faiss_files``), so plain faiss
+ranks by inner product too, with distances ``|q|^2 + M^2 - 2 <q, x>``.
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -79,12 +82,31 @@ class InnerProductIndex:
         return ip, I
 
 
+def parts_root(index_path: Union[str, Path]) -> Path:
+    """The folder holding ``trained.index`` and ``hslices/`` of a build: ``index_path``'s
+    ``.parts`` folder, or ``index_path`` itself when given that folder (or a folder
+    written by older versions, which put everything at ``index_path``)."""
+    from distributed_ondisk.autobuild.faiss_files import parts_dir
+
+    p = Path(os.path.expanduser(os.fspath(index_path))).absolute()
+    if p.is_dir() and (p / "hslices").is_dir():
+        return p
+    parts = parts_dir(p)
+    if parts.is_dir():
+        return parts
+    raise IndexFileError(f"{p}: no index written by build_index here (no folder {parts} "
+                         "with trained.index and hslices/)")
+
+
 def open_index(index_path: Union[str, Path]) -> Any:
-    """The index a ``build_index`` call wrote: a CombinedIndex (L2) or an
-    InnerProductIndex over it, as ``metric.json`` says."""
+    """The index a ``build_index`` call wrote at ``index_path`` (all its shards, read-only):
+    a CombinedIndex (L2) or an InnerProductIndex over it, as ``metric.json`` says.
+
+    For "ip" this is the way to get inner products back: the faiss file at
+    ``index_path`` ranks by inner product but returns augmented L2 distances."""
     from distributed_ondisk.search.combined import CombinedIndex
 
-    root = Path(index_path)
+    root = parts_root(index_path)
     l2 = CombinedIndex(root / "hslices", trained=root / "trained.index")
     meta = root / METRIC_FILE
     if not meta.exists():

@@ -49,6 +49,7 @@ class BuildContext:
     fault: Optional[Callable[[str, int], None]] = field(default=None, compare=False)
     metric_type: str = "l2"
     max_norm: Optional[float] = None    # "ip": rows get the extra coordinate (see mips.py)
+    lists_files: tuple[str, ...] = ()   # shard j's lists file (beside the faiss file j)
 
     @property
     def index_wd(self) -> Workdir:
@@ -86,12 +87,15 @@ def scan_piece_keeping(ctx: BuildContext, item: tuple[int, Optional[np.ndarray]]
     return kept, max_sq_norm(x)
 
 
-def read_piece_subset(ctx: BuildContext, item: tuple[int, np.ndarray]) -> np.ndarray:
-    """Rows of one piece at file-local row numbers (sorted)."""
+def read_piece_subset(ctx: BuildContext, item: tuple[int, np.ndarray],
+                      original: bool = False) -> np.ndarray:
+    """Rows of one piece at file-local row numbers (sorted), as indexed (augmented for
+    "ip"), or as the user gave them with ``original`` (queries)."""
     piece_no, local = item
     p = ctx.pieces[piece_no]
     lo, hi = int(local[0]), int(local[-1]) + 1
-    return ctx.rows(p.file_no, lo, hi)[np.asarray(local) - lo]
+    x = read_rows(ctx.files[p.file_no], lo, hi) if original else ctx.rows(p.file_no, lo, hi)
+    return x[np.asarray(local) - lo]
 
 
 def assign_block(block: np.ndarray, centroids: np.ndarray, threads: int = 0) -> AssignResult:
@@ -172,8 +176,10 @@ def merge_shard(ctx: BuildContext, shard_no: int) -> dict[str, Any]:
     wd.hslice_dir.mkdir(parents=True, exist_ok=True)
     inputs = [os.fspath(ctx.vslice_path(i)) for i in range(len(ctx.pieces))]
     out = wd.hslice(shard_no, ctx.nb_hslices)
-    doc = merge_hslice(MergeJob(inputs, out, nslice=ctx.nb_hslices, slice_no=shard_no,
-                                trained=wd.trained, threads=max(1, ctx.threads)))
+    lists = Path(ctx.lists_files[shard_no]) if ctx.lists_files else None
+    doc = merge_hslice(MergeJob(inputs, out, invlists=lists, nslice=ctx.nb_hslices,
+                                slice_no=shard_no, trained=wd.trained,
+                                threads=max(1, ctx.threads)))
     if ctx.fault is not None:
         ctx.fault("merge", shard_no)
     return {"shard": shard_no, "rows": int(doc["rows"]),
