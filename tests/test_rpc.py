@@ -5,6 +5,7 @@ import dataclasses
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -341,3 +342,80 @@ def test_cli_keygen_ping_methods_and_sigterm_graceful(tmp_path):
             proc.wait()
     closed = _rpc_cli("ping", address, "--timeout", "0.5", "--secret-file", str(key))
     assert closed.returncode == 2 and "no server answered" in closed.stderr
+
+
+
+def _secure_pair():
+    """Two ends of a sealed channel over a socketpair, plus the raw sockets."""
+    from distributed_ondisk.rpc.session import SecureChannel
+    a, b = socket.socketpair()
+    k1, k2 = os.urandom(32), os.urandom(32)
+    return SecureChannel(a, "a", k1, k2), SecureChannel(b, "b", k2, k1), a, b
+
+
+def _sealed(obj) -> tuple:
+    """The receiving channel (re-pointed at a fresh socket) and the raw sealed bytes of
+    one message, so a test can alter them before the receiver sees them."""
+    ca, cb, a, b = _secure_pair()
+    framing.send_message(ca, framing.KIND_REPLY, 1, obj)
+    b.settimeout(5)
+    raw = b.recv(1 << 20)
+    a.close()
+    b.close()
+    feed, cb.sock = socket.socketpair()
+    return cb, feed, raw
+
+
+def test_sealed_records_round_trip_big_arrays():
+    ca, cb, a, b = _secure_pair()
+    x = np.random.default_rng(2).random(400_000, dtype=np.float32)   # 1.6 MB: 4 records
+    with a, b:
+        t = threading.Thread(target=framing.send_message, args=(ca, framing.KIND_REPLY, 3, x))
+        t.start()
+        kind, rid, y = framing.recv_message(cb, deadline=time.monotonic() + 30)
+        t.join()
+    assert (kind, rid) == (framing.KIND_REPLY, 3)
+    np.testing.assert_array_equal(y, x)
+
+
+@pytest.mark.parametrize("how", ["replay", "flip", "truncate-length", "swap-order"])
+def test_sealed_records_refuse_tampering(how):
+    from distributed_ondisk.errors import ProtocolError
+    cb, feed, rec = _sealed("hello")
+    with feed, cb.sock:
+        if how == "replay":
+            feed.sendall(rec + rec)
+            assert framing.recv_message(cb, deadline=time.monotonic() + 5)[2] == "hello"
+        elif how == "flip":
+            bad = bytearray(rec)
+            bad[-3] ^= 1
+            feed.sendall(bytes(bad))
+        elif how == "truncate-length":   # the length is authenticated too
+            feed.sendall(struct.pack("<I", len(rec) - 5) + rec[4:-1])
+        else:   # a record of another message (counter 0 again) after counter 1 is expected
+            feed.sendall(rec)
+            framing.recv_message(cb, deadline=time.monotonic() + 5)
+            cb2, feed2, rec2 = _sealed("other")
+            feed2.close()
+            cb2.sock.close()
+            feed.sendall(rec2)
+        with pytest.raises(ProtocolError, match="integrity check"):
+            framing.recv_message(cb, deadline=time.monotonic() + 5)
+
+
+def test_sealed_channel_closes_instead_of_reusing_a_nonce():
+    from distributed_ondisk.rpc import session
+    ca, cb, a, b = _secure_pair()
+    with a, b:
+        ca._send_count = session.MAX_RECORDS
+        with pytest.raises(ConnectionLost, match="records with one key"):
+            framing.send_message(ca, framing.KIND_REPLY, 1, "x")
+
+
+def test_session_keys_differ_per_connection_and_direction():
+    from distributed_ondisk.rpc.session import derive_keys
+    s = b"s" * 32
+    c2s, s2c = derive_keys(s, b"a" * 32, b"b" * 32, b"transcript")
+    assert c2s != s2c and len(c2s) == len(s2c) == 32
+    assert derive_keys(s, b"a" * 32, b"c" * 32, b"transcript") != (c2s, s2c)
+    assert derive_keys(s, b"a" * 32, b"b" * 32, b"transcripT") != (c2s, s2c)

@@ -34,7 +34,9 @@ from distributed_ondisk.rpc import sockio
 
 RECORD_BYTES = 512 << 10     # plaintext per record: big enough for few syscalls, small RAM
 TAG_BYTES = 16
+LARGE_VIEW = 64 << 10        # views from this size are sealed from their own memory
 LENGTH = struct.Struct("<I")
+NONCE = struct.Struct("<4xQ")   # 4 zero bytes | the record counter
 MAX_RECORDS = 1 << 48        # per direction and connection; then the connection closes
 KEY_INFO = b"distributed_ondisk-rpc-v2 session keys"
 
@@ -108,9 +110,9 @@ class SecureChannel(Channel):
         if self._out is None or self._out.nbytes < size:
             self._out = np.empty(max(size, 4096), dtype=np.uint8)
         out = memoryview(self._out)
-        LENGTH.pack_into(out, 0, n + TAG_BYTES)
-        nonce = b"\0\0\0\0" + self._send_count.to_bytes(8, "little")
-        self._send_aead.encrypt_into(nonce, data, bytes(out[:LENGTH.size]),
+        head = LENGTH.pack(n + TAG_BYTES)
+        out[:LENGTH.size] = head
+        self._send_aead.encrypt_into(NONCE.pack(self._send_count), data, head,
                                      out[LENGTH.size:size])
         self._send_count += 1
         sockio.send_views(self.sock, [out[:size]], deadline)
@@ -122,6 +124,11 @@ class SecureChannel(Channel):
         batched = 0
         for v in views:
             v = v.cast("B") if v.format != "B" or v.ndim != 1 else v
+            if batch and v.nbytes >= LARGE_VIEW:
+                # A large buffer starts a record of its own: its records then land
+                # straight in the receiver's final buffer (no copy on either side).
+                self._seal_and_send(batch[0] if len(batch) == 1 else b"".join(batch), deadline)
+                batch, batched = [], 0
             pos = 0
             while pos < v.nbytes:
                 take = min(v.nbytes - pos, RECORD_BYTES - batched)
@@ -152,7 +159,7 @@ class SecureChannel(Channel):
         sockio.recv_into(self.sock, ct, deadline)
         if self._recv_count >= MAX_RECORDS:
             raise ProtocolError(f"{self.peer} sent more than {MAX_RECORDS} records with one key")
-        nonce = b"\0\0\0\0" + self._recv_count.to_bytes(8, "little")
+        nonce = NONCE.pack(self._recv_count)
         n = clen - TAG_BYTES
         direct = dest is not None and dest.nbytes >= n
         if direct:
