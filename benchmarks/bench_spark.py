@@ -33,7 +33,9 @@ import numpy as np
 
 from distributed_ondisk.autobuild import build_index
 from distributed_ondisk.datasets import iter_clustered, make_queries
+from distributed_ondisk.errors import InputError
 from distributed_ondisk.evaluate import recall_at
+from distributed_ondisk.extras import require
 
 AUTOFAISS_SCRIPT = r"""
 import json, sys, time
@@ -165,6 +167,10 @@ def main() -> int:
                     help="metric_type of both builds (and of the ground truth)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
+    try:   # before writing the inputs and the ground truth, which take minutes at full size
+        require("spark", "bench_spark.py (the Spark side)")
+    except InputError as e:
+        raise SystemExit(f"error: {e}") from None
     if args.quick:
         args.n, args.d, args.nfiles, args.nq = 30000, 32, 4, 300
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_spark_"))

@@ -132,3 +132,10 @@ def test_kmeans_torch_backend_cpu_device_runs(small_npy, tmp_path):
                         "--out", str(out)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert np.load(out).shape == (4, 8)
+
+
+def test_bench_spark_without_pyspark_fails_before_writing_inputs(tmp_path):
+    r = run_without(("pyspark",), "benchmarks/bench_spark.py", "--quick", "--workdir",
+                    str(tmp_path / "w"))
+    assert r.returncode == 1 and "pip install 'distributed_ondisk[spark]'" in r.stderr, r.stderr
+    assert not (tmp_path / "w" / "emb").exists()

@@ -17,7 +17,6 @@ from typing import Callable
 import numpy as np
 
 from distributed_ondisk.errors import InputError
-from distributed_ondisk.kmeans.cpu import CPUAssign
 from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
 from distributed_ondisk.kmeans.shards import ShardedAssign
 from distributed_ondisk.kmeans.source import RowSource
@@ -79,7 +78,7 @@ def run_test_levels(args: argparse.Namespace) -> int:
 
         def level2() -> float:
             cuts = np.linspace(0, n, ns + 1).astype(np.int64)
-            shards = [CPUAssign(source.subrange(int(a), int(b)), args.nt)
+            shards = [build_dataset(backend, source.subrange(int(a), int(b)), args.nt)
                       for a, b in zip(cuts[:-1], cuts[1:])]
             return train_kmeans(ShardedAssign(shards, parallel=False), cfg).objective
 
