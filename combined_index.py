@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--servers", help="also evaluate distributed search on these search servers")
     ap.add_argument("--plot", help="write recall / QPS curves to this PNG")
     ap.add_argument("--json", help="write the measured points to this JSON file")
+    ap.add_argument("--queries-label", help="where the queries come from, recorded with each "
+                    "point (e.g. 'sample of 1000 indexed rows, seed 1234')")
     add_secret_args(ap)
     add_logging_args(ap)
     return ap
@@ -110,7 +112,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(
             [{"variant": p.variant, "nprobe": p.nprobe, "nq": p.nq, "seconds": p.seconds,
-              "qps": p.qps, "recall": p.recall} for p in points], indent=1) + "\n")
+              "qps": p.qps, "recall": p.recall,
+              **({"queries": args.queries_label} if args.queries_label else {})}
+             for p in points], indent=1) + "\n")
     return 0
 
 

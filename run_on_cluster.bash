@@ -14,9 +14,11 @@ shopt -s inherit_errexit
 # ---------------------------------------------------------------- settings
 : "${PYTHON:=python3}"
 : "${DATA:=bundled}"             # vector file (fvecs/bvecs/npy/fbin...), or "bundled" (GloVe 50-d)
-: "${QUERIES:=}"                 # query file; default: hold out NQ rows of DATA
-: "${NQ:=10000}"                 # held-out queries
-: "${SHUFFLE:=}"                 # 1: hold out a random sample (copies DATA into WORKDIR)
+: "${QUERIES:=}"                 # query file; default: NQ seeded sampled rows of DATA (still indexed)
+: "${NQ:=10000}"                 # number of queries sampled from DATA (or held out, HOLDOUT=1)
+: "${HOLDOUT:=}"                 # 1: hold NQ rows of DATA out of the index as the queries
+                                 #    (default: every row of DATA is indexed; demo holds out)
+: "${SHUFFLE:=}"                 # with HOLDOUT=1: hold out a random sample (copies DATA into WORKDIR)
 : "${WORKDIR:=./work}"           # everything the pipeline writes (layout: README)
 : "${K:=1024}"                   # number of centroids = nlist of the index
 : "${NITER:=10}"                 # k-means iterations
@@ -50,7 +52,7 @@ WORKDIR=$(realpath -m "$WORKDIR")   # absolute (jobs run elsewhere); created by 
 export PYTHONPATH="$HERE${PYTHONPATH:+:$PYTHONPATH}" OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 : "${SECRET_FILE:=$WORKDIR/rpc.secret}"
 export DISTRIBUTED_ONDISK_SECRET_FILE="$SECRET_FILE"
-export WORKDIR DATA QUERIES NQ SHUFFLE K NITER SEED NVSLICES NHSLICES SEARCH_SERVERS ENCODER \
+export WORKDIR DATA QUERIES NQ HOLDOUT SHUFFLE K NITER SEED NVSLICES NHSLICES SEARCH_SERVERS ENCODER \
        EF_SEARCH TRAIN_ROWS NCORES TRAIN_NT GPU PYTHON KMEANS_SERVERS NPROBE MAX_POINTS_PER_CENTROID
 
 log() { echo "[$(date '+%F %T')] $*" >&2; }
@@ -84,18 +86,21 @@ ensure_secret() {
 prepare_data() {
     local args=(--workdir "$WORKDIR" --data "$DATA" --nq "$NQ" --seed "$SEED")
     [ -n "$QUERIES" ] && args+=(--queries "$QUERIES")
+    [ -n "$HOLDOUT" ] && args+=(--holdout)
     [ -n "$SHUFFLE" ] && args+=(--shuffle)
     py -m distributed_ondisk.launch.prepare "${args[@]}"
     load_data
 }
 
-# N_DB (indexed rows) and DB (their file) from WORKDIR/dataset.json, for the
-# tasks of a stage once prepare_data has run.
+# N_DB (indexed rows), DB (their file) and QUERY_SOURCE (what the queries are) from
+# WORKDIR/dataset.json, for the tasks of a stage once prepare_data has run.
 load_data() {
     [ -s "$WORKDIR/dataset.json" ] || die "$WORKDIR/dataset.json missing: run a pipeline target first"
     N_DB=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['n_db'])" "$WORKDIR/dataset.json")
+    QUERY_SOURCE=$(py -c "import json, sys; from distributed_ondisk.launch.prepare import query_source
+print(query_source(json.load(open(sys.argv[1]))))" "$WORKDIR/dataset.json")
     DB=$(path_of data)
-    export N_DB DB
+    export N_DB DB QUERY_SOURCE
 }
 
 # Rows [i0, i1) of part $1 of $2 over the N_DB indexed rows.
@@ -290,7 +295,8 @@ run_search_eval() {
     py "$HERE/combined_index.py" --shards "$WORKDIR/hslices" --trained "$(path_of trained)" \
         --queries "$WORKDIR/queries.npy" --database "$DB" --database-rows "$N_DB" \
         --k 100 --nprobe "$NPROBE" --ef-search "$EF_SEARCH" --in-ram --servers "$SERVER_LIST" \
-        --plot "$WORKDIR/recall.png" --json "$(path_of search_report)"
+        --plot "$WORKDIR/recall.png" --json "$(path_of search_report)" \
+        --queries-label "$QUERY_SOURCE"
     stop_servers
 }
 
@@ -361,6 +367,7 @@ usage() {
 usage: bash run_on_cluster.bash TARGET   (settings: environment variables at the top of this file)
 
   demo                      install, then run local_pipeline on the bundled GloVe 6B 50-d vectors
+                            (HOLDOUT=1: NQ shuffled words held out of the index as queries)
   local_pipeline            every stage on this machine: k-means over local RPC servers, trained
                             index, vslices and hslices in parallel, search servers, recall report
   pipeline                  every stage as Slurm jobs chained with --dependency=afterok
@@ -385,9 +392,13 @@ case "$target" in
     plan) py -m distributed_ondisk plan "$@" ;;
     demo)
         ensure_installed
+        # the demo holds its queries out (explicitly: every other target indexes all of
+        # DATA), a shuffled sample since GloVe is sorted by word frequency
+        HOLDOUT=1
         [ "$DATA" = bundled ] && SHUFFLE=1
+        export HOLDOUT SHUFFLE
         local_pipeline
-        py -c "import json,sys; r=json.load(open(sys.argv[1])); print('\n'.join(
+        py -c "import json,sys; r=json.load(open(sys.argv[1])); print('queries:', r['queries']); print('\n'.join(
             f\"{p['variant']:<12} nprobe {p['nprobe']:>4}  R@1 {p['recall_at_1']:.3f}  R@10 {p['recall_at_10']:.3f}  {p['qps']:>9.0f} QPS\"
             for p in r['search']))" "$WORKDIR/report.json" ;;
     local_pipeline) local_pipeline ;;

@@ -47,7 +47,11 @@ def test_local_pipeline_on_bvecs_writes_report_and_leaves_no_servers(tmp_path, b
     r = run_target("local_pipeline", wd, bvecs)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((wd / "report.json").read_text())
-    assert (report["n"], report["d"], report["nlist"]) == (11800, 24, 64)
+    assert (report["n"], report["d"], report["nlist"]) == (12000, 24, 64)   # every row
+    assert report["queries"] == "sample of 200 indexed rows, seed 1234"
+    points = json.loads((wd / "search_report.json").read_text())
+    assert {p["queries"] for p in points} == {report["queries"]}
+    assert np.array_equal(np.sort(shard_ids(wd)), np.arange(12000))
     assert report["kmeans_objective"] > 0
     assert set(report["timings_s"]) >= {"prepare", "kmeans", "trained_index", "vslices",
                                         "hslices", "search"}
@@ -70,10 +74,31 @@ def test_local_pipeline_on_bvecs_writes_report_and_leaves_no_servers(tmp_path, b
     assert server_processes(wd) == []
 
 
+def shard_ids(workdir: Path) -> np.ndarray:
+    """Every id in the shards' lists."""
+    import faiss
+
+    from distributed_ondisk.search.combined import CombinedIndex
+
+    index = CombinedIndex(workdir / "hslices")     # alive while its lists are read
+    il = index.ivf.invlists
+    return np.concatenate([faiss.rev_swig_ptr(il.get_ids(j), il.list_size(j)).copy()
+                           for j in range(il.nlist) if il.list_size(j)])
+
+
+def test_local_pipeline_holdout_is_explicit(tmp_path, bvecs):
+    wd = tmp_path / "w"
+    r = run_target("local_pipeline", wd, bvecs, HOLDOUT="1", NPROBE="8")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((wd / "report.json").read_text())
+    assert report["n"] == 11800 and report["queries"] == "200 held-out rows"
+    assert np.array_equal(np.sort(shard_ids(wd)), np.arange(11800))
+
+
 def test_local_pipeline_refuses_k_larger_than_data(tmp_path, bvecs):
     r = run_target("local_pipeline", tmp_path / "w", bvecs, K="20000")
     assert r.returncode != 0
-    assert "K=20000" in r.stderr and "11800" in r.stderr
+    assert "K=20000" in r.stderr and "12000" in r.stderr
 
 
 def test_help_lists_targets():

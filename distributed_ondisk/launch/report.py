@@ -6,12 +6,14 @@ Each stage of run_on_cluster.bash records its wall time in its own file,
 :func:`write_report` gathers them with the dataset, k-means and search results
 into ``report.json``::
 
-    {"n": int, "d": int, "nlist": int, "kmeans_objective": float,
+    {"n": int, "d": int, "nlist": int, "nq": int, "queries": str, "kmeans_objective": float,
      "timings_s": {stage: seconds}, "search": [{"nprobe": int, "recall_at_1": float,
      "recall_at_10": float, "qps": float, "variant": str}, ...]}
 
 For a stage split into tasks the reported time is the span from the first
 task's start to the last task's end (what a person waiting for it sees).
+``queries`` says where the recall's queries came from ("file PATH", "sample of N
+indexed rows, seed S" or "N held-out rows", see :mod:`distributed_ondisk.launch.prepare`).
 """
 from __future__ import annotations
 
@@ -77,8 +79,11 @@ def search_points(path: Path) -> list[dict[str, Any]]:
 
 def write_report(wd: Workdir, nlist: int) -> dict[str, Any]:
     dataset = json.loads((wd.root / "dataset.json").read_text("utf-8"))
+    from distributed_ondisk.launch.prepare import query_source
+
     report = {"n": int(dataset["n_db"]), "d": int(dataset["d"]), "nlist": int(nlist),
-              "nq": int(dataset["nq"]), "kmeans_objective": kmeans_objective(wd),
+              "nq": int(dataset["nq"]), "queries": query_source(dataset),
+              "kmeans_objective": kmeans_objective(wd),
               "timings_s": collect_timings(wd), "search": search_points(wd.search_report)}
     atomic_write_text(wd.report, json.dumps(report, indent=1) + "\n")
     return report
