@@ -60,6 +60,19 @@ def temp_name_for(path: PathLike) -> Path:
     return Path(tmp)
 
 
+def private_temp_for(path: PathLike) -> tuple[int, Path]:
+    """An open descriptor and name of a fresh temporary file next to ``path``, mode 0600
+    from its creation (mkstemp: O_CREAT|O_EXCL, mode 0600 whatever the umask).
+
+    For secrets: unlike :func:`temp_name_for` no moment exists at which the file is
+    readable by others, so nobody can open it early and read what is written later.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}{TMP_MARKER}", dir=final.parent)
+    return fd, Path(tmp)
+
+
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path; on clean exit fsync it and rename it to ``path``.

@@ -25,6 +25,7 @@ from distributed_ondisk.rpc import framing
 from distributed_ondisk.rpc.address import parse_address
 from distributed_ondisk.rpc.auth import client_handshake
 from distributed_ondisk.rpc.server import encryption_default
+from distributed_ondisk.rpc.secret import check_secret
 from distributed_ondisk.rpc.session import Channel
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class Client:
                  encrypt: Optional[bool] = None) -> None:
         self.host, self.port = parse_address(address)
         self.address = address
-        self.secret = secret or None
+        self.secret = check_secret(secret, "Client(secret=...)") if secret else None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.max_message_bytes = max_message_bytes

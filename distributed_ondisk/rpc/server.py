@@ -30,6 +30,7 @@ from distributed_ondisk.rpc import framing
 from distributed_ondisk.rpc.address import format_address, is_loopback
 from distributed_ondisk.rpc.preauth import (DEFAULT_MAX_PENDING, DEFAULT_PREAUTH_TIMEOUT,
                                             HandshakePool)
+from distributed_ondisk.rpc.secret import check_secret
 from distributed_ondisk.rpc.session import Channel
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class Server:
                                  f"which is not a loopback address: use a secret")
         self.obj = obj
         self.host, self.port = host, port
-        self.secret = secret or None
+        self.secret = check_secret(secret, "Server(secret=...)") if secret else None
         self.name = name or type(obj).__name__
         self.methods = _exposed_methods(obj, methods)
         self.max_message_bytes = max_message_bytes
