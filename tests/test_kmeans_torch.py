@@ -176,3 +176,55 @@ def test_backend_choice_without_gpu():
         choose_backend(0, "torch")
     with pytest.raises(InputError, match="--backend must be one of"):
         choose_backend(None, "jax")
+
+
+def test_bare_search_and_describe_on_cpu(x):
+    ds = TorchAssign(RowSource(x), "cpu", block_rows=1000)
+    assert ds.bare_search(x[:20].copy()) is None
+    info = ds.describe()
+    assert info["backend"] == "torch:cpu" and info["count"] == len(x) and info["d"] == x.shape[1]
+
+
+def test_one_torch_shard_per_device(x, cpu_backend):
+    """The multi-GPU layout (one contiguous shard per device), on two CPU devices."""
+    from distributed_ondisk.kmeans.backend import BackendChoice, build_dataset
+    ds = build_dataset(BackendChoice("torch", ("cpu", "cpu")), RowSource(x))
+    assert isinstance(ds, ShardedAssign) and [s.count() for s in ds.shards] == [2500, 2500]
+    c = x[::97][:50].copy()
+    check_same_assignment(ds, cpu_backend(RowSource(x)), c)
+
+
+@pytest.mark.parametrize("nfaiss,ntorch,gpu,backend,expected", [
+    (0, 0, None, "auto", ("cpu", ())),
+    (0, 0, -2, "auto", ("cpu", ())),
+    (2, 1, None, "auto", ("faiss-gpu", (-1,))),          # faiss GPU preferred
+    (2, 0, 1, "auto", ("faiss-gpu", (1,))),
+    (0, 2, None, "auto", ("torch", ("cuda:0", "cuda:1"))),
+    (0, 2, -1, "auto", ("torch", ("cuda:0", "cuda:1"))),
+    (0, 2, 1, "auto", ("torch", ("cuda:1",))),
+    (2, 2, None, "torch", ("torch", ("cuda:0", "cuda:1"))),   # --backend torch over faiss
+    (2, 2, -2, "torch", ("torch", ("cpu",))),
+    (0, 2, None, "faiss", ("cpu", ())),                    # --backend faiss ignores torch
+    (1, 0, 0, "faiss", ("faiss-gpu", (0,))),
+])
+def test_backend_choice(monkeypatch, nfaiss, ntorch, gpu, backend, expected):
+    from distributed_ondisk.kmeans import backend as be
+    monkeypatch.setattr(be, "faiss_gpu_count", lambda: nfaiss)
+    monkeypatch.setattr(be, "torch_cuda_count", lambda: ntorch)
+    choice = be.choose_backend(gpu, backend)
+    assert (choice.kind, choice.devices) == expected
+
+
+@pytest.mark.parametrize("nfaiss,ntorch,gpu,backend,match", [
+    (2, 0, 2, "auto", "faiss sees only 2 GPU"),
+    (0, 2, 2, "auto", "torch sees only 2 GPU"),
+    (0, 2, 0, "faiss", "has no GPU support"),
+    (0, 0, -3, "auto", "--gpu must be"),
+])
+def test_backend_refusals(monkeypatch, nfaiss, ntorch, gpu, backend, match):
+    from distributed_ondisk.errors import InputError
+    from distributed_ondisk.kmeans import backend as be
+    monkeypatch.setattr(be, "faiss_gpu_count", lambda: nfaiss)
+    monkeypatch.setattr(be, "torch_cuda_count", lambda: ntorch)
+    with pytest.raises(InputError, match=match):
+        be.choose_backend(gpu, backend)
