@@ -26,7 +26,7 @@ from distributed_ondisk.rpc import load_secret, wait_ready
 REPO = Path(__file__).resolve().parents[2]
 CRASHPOINT = Path(__file__).resolve().with_name("crashpoint.py")
 N, D, NQ = 6000, 16, 100
-N_DB = N - NQ
+N_DB = N          # every row is indexed (the NQ queries are a sample of them)
 # The pipeline settings of every run in this suite (small: the whole suite stays
 # within minutes on 2 cores).  TRAIN_NT=1: the HNSW graph of the trained index is
 # then reproducible, so "identical to the uninterrupted run" can mean identical bytes.
