@@ -20,7 +20,7 @@ from typing import Optional, Protocol, runtime_checkable
 import numpy as np
 
 from distributed_ondisk.errors import InputError
-from distributed_ondisk.rpc.safe_pickle import register_message_type
+from distributed_ondisk.rpc.codec import register_message_type
 
 #: Rows per block: bounded memory whatever the size of a slice.
 DEFAULT_BLOCK_BYTES = 64 << 20

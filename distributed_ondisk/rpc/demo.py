@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from distributed_ondisk.rpc.safe_pickle import register_message_type
+from distributed_ondisk.rpc.codec import register_message_type
 
 
 @register_message_type
