@@ -25,6 +25,17 @@ def authed(address: str, secret: bytes):
                             secret, address)
 
 
+def settled_counts(p, window: float = 1.0) -> tuple[int, int]:
+    """The server's threads and fds at rest: the lowest seen over ``window`` seconds
+    (the connection that waited for readiness may still be winding down at start)."""
+    deadline = time.monotonic() + window
+    threads, fds = p.num_threads(), p.num_fds()
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        threads, fds = min(threads, p.num_threads()), min(fds, p.num_fds())
+    return threads, fds
+
+
 def wait_back_to(p, threads0: int, fds0: int, within: float) -> None:
     deadline = time.monotonic() + within
     while (p.num_threads() > threads0 or p.num_fds() > fds0) and time.monotonic() < deadline:
@@ -36,7 +47,7 @@ def wait_back_to(p, threads0: int, fds0: int, within: float) -> None:
 def test_client_that_never_reads_its_reply_is_dropped(tmp_path):
     with echo_server(tmp_path, "--send-timeout", "1", "--idle-timeout", "30") as (proc, secret):
         p = psutil.Process(proc.pid)
-        threads0, fds0 = p.num_threads(), p.num_fds()
+        threads0, fds0 = settled_counts(p)
         stuck = []
         for _ in range(PEERS):   # 32 MB replies, far beyond what socket buffers hold
             chan = authed(proc.address, secret)
@@ -60,7 +71,7 @@ def test_client_that_never_reads_its_reply_is_dropped(tmp_path):
 def test_silent_authenticated_client_is_dropped_after_idle_timeout(tmp_path):
     with echo_server(tmp_path, "--idle-timeout", "1.5") as (proc, secret):
         p = psutil.Process(proc.pid)
-        threads0, fds0 = p.num_threads(), p.num_fds()
+        threads0, fds0 = settled_counts(p)
         chans = [authed(proc.address, secret) for _ in range(PEERS)]
         t0 = time.monotonic()
         for chan in chans:
