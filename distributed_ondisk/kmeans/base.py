@@ -113,6 +113,10 @@ def check_indices(indices: np.ndarray, n: int, where: str = "") -> np.ndarray:
     if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
         raise InputError(f"row indices{where} must be a 1-d integer array, got "
                          f"{idx.dtype} {idx.shape}")
+    if idx.size > n:
+        # A subset is never larger than the view; more indices (repeats) would let
+        # a small request make the server materialise any number of rows.
+        raise InputError(f"row indices{where}: {idx.size} indices for a view of {n} rows")
     idx = idx.astype(np.int64, copy=False)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
         raise InputError(f"row indices{where} out of range [0, {n}): "

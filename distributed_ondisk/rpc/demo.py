@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from distributed_ondisk.errors import InputError
 from distributed_ondisk.rpc.codec import register_message_type
 
 
@@ -18,6 +19,10 @@ class Summary:
     dtype: str
     mean: float
     head: np.ndarray
+
+
+# The benchmarks' largest transfer is 100 MB; a peer may not ask for more.
+MAX_ARRAY_VALUES = 64 << 20
 
 
 class EchoService:
@@ -45,6 +50,9 @@ class EchoService:
 
     def make_array(self, n: int) -> np.ndarray:
         """A float32 array of n values (cached): for server -> client transfers."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_ARRAY_VALUES:
+            raise InputError(f"make_array: n must be an integer in [0, {MAX_ARRAY_VALUES}], "
+                             f"got {n!r}")
         if n not in self._arrays:
             self._arrays = {n: np.arange(n, dtype=np.float32)}
         return self._arrays[n]

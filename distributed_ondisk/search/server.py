@@ -19,9 +19,16 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from distributed_ondisk.errors import InputError
 from distributed_ondisk.search.combined import CombinedIndex
 
 log = logging.getLogger(__name__)
+
+# What one request may make a server allocate: results are n * k * 12 bytes
+# (float32 distance + int64 id), and k is the only size a peer states without
+# sending its bytes, so it is bounded here, before anything is allocated.
+MAX_K = 100_000
+MAX_RESULT_BYTES = 1 << 30
 PathLike = Union[str, "os.PathLike[str]"]
 
 
@@ -48,7 +55,18 @@ class SearchServer:
 
     def search_preassigned(self, xt: np.ndarray, k: int, Iq: np.ndarray,
                            Dq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        check_request_size(xt, k)
         return self.index.search_preassigned(xt, k, Iq, Dq)
+
+
+def check_request_size(xt: Any, k: Any) -> None:
+    """Refuse a ``k`` or a result size beyond what one reply may hold."""
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= MAX_K:
+        raise InputError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
+    n = int(np.shape(xt)[0]) if np.ndim(xt) >= 1 else 0
+    if n * int(k) * 12 > MAX_RESULT_BYTES:
+        raise InputError(f"{n} queries x k={k} would need {n * int(k) * 12} bytes of results; "
+                         f"the limit per request is {MAX_RESULT_BYTES} (send fewer queries)")
 
 
 def open_search_server(shards: Union[PathLike, Sequence[PathLike]], *,
