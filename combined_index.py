@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_text(args.json, json.dumps(
             [{"variant": p.variant, "nprobe": p.nprobe, "nq": p.nq, "seconds": p.seconds,
-              "qps": p.qps, "recall": p.recall,
+              "qps": p.qps, "recall": p.recall, "recall_10_at_10": p.recall_10_at_10,
               **({"queries": args.queries_label} if args.queries_label else {})}
              for p in points], indent=1) + "\n")
     return 0

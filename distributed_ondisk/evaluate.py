@@ -148,6 +148,18 @@ def recall_at(I: np.ndarray, gt: np.ndarray, ranks: Sequence[int] = RANKS) -> di
     return {r: float(hit_rank[:, :r].any(axis=1).mean()) for r in ranks if r <= I.shape[1]}
 
 
+def intersection_recall(I: np.ndarray, gt: np.ndarray, k: int = 10) -> Optional[float]:
+    """k-recall@k: the mean fraction of the true k nearest found among the first k
+    results (the ANN-benchmarks measure).  None when either side has fewer than k.
+
+    Unlike 1-recall@r it is not trivially 1 when the queries are indexed rows (each
+    finds itself at distance 0): the other k-1 neighbours must be found too."""
+    if I.shape[1] < k or gt.shape[1] < k:
+        return None
+    hits = sum(len(np.intersect1d(a[:k], b[:k])) for a, b in zip(I, gt))
+    return float(hits) / (k * len(I))
+
+
 @dataclass
 class EvalPoint:
     variant: str
@@ -155,6 +167,7 @@ class EvalPoint:
     nq: int
     seconds: float
     recall: dict[int, float] = field(default_factory=dict)
+    recall_10_at_10: Optional[float] = None
 
     @property
     def qps(self) -> float:
@@ -172,17 +185,20 @@ def evaluate(variant: str, search: SearchFn, xq: np.ndarray, k: int, nprobes: Se
         _, I = search(xq, k, nprobe)
         dt = time.perf_counter() - t0
         points.append(EvalPoint(variant, int(nprobe), len(xq), dt,
-                                recall_at(I, gt) if gt is not None else {}))
+                                recall_at(I, gt) if gt is not None else {},
+                                intersection_recall(I, gt) if gt is not None else None))
     return points
 
 
 def format_table(points: Sequence[EvalPoint], ranks: Sequence[int] = RANKS) -> str:
     head = f"{'variant':<14} {'nprobe':>6} {'QPS':>10} " + " ".join(f"{'R@' + str(r):>7}"
                                                                  for r in ranks)
+    head += f" {'10-R@10':>8}"
     rows = [head]
     for p in points:
         rec = " ".join(f"{p.recall[r]:7.4f}" if r in p.recall else f"{'-':>7}" for r in ranks)
-        rows.append(f"{p.variant:<14} {p.nprobe:>6} {p.qps:>10.0f} {rec}")
+        inter = f"{p.recall_10_at_10:8.4f}" if p.recall_10_at_10 is not None else f"{'-':>8}"
+        rows.append(f"{p.variant:<14} {p.nprobe:>6} {p.qps:>10.0f} {rec} {inter}")
     return "\n".join(rows)
 
 

@@ -111,3 +111,12 @@ def test_combined_index_cli(tmp_path, capsys):
     argv[1] = str(wd.hslice(0, 2))
     assert run_main(mod.build_parser(), mod.main, argv) == 2
     assert "lists [32, 64) of 64 are in no given shard" in capsys.readouterr().err
+
+
+def test_intersection_recall_counts_every_true_neighbour():
+    gt = np.array([[0, 1, 2], [3, 4, 5]])
+    I = np.array([[0, 2, 9], [3, 8, 7]])
+    assert ev.intersection_recall(I, gt, 3) == pytest.approx((2 + 1) / 6)
+    assert ev.intersection_recall(I, gt, 4) is None   # fewer than k columns
+    # a query that is an indexed row finds itself: 1-recall@1 is 1, k-recall@k is not
+    assert ev.recall_at(I, gt, (1,)) == {1: 1.0}

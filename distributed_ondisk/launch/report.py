@@ -8,7 +8,7 @@ into ``report.json``::
 
     {"n": int, "d": int, "nlist": int, "nq": int, "queries": str, "kmeans_objective": float,
      "timings_s": {stage: seconds}, "search": [{"nprobe": int, "recall_at_1": float,
-     "recall_at_10": float, "qps": float, "variant": str}, ...]}
+     "recall_at_10": float, "10_recall_at_10": float, "qps": float, "variant": str}, ...]}
 
 For a stage split into tasks the reported time is the span from the first
 task's start to the last task's end (what a person waiting for it sees).
@@ -73,6 +73,7 @@ def search_points(path: Path) -> list[dict[str, Any]]:
                     "recall_at_1": rec.get("1", rec.get(1)),
                     "recall_at_10": rec.get("10", rec.get(10)),
                     "recall_at_100": rec.get("100", rec.get(100)),
+                    "10_recall_at_10": p.get("recall_10_at_10"),
                     "qps": float(p["qps"])})
     return out
 
