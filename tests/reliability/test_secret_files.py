@@ -57,7 +57,7 @@ def test_keygen_never_exposes_a_secret_file(tmp_path, umask):
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".secret")]
 
 
-def test_reading_refuses_links_others_files_loose_modes_short_secrets(tmp_path, monkeypatch):
+def test_reading_refuses_links_others_files_short_env_secrets(tmp_path, monkeypatch):
     good = tmp_path / "good.secret"
     secret = write_secret_file(good)
     assert read_secret_file(good) == secret
@@ -65,16 +65,7 @@ def test_reading_refuses_links_others_files_loose_modes_short_secrets(tmp_path, 
     link.symlink_to(good)
     with pytest.raises(InputError, match="symbolic link"):
         read_secret_file(link)
-    loose = tmp_path / "loose.secret"
-    loose.write_bytes(secret)
-    loose.chmod(0o640)
-    with pytest.raises(InputError, match="mode 0640"):
-        read_secret_file(loose)
-    short = tmp_path / "short.secret"
-    short.write_bytes(b"tooshort\n")
-    short.chmod(0o600)
-    with pytest.raises(InputError, match="at least 16"):
-        read_secret_file(short)
+    # loose modes and short files: tests/test_rpc_security.py::test_secret_file_modes_and_keygen
     monkeypatch.setenv("DISTRIBUTED_ONDISK_SECRET", "short")
     monkeypatch.delenv("DISTRIBUTED_ONDISK_SECRET_FILE", raising=False)
     with pytest.raises(InputError, match="at least 16"):
