@@ -15,6 +15,10 @@ in-band (small arrays) or one of the out-of-band buffers that framing received
 straight into their final memory; the buffer's length must equal
 prod(shape) * itemsize exactly (no strides, no broadcasting), and the array is
 a zero-copy view of it.
+
+Encoder and decoder stay in one module (~390 lines) on purpose: every tag is
+written and read side by side, and a change to one without the other is the
+bug this layout makes visible.
 """
 from __future__ import annotations
 

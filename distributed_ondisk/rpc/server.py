@@ -6,7 +6,7 @@ flood of silent peers never blocks anyone), then gets a thread that loops:
 receive a request, call the method, send the reply, over the encrypted channel
 of :mod:`session`.  An authenticated peer that sends nothing for
 ``idle_timeout`` s, or does not take its reply within the send deadline, is
-dropped.  Anything refused (unknown method, forbidden pickle content, malformed
+dropped.  Anything refused (unknown method, content the codec refuses, malformed
 or tampered frame) is logged with the peer's address; a refused *payload*
 closes that connection, the server goes on.  Errors go back to the peer as
 type and message only; the traceback stays in the server's log unless the
