@@ -46,8 +46,9 @@ class ProtocolError(RPCError):
 
 
 class ForbiddenError(RPCError):
-    """A message asked for something not allowed: a global outside the
-    unpickling allowlist, or a method the server does not expose."""
+    """A message asked for something not allowed: a type or dtype the codec does
+    not accept (object arrays, unregistered message types), or a method the server
+    does not expose."""
 
 
 class RPCTimeout(RPCError, TimeoutError):

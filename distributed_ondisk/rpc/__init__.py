@@ -1,10 +1,11 @@
-"""Authenticated, allowlisted pickle-over-TCP RPC (see docs/CONTRACTS.md).
+"""Authenticated, encrypted RPC over TCP with a data-only codec (see docs/CONTRACTS.md).
 
 Server(obj, secret=...) exposes ``obj.RPC_METHODS``; Client(address, secret=...)
-calls them.  Handshake: mutual HMAC-SHA256 before anything is unpickled (auth.py,
+calls them.  Handshake: mutual HMAC-SHA256 before anything is decoded (auth.py,
 run for the server in a bounded thread-less pool, preauth.py); then AES-256-GCM
 sealed records with per-connection, per-direction keys (session.py); payloads
-are unpickled with an allowlist; numpy arrays travel as raw out-of-band buffers.
+are decoded by codec.py, which builds data only; numpy arrays travel as raw
+out-of-band buffers.
 """
 from distributed_ondisk.rpc.address import parse_address
 from distributed_ondisk.rpc.client import Client, wait_ready

@@ -1,4 +1,4 @@
-"""The connection handshake: mutual HMAC-SHA256 challenge-response, before any pickle.
+"""The connection handshake: mutual HMAC-SHA256 challenge-response, before any decoding.
 
 Both sides send a fixed-size hello (magic, version, flags: whether they use a
 secret and whether they encrypt, 32 random bytes of nonce).  With a secret, the

@@ -1,11 +1,11 @@
-"""Bytes on the wire: one message = fixed header + buffer-length table + pickle + raw buffers.
+"""Bytes on the wire: one message = header + buffer-length table + codec bytes + raw buffers.
 
 The header carries the total body length, so a receiver checks it against its
 limit *before* allocating anything: a peer claiming a 1 TB message is refused
-at once.  Array data never goes through the pickler: protocol-5 out-of-band
+at once.  Array data never goes through the codec's in-band bytes: out-of-band
 buffers are sent straight from the arrays' memory (``sendmsg`` of memoryviews)
 and received with ``recv_into`` into fresh uninitialised arrays that the
-unpickler then wraps without copying.
+codec (:mod:`codec`) then wraps without copying.
 """
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 
 from distributed_ondisk.errors import ConnectionLost, ProtocolError, RPCTimeout
-from distributed_ondisk.rpc import safe_pickle, sockio
+from distributed_ondisk.rpc import codec
 from distributed_ondisk.rpc.session import Channel
 
 MAGIC = b"DORP"
 VERSION = 1
-# magic, version, kind, reserved, request id, pickle length, buffer count, reserved, body length
+# magic, version, kind, reserved, request id, codec-bytes length, buffer count, reserved,
+# body length
 HEADER = struct.Struct("<4sBBHQQIIQ")
 
 KIND_REQUEST = 1
@@ -34,7 +35,7 @@ KINDS = (KIND_REQUEST, KIND_REPLY, KIND_ERROR, KIND_FATAL)
 
 DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
 MAX_BUFFERS = 1 << 16
-INBAND_BELOW = 4096          # smaller array buffers stay inside the pickle
+INBAND_BELOW = 4096          # smaller array buffers stay inside the codec bytes
 SMALL_MESSAGE = 64 << 10     # joined and sent with one sendall
 SMALL_BODY = 1 << 20         # received with one recv_into
 # A message body must keep arriving at this rate once its header is in (on top of the
@@ -47,14 +48,10 @@ def _channel(conn: Union[socket.socket, Channel]) -> Channel:
     return conn if isinstance(conn, Channel) else Channel(conn, "peer")
 
 
-# The socket helpers under their old names (the handshake and tests used them).
-_wait, _recv_into = sockio.wait, sockio.recv_into
-
-
 def encode_message(kind: int, request_id: int, obj: Any) -> list[memoryview]:
     """Serialise ``obj`` into the views of one frame (array data is not copied).
-    Raises ProtocolError if it cannot be pickled; nothing has been sent then."""
-    data, buffers = safe_pickle.dumps(obj, inband_below=INBAND_BELOW)
+    Raises ProtocolError if the codec cannot encode it; nothing has been sent then."""
+    data, buffers = codec.dumps(obj, inband_below=INBAND_BELOW)
     if len(buffers) > MAX_BUFFERS:
         raise ProtocolError(f"message has {len(buffers)} array buffers; at most {MAX_BUFFERS} "
                             f"are allowed (send fewer, larger arrays)")
@@ -105,7 +102,7 @@ def recv_message(conn: Union[socket.socket, Channel], *,
                  max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  deadline: Optional[float] = None,
                  body_allowance: Optional[float] = None) -> tuple[int, int, Any]:
-    """Receive one frame and unpickle it with the allowlist: (kind, request id, object).
+    """Receive one frame and decode it with the codec: (kind, request id, object).
 
     ``deadline`` bounds the whole message, or with ``body_allowance`` only the wait for
     its header: the body then must arrive within transfer_deadline(body length,
@@ -117,7 +114,7 @@ def recv_message(conn: Union[socket.socket, Channel], *,
     with _socket_errors("waiting for a message", "receiving"):
         head = bytearray(HEADER.size)
         chan.recv_exact(memoryview(head), deadline)
-        magic, version, kind, _, request_id, pickle_len, nbuf, _, body_len = HEADER.unpack(head)
+        magic, version, kind, _, request_id, data_len, nbuf, _, body_len = HEADER.unpack(head)
         if magic != MAGIC:
             raise ProtocolError(f"bad frame magic {bytes(magic)!r}: peer does not speak "
                                 f"distributed_ondisk RPC")
@@ -127,9 +124,9 @@ def recv_message(conn: Union[socket.socket, Channel], *,
         if body_len > max_bytes:
             raise ProtocolError(f"message of {body_len} bytes exceeds the limit of {max_bytes} "
                                 f"bytes")
-        if nbuf > MAX_BUFFERS or table_len + pickle_len > body_len:
-            raise ProtocolError(f"inconsistent frame header: {nbuf} buffers, pickle "
-                                f"{pickle_len} bytes, body {body_len} bytes")
+        if nbuf > MAX_BUFFERS or table_len + data_len > body_len:
+            raise ProtocolError(f"inconsistent frame header: {nbuf} buffers, codec bytes "
+                                f"{data_len} bytes, body {body_len} bytes")
         body_deadline = transfer_deadline(body_len, body_allowance)
         if body_deadline is not None:   # from now on the body's own deadline counts
             deadline = body_deadline
@@ -137,26 +134,26 @@ def recv_message(conn: Union[socket.socket, Channel], *,
             body = memoryview(bytearray(body_len))
             chan.recv_exact(body, deadline)
             lengths = struct.unpack_from(f"<{nbuf}Q", body)
-            data = body[table_len:table_len + pickle_len]
-            _check_lengths(lengths, table_len + pickle_len, body_len)
-            buffers, pos = [], table_len + pickle_len
+            data = body[table_len:table_len + data_len]
+            _check_lengths(lengths, table_len + data_len, body_len)
+            buffers, pos = [], table_len + data_len
             for n in lengths:
                 buffers.append(body[pos:pos + n])
                 pos += n
         else:
             # np.empty: pages are only touched as data arrives, so a peer that claims a
             # large message and stops early does not cost its claimed size in memory.
-            head_part = memoryview(np.empty(table_len + pickle_len, dtype=np.uint8))
+            head_part = memoryview(np.empty(table_len + data_len, dtype=np.uint8))
             chan.recv_exact(head_part, deadline)
             lengths = struct.unpack_from(f"<{nbuf}Q", head_part)
-            _check_lengths(lengths, table_len + pickle_len, body_len)
+            _check_lengths(lengths, table_len + data_len, body_len)
             data = head_part[table_len:]
             buffers = []
             for n in lengths:
                 arr = np.empty(n, dtype=np.uint8)  # uninitialised: no memset before the copy
                 chan.recv_exact(memoryview(arr), deadline)
                 buffers.append(arr)
-    return kind, request_id, safe_pickle.loads(data, buffers=buffers)
+    return kind, request_id, codec.loads(data, buffers=buffers)
 
 
 def _check_lengths(lengths: tuple[int, ...], prefix: int, body_len: int) -> None:
