@@ -114,7 +114,7 @@ def client_handshake(sock: socket.socket, secret: Optional[bytes], peer: str,
 class ServerHandshake:
     """The server's side of one handshake, driven by whatever bytes have arrived.
 
-    ``start()`` gives the hello to send; ``feed(data)`` takes received bytes and
+    ``hello`` is what to send first; ``feed(data)`` takes received bytes and
     returns bytes to send back (possibly empty).  ``done`` becomes True once the
     peer is authenticated (then ``channel()``); a refusal raises
     AuthenticationError / ProtocolError, after which ``farewell`` holds bytes
@@ -161,15 +161,15 @@ class ServerHandshake:
                 self.farewell = b"\x00" * (1 + PROOF_LEN)
                 raise AuthenticationError(f"client {self.peer} failed authentication (wrong "
                                           f"shared secret)")
+            answer = b"\x01" + _proof(self.secret, b"server", self._client_hello, self.hello)
             if self._client_flags != self.flags:   # proven: the setting alone differs
-                self.farewell = b"\x01" + _proof(self.secret, b"server", self._client_hello,
-                                                 self.hello)
+                self.farewell = answer
                 raise AuthenticationError(
                     f"client {self.peer} " + ("does not encrypt but this server does"
                                               if self.encrypt else "encrypts but this server "
                                               "runs without encryption"))
             self.done = True
-            return b"\x01" + _proof(self.secret, b"server", self._client_hello, self.hello)
+            return answer
         return b""
 
     def channel(self, sock: socket.socket) -> Channel:

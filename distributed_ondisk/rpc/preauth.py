@@ -75,7 +75,8 @@ class HandshakePool:
                 now = time.monotonic()
                 if not self._listening and now >= self._resume_at:
                     self._listen(True)
-                wake_at = [p.deadline for p in self.pending.values()][:1]
+                # the first pending handshake is the oldest, so its deadline comes first
+                wake_at = [next(iter(self.pending.values())).deadline] if self.pending else []
                 if not self._listening:
                     wake_at.append(self._resume_at)
                 timeout = max(0.0, min(wake_at) - now) if wake_at else None

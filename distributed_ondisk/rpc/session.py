@@ -11,7 +11,7 @@ match).  The stream is cut into records of at most ``RECORD_BYTES`` plaintext:
 The counter is implicit (each side counts the records it sent / received), so
 a flipped, injected, replayed, reordered or dropped record fails its tag and
 the connection closes with a ProtocolError; nothing unauthenticated reaches
-the unpickler.  A direction that would exceed ``MAX_RECORDS`` closes instead
+the decoder.  A direction that would exceed ``MAX_RECORDS`` closes instead
 of wrapping its counter.  Sizes and timing of records remain visible.
 """
 from __future__ import annotations
