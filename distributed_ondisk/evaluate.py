@@ -150,14 +150,33 @@ def recall_at(I: np.ndarray, gt: np.ndarray, ranks: Sequence[int] = RANKS) -> di
 
 def intersection_recall(I: np.ndarray, gt: np.ndarray, k: int = 10) -> Optional[float]:
     """k-recall@k: the mean fraction of the true k nearest found among the first k
-    results (the ANN-benchmarks measure).  None when either side has fewer than k.
+    results (the ANN-benchmarks measure; ``-1`` padding never counts as found).
+    None when either side has fewer than k columns.
 
     Unlike 1-recall@r it is not trivially 1 when the queries are indexed rows (each
     finds itself at distance 0): the other k-1 neighbours must be found too."""
     if I.shape[1] < k or gt.shape[1] < k:
         return None
-    hits = sum(len(np.intersect1d(a[:k], b[:k])) for a, b in zip(I, gt))
+    hits = sum(len(np.intersect1d(a[a >= 0], b[b >= 0])) for a, b in zip(I[:, :k], gt[:, :k]))
     return float(hits) / (k * len(I))
+
+
+def sample_query_rows(n: int, nq: int, seed: int) -> np.ndarray:
+    """``min(nq, n)`` distinct rows of ``n`` (none if ``nq <= 0``), sorted, drawn with
+    ``default_rng(seed)``: the queries when nothing is held out (they stay indexed).
+    The pipeline's ``prepare`` and ``build_index`` draw the same rows for a seed."""
+    nq = max(0, min(int(nq), n))
+    return np.sort(np.random.default_rng(seed).choice(n, size=nq, replace=False))
+
+
+def sample_label(nq: int, seed: int) -> str:
+    """The query source of a sample of indexed rows, as reports and infos name it."""
+    return f"sample of {nq} indexed rows, seed {seed}"
+
+
+def holdout_label(nq: int) -> str:
+    """The query source of rows held out of the index."""
+    return f"{nq} held-out rows"
 
 
 @dataclass

@@ -118,5 +118,7 @@ def test_intersection_recall_counts_every_true_neighbour():
     I = np.array([[0, 2, 9], [3, 8, 7]])
     assert ev.intersection_recall(I, gt, 3) == pytest.approx((2 + 1) / 6)
     assert ev.intersection_recall(I, gt, 4) is None   # fewer than k columns
+    # -1 padding (fewer than k results, or ground truth over fewer than k rows) is not a hit
+    assert ev.intersection_recall(np.array([[5, -1]]), np.array([[5, -1]]), 2) == 0.5
     # a query that is an indexed row finds itself: 1-recall@1 is 1, k-recall@k is not
     assert ev.recall_at(I, gt, (1,)) == {1: 1.0}

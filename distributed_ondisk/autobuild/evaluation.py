@@ -19,7 +19,13 @@ import numpy as np
 from distributed_ondisk.autobuild.inputs import InputFile, read_rows
 from distributed_ondisk.autobuild.plan import rows_by_piece
 from distributed_ondisk.autobuild.tasks import BuildContext, knn_piece, read_piece_subset
-from distributed_ondisk.evaluate import recall_at
+from distributed_ondisk.evaluate import (
+    holdout_label,
+    intersection_recall,
+    recall_at,
+    sample_label,
+    sample_query_rows,
+)
 
 log = logging.getLogger(__name__)
 NPROBES = (1, 4, 16, 64)
@@ -38,26 +44,12 @@ def read_global_range(files: Sequence[InputFile], a: int, b: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, d), np.float32)
 
 
-def sample_rows(n: int, nq: int, seed: int) -> np.ndarray:
-    """``min(nq, n)`` distinct global rows, sorted, drawn with ``default_rng(seed)``."""
-    nq = max(0, min(int(nq), n))
-    return np.sort(np.random.default_rng(seed).choice(n, size=nq, replace=False))
-
-
-def holdout_label(nq: int) -> str:
-    return f"{nq} held-out rows"
-
-
-def sample_label(nq: int, seed: int) -> str:
-    return f"sample of {nq} indexed rows, seed {seed}"
-
-
 def choose_queries(runner: Any, ctx: BuildContext, files: Sequence[InputFile], n: int,
                    total: int, nq: int, seed: int, holdout: bool) -> tuple[np.ndarray, str]:
     """(query vectors as the user gave them, the label naming where they come from)."""
     if holdout:
         return read_global_range(files, n, total), holdout_label(total - n)
-    rows = sample_rows(n, nq, seed)
+    rows = sample_query_rows(n, nq, seed)
     if len(rows) == 0:
         return np.empty((0, next(f.d for f in files if f.rows)), np.float32), "none"
     parts = runner.map(functools.partial(read_piece_subset, ctx, original=True),
@@ -94,8 +86,7 @@ def measure_recall(index: Any, runner: Any, ctx: BuildContext, queries: np.ndarr
         _, I = index.search(queries, K, nprobe=nprobe)
         dt = time.perf_counter() - t0
         r = recall_at(I, gt, (1, K))
-        inter = float(np.mean([len(np.intersect1d(a[a >= 0], b[b >= 0])) / K
-                               for a, b in zip(I[:, :K], gt[:, :K])]))
+        inter = intersection_recall(I, gt, K)
         points.append({"nprobe": nprobe, "recall@1": r[1], "recall@10": r[K],
                        f"{K}-recall@{K}": inter,
                        "qps": len(queries) / dt if dt > 0 else None})

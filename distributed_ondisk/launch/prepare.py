@@ -38,6 +38,7 @@ import numpy as np
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.evaluate import holdout_label, sample_label, sample_query_rows
 from distributed_ondisk.vectors import open_vectors, write_vectors
 from distributed_ondisk.workdir import Workdir
 
@@ -81,7 +82,7 @@ def plan_sample(n: int, nq: int, seed: int) -> np.ndarray:
     queries when nothing is held out (they stay indexed).  Pure, tested without I/O."""
     if nq < 1 or n < 1:
         raise InputError(f"need nq >= 1 queries from n >= 1 rows, got nq={nq}, n={n}")
-    return np.sort(np.random.default_rng(seed).choice(n, size=min(nq, n), replace=False))
+    return sample_query_rows(n, nq, seed)
 
 
 def query_source(info: dict[str, Any]) -> str:
@@ -92,7 +93,7 @@ def query_source(info: dict[str, Any]) -> str:
     req = info.get("request") or {}
     if req.get("queries_source"):
         return f"file {req['queries_source']}"
-    return f"{info.get('nq')} held-out rows"
+    return holdout_label(info.get("nq"))
 
 
 def _check_options(data: str, queries: Optional[str], shuffle: bool, holdout: bool) -> bool:
@@ -141,7 +142,7 @@ def prepare(workdir: Workdir, data: str, queries: Optional[str] = None, nq: int 
         write_vectors(qpath, np.concatenate([src_vf.read(int(r), int(r) + 1) for r in rows]))
         db_path = wd.data(src.suffix)
         _link(src, db_path)
-        n_db, source = src_vf.n, f"sample of {len(rows)} indexed rows, seed {seed}"
+        n_db, source = src_vf.n, sample_label(len(rows), seed)
     else:
         db_rows, q_rows = plan_holdout(src_vf.n, nq, shuffle, seed)
         write_vectors(qpath, src_vf.read()[q_rows] if shuffle else src_vf.read(q_rows[0]))
@@ -151,7 +152,7 @@ def prepare(workdir: Workdir, data: str, queries: Optional[str] = None, nq: int 
         else:
             db_path = wd.data(src.suffix)
             _link(src, db_path)
-        n_db, source = len(db_rows), f"{len(q_rows)} held-out rows"
+        n_db, source = len(db_rows), holdout_label(len(q_rows))
     info = {"request": request, "data": str(db_path), "n_db": int(n_db), "d": src_vf.d,
             "queries": str(qpath), "nq": int(open_vectors(qpath).n), "query_source": source}
     atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
