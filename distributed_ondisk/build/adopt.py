@@ -33,10 +33,10 @@ from distributed_ondisk import manifest as mf
 from distributed_ondisk.build.plan import IDX_BYTES, find_overlaps
 from distributed_ondisk.build.slicefile import SliceLayout, read_layout, region_checksums
 from distributed_ondisk.build.structure import ivf_of, read_index, structure_digest
+from distributed_ondisk.build.vslice import KIND
 from distributed_ondisk.errors import IndexFileError, InputError, OutputError
 
 log = logging.getLogger(__name__)
-KIND = "vslice"
 
 
 @dataclass
@@ -125,8 +125,8 @@ def check_same_trained(found: Sequence[Found], trained: Optional[faiss.Index],
         ref = (f0.layout.structure, f0.d, f0.layout.nlist, f0.layout.code_size)
         kept = [f for f in found if f.centroids is not None]
         ref_c = kept[0].centroids if kept else None
-        if kept:
-            ref_name_c = str(kept[0].path)
+    # whose centroids the others are compared with
+    ref_name_c = ref_name if trained is not None or not kept else str(kept[0].path)
     for f in found:
         mine = (f.layout.structure, f.d, f.layout.nlist, f.layout.code_size)
         if mine[1:] != ref[1:]:
@@ -137,8 +137,7 @@ def check_same_trained(found: Sequence[Found], trained: Optional[faiss.Index],
                                  f"parameters) differs from {ref_name}'s: another trained index")
         if f.centroids is not None and ref_c is not None and not np.array_equal(f.centroids,
                                                                                  ref_c):
-            other = ref_name if trained is not None else ref_name_c
-            raise IndexFileError(f"{f.path}: its coarse centroids differ from {other}'s: "
+            raise IndexFileError(f"{f.path}: its coarse centroids differ from {ref_name_c}'s: "
                                  "another trained index")
     return ref[0], ref_c
 

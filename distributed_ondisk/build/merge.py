@@ -32,6 +32,7 @@ from distributed_ondisk.build.plan import IDX_BYTES, find_overlaps, resolve_rang
 from distributed_ondisk.build.slicefile import (BlockVerifier, SliceLayout, check_header_trailer,
                                                 read_layout)
 from distributed_ondisk.build.structure import read_index, write_index
+from distributed_ondisk.build.vslice import KIND as VSLICE_KIND
 from distributed_ondisk.errors import IndexFileError, InputError
 from distributed_ondisk.workdir import default_invlists_for
 
@@ -109,7 +110,7 @@ def open_vslice(path: Path) -> Vslice:
                              "by this tool, or copied without it; a slice made by faiss "
                              "alone can be checked and adopted with merge_to_ondisk.py "
                              "--adopt)")
-    doc = mf.load_manifest(path, "vslice")
+    doc = mf.load_manifest(path, VSLICE_KIND)
     try:
         size = path.stat().st_size
     except OSError as e:
