@@ -17,7 +17,6 @@ of the probes that were not searched, never silently with fewer lists.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,7 +127,8 @@ class DistributedSearchClient:
                                         thread_name_prefix="search-client")
 
     def _load_trained(self, infos: list[dict], trained: Optional[str]) -> TrainedSearcher:
-        from distributed_ondisk.build.trained_index import (fingerprint_matches,
+        from distributed_ondisk.build.trained_index import (fingerprint_bytes,
+                                                            fingerprint_matches,
                                                             load_trained_index)
 
         fp = infos[0]["fingerprint"]
@@ -147,7 +147,7 @@ class DistributedSearchClient:
             where = trained
         else:
             data = np.asarray(self._clients[0][0].call("trained_index"), dtype=np.uint8)
-            tfp = hashlib.sha256(memoryview(data)).hexdigest()
+            tfp = fingerprint_bytes(data)
             try:
                 index = faiss.deserialize_index(data)
             except RuntimeError as e:

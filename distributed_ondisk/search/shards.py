@@ -136,7 +136,7 @@ def check_coverage(ranges: Sequence[tuple[str, int, int]], nlist: int, *,
     """Check that named list ranges ``(name, l0, l1)`` do not overlap and, if ``complete``,
     cover ``[0, nlist)``; IndexFileError naming the shards or the missing lists otherwise
     (and the missing shards, when the given ones record their split: ``splits``, the
-    shard counts).""" 
+    shard counts)."""
     if not ranges:
         raise IndexFileError("no shard given")
     order = sorted(ranges, key=lambda r: (r[1], r[2]))
