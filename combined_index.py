@@ -8,8 +8,11 @@
 Shards are opened read-only and must together cover every inverted list once,
 from one trained index; a missing shard is named (h1 of 4, its lists).  Shard
 files hold only the inverted lists: the trained index (transform + coarse
-quantizer) is found where the shards' manifests record it, or given with --trained.  recall@r is the fraction of queries whose true nearest
-neighbour is in the first r results (r <= k).  Without --gt, the ground truth is
+quantizer) is found where the shards' manifests record it, or given with
+--trained.  recall@r is the fraction of queries whose true nearest neighbour is
+in the first r results (r <= k); 10-R@10 is the share of the true 10 nearest
+found in the first 10 (not trivially 1 when the queries are indexed rows).
+Without --gt, the ground truth is
 computed from --database by brute force and cached next to the queries.
 """
 from __future__ import annotations

@@ -15,8 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
                                              "parquet embedding files, locally or on Spark")
     ap.add_argument("--embeddings", required=True, nargs="+",
                     help="files or folders (local paths or fsspec URLs: file://, hdfs://, s3://)")
-    ap.add_argument("--index_path", required=True, help="output faiss index file (index_path1..N with "
-                    "--nb_indices_to_keep N > 1; the build's parts go to INDEX_PATH.parts/)")
+    ap.add_argument("--index_path", required=True,
+                    help="output faiss index file (index_path1..N with --nb_indices_to_keep "
+                         "N > 1; the build's parts go to INDEX_PATH.parts/)")
     ap.add_argument("--index_infos_path", required=True, help="output JSON")
     ap.add_argument("--file_format", choices=["npy", "parquet"], default="npy")
     ap.add_argument("--embedding_column_name", default="embeddings")

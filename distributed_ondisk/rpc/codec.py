@@ -254,7 +254,8 @@ class _Decoder:
             try:
                 return str(raw, "utf-8", "surrogatepass")
             except UnicodeDecodeError as e:
-                raise ProtocolError(f"malformed message: a string is not UTF-8 ({e.reason})") from None
+                raise ProtocolError(f"malformed message: a string is not UTF-8 "
+                                    f"({e.reason})") from None
         if tag == 0x62 or tag == 0x42 or tag == 0x49:     # b B I
             raw = self.blob()
             self.charge(_C_VAR + len(raw))
@@ -360,8 +361,8 @@ class _Decoder:
                                  f"message type")
         expected = {f.name for f in dataclasses.fields(cls) if f.init}
         if type(fields) is not dict or set(fields) != expected:
-            raise ProtocolError(f"{name}: fields {sorted(map(str, fields))[:20] if type(fields) is dict else '?'} "
-                                f"do not match {sorted(expected)}")
+            got = sorted(map(str, fields))[:20] if type(fields) is dict else "?"
+            raise ProtocolError(f"{name}: fields {got} do not match {sorted(expected)}")
         try:
             return cls(**fields)
         except (TypeError, ValueError) as e:
