@@ -92,15 +92,20 @@ prepare_data() {
     load_data
 }
 
-# N_DB (indexed rows), DB (their file) and QUERY_SOURCE (what the queries are) from
-# WORKDIR/dataset.json, for the tasks of a stage once prepare_data has run.
+# N_DB (indexed rows) and DB (their file) from WORKDIR/dataset.json, for the
+# tasks of a stage once prepare_data has run.
 load_data() {
     [ -s "$WORKDIR/dataset.json" ] || die "$WORKDIR/dataset.json missing: run a pipeline target first"
     N_DB=$(py -c "import json, sys; print(json.load(open(sys.argv[1]))['n_db'])" "$WORKDIR/dataset.json")
-    QUERY_SOURCE=$(py -c "import json, sys; from distributed_ondisk.launch.prepare import query_source
-print(query_source(json.load(open(sys.argv[1]))))" "$WORKDIR/dataset.json")
     DB=$(path_of data)
-    export N_DB DB QUERY_SOURCE
+    export N_DB DB
+}
+
+# What the queries are, in words, for the search report (only the search stage needs it:
+# the other stages' tasks do not pay for the import).
+query_source() {
+    py -c "import json, sys; from distributed_ondisk.launch.prepare import query_source
+print(query_source(json.load(open(sys.argv[1]))))" "$WORKDIR/dataset.json"
 }
 
 # Rows [i0, i1) of part $1 of $2 over the N_DB indexed rows.
@@ -291,12 +296,14 @@ slurm_within_search_server() {
 }
 
 run_search_eval() {
+    local label
+    label=$(query_source)    # fails the stage here, before any server starts
     search_local_servers
     py "$HERE/combined_index.py" --shards "$WORKDIR/hslices" --trained "$(path_of trained)" \
         --queries "$WORKDIR/queries.npy" --database "$DB" --database-rows "$N_DB" \
         --k 100 --nprobe "$NPROBE" --ef-search "$EF_SEARCH" --in-ram --servers "$SERVER_LIST" \
         --plot "$WORKDIR/recall.png" --json "$(path_of search_report)" \
-        --queries-label "$QUERY_SOURCE"
+        --queries-label "$label"
     stop_servers
 }
 
