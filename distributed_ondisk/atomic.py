@@ -50,14 +50,12 @@ def temp_name_for(path: PathLike) -> Path:
     mkstemp creates files 0600; outputs are shared between jobs and users like
     any file the user creates, so they get the umask's permissions instead.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}{TMP_MARKER}", dir=final.parent)
+    fd, tmp = private_temp_for(path)
     try:
         os.fchmod(fd, 0o666 & ~current_umask())
     finally:
         os.close(fd)
-    return Path(tmp)
+    return tmp
 
 
 def private_temp_for(path: PathLike) -> tuple[int, Path]:
