@@ -65,6 +65,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise InputError(f"--k must be >= 1, got {args.k}")
+    if args.plot:   # before the ground truth and the searches, not after them
+        from distributed_ondisk.extras import require
+        require("plot", "--plot")
     nprobes = ev.parse_int_list(args.nprobe)
     ci = CombinedIndex(args.shards, trained=args.trained)
     xq = read_vectors(args.queries)

@@ -139,3 +139,12 @@ def test_bench_spark_without_pyspark_fails_before_writing_inputs(tmp_path):
                     str(tmp_path / "w"))
     assert r.returncode == 1 and "pip install 'distributed_ondisk[spark]'" in r.stderr, r.stderr
     assert not (tmp_path / "w" / "emb").exists()
+
+
+def test_combined_index_plot_without_matplotlib_fails_before_searching(tmp_path):
+    # the shards do not even exist: the missing plotting library is reported first
+    r = run_without(["matplotlib"], "combined_index.py", "--shards", str(tmp_path / "none"),
+                    "--queries", str(tmp_path / "q.npy"), "--plot", str(tmp_path / "p.png"))
+    assert r.returncode != 0
+    assert "--plot needs matplotlib" in r.stderr and "distributed_ondisk[plot]" in r.stderr
+    assert "Traceback" not in r.stderr and str(tmp_path / "none") not in r.stderr
