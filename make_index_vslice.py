@@ -7,9 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from distributed_ondisk.build.vslice import DEFAULT_BLOCK_ROWS, VsliceJob, make_vslice
 from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.stages.vslice import DEFAULT_BLOCK_ROWS, VsliceJob, make_vslice
 from distributed_ondisk.workdir import Workdir
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from distributed_ondisk.build.trained_index import ROTATIONS, TrainedIndexConfig, make_trained_index
 from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.stages.train import ROTATIONS, TrainedIndexConfig, make_trained_index
 from distributed_ondisk.workdir import Workdir
 
 

@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from distributed_ondisk.build.merge import DEFAULT_BATCH_BYTES, MergeJob, merge_hslice
 from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.stages.merge import DEFAULT_BATCH_BYTES, MergeJob, merge_hslice
 from distributed_ondisk.workdir import Workdir
 
 
@@ -53,8 +53,8 @@ def main(args: argparse.Namespace) -> int:
     if args.batch_mb <= 0:
         raise InputError(f"--batch_mb must be positive, got {args.batch_mb}")
     if args.adopt and inputs:
-        from distributed_ondisk.build.adopt import adopt_vslices
-        from distributed_ondisk.build.merge import resolve_inputs
+        from distributed_ondisk.stages.adopt import adopt_vslices
+        from distributed_ondisk.stages.merge import resolve_inputs
 
         adopt_vslices(resolve_inputs(inputs), Path(args.trained) if args.trained else None,
                       max(1, args.nt))

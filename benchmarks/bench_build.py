@@ -66,7 +66,7 @@ def child(args: argparse.Namespace) -> None:
     from faiss.contrib.ondisk import merge_ondisk
 
     from distributed_ondisk.atomic import fsync_path
-    from distributed_ondisk.build.merge import MergeJob, merge_hslice
+    from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 
     t0 = time.perf_counter()            # imports above are not timed
     if args.child == "merge":
@@ -98,8 +98,9 @@ def shifted_copies(vslice_dir: Path, out_dir: Path, copies: int) -> None:
     """The vslices of ``vslice_dir`` and ``copies - 1`` copies with ids shifted past them."""
     import faiss
 
-    from distributed_ondisk import manifest as mf
-    from distributed_ondisk.build.vslice import KIND, write_vslice
+    from distributed_ondisk.ondisk import manifest as mf
+    from distributed_ondisk.ondisk.vslice import KIND
+    from distributed_ondisk.stages.vslice import write_vslice
 
     src = sorted(vslice_dir.glob("*.index"))
     span = max(mf.load_manifest(p, KIND)["id_range"][1] for p in src)
@@ -155,9 +156,9 @@ def main() -> None:
 
     import faiss
 
-    from distributed_ondisk.build.slicefile import read_layout
-    from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
-    from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+    from distributed_ondisk.ondisk.vslice import read_layout
+    from distributed_ondisk.stages.train import TrainedIndexConfig, make_trained_index
+    from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
     from distributed_ondisk.workdir import Workdir
 
     faiss.omp_set_num_threads(args.nt)

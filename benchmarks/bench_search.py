@@ -61,9 +61,9 @@ def clustered_npy(path: Path, n: int, d: int, seed: int, nclusters: int = 1000) 
 
 def build(wd: Workdir, n: int, d: int, nlist: int, nq: int) -> Path:
     """Data, centroids, trained index, 2 vslices, 2 hslices (stages skip what is done)."""
-    from distributed_ondisk.build.merge import MergeJob, merge_hslice
-    from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
-    from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+    from distributed_ondisk.stages.merge import MergeJob, merge_hslice
+    from distributed_ondisk.stages.train import TrainedIndexConfig, make_trained_index
+    from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
     from distributed_ondisk.vectors import write_vectors
 
     wd.create()
@@ -106,7 +106,7 @@ def faiss_server(trained: str, shard: str, port: int, nodelay: bool) -> None:
     import faiss.contrib.client_server as cs
     import faiss.contrib.rpc as rpc
 
-    from distributed_ondisk.build.shards import open_hslices
+    from distributed_ondisk.ondisk.hslice import open_hslices
 
     rpc.safe_modules.add("numpy._core.multiarray")
     index = open_hslices(trained, [shard])

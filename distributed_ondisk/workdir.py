@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 from distributed_ondisk.errors import InputError
-from distributed_ondisk.manifest import manifest_path
+from distributed_ondisk.ondisk.manifest import manifest_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 DATA_EXTENSIONS = (".fvecs", ".bvecs", ".ivecs", ".npy", ".fbin", ".u8bin", ".i8bin", ".ibin")

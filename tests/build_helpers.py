@@ -10,9 +10,9 @@ from typing import Optional
 import faiss
 import numpy as np
 
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
-from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
-from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
+from distributed_ondisk.stages.train import TrainedIndexConfig, make_trained_index
+from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
 from distributed_ondisk.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,8 +49,8 @@ def build_all(wd: Workdir, nv: int, nh: int, threads: int = 2, **merge_kw) -> No
 def reference_index(wd: Workdir, x: np.ndarray) -> faiss.Index:
     """The same data added in RAM in one go to the same trained index (through the
     same row-deterministic transform as the slices, see vslice.transform_rows)."""
-    from distributed_ondisk.build.trained_index import load_trained_index
-    from distributed_ondisk.build.vslice import add_rows
+    from distributed_ondisk.ondisk.trained import load_trained_index
+    from distributed_ondisk.stages.vslice import add_rows
 
     index = load_trained_index(wd.trained)[0]
     add_rows(index, x, np.arange(len(x), dtype=np.int64))
@@ -71,7 +71,7 @@ def copy_vslice(src: Path, dst: Path) -> Path:
     """A copy of a vslice with its manifest (to damage without touching the original)."""
     import shutil
 
-    from distributed_ondisk import manifest as mf
+    from distributed_ondisk.ondisk import manifest as mf
 
     shutil.copy(src, dst)
     shutil.copy(mf.manifest_path(src), mf.manifest_path(dst))

@@ -5,10 +5,13 @@ from typing import Iterator
 
 import pytest
 
+from distributed_ondisk.launch.slurm_cluster import (
+    SlurmCluster,
+    ensure_slurm_cluster,
+    slurm_unavailable_reason,
+)
 from distributed_ondisk.rpc import Server, generate_secret
 from distributed_ondisk.rpc.demo import EchoService
-from distributed_ondisk.launch.slurm_cluster import (SlurmCluster, ensure_slurm_cluster,
-                                                     slurm_unavailable_reason)
 
 
 @pytest.fixture(scope="module")

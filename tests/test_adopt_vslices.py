@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from build_helpers import flip_byte, make_workdir, run_script
 
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build import adopt as adopt_mod
-from distributed_ondisk.build.adopt import adopt_vslices
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
-from distributed_ondisk.build.shards import open_hslice
 from distributed_ondisk.errors import IndexFileError, InputError, OutputError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.hslice import open_hslice
 from distributed_ondisk.search.combined import CombinedIndex
+from distributed_ondisk.stages import adopt as adopt_mod
+from distributed_ondisk.stages.adopt import adopt_vslices
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 
 N, D, K = 6000, 16, 32
 BOUNDS = [(0, 2000), (2000, 4100), (4100, N)]
@@ -231,7 +231,7 @@ def test_slices_without_quantizer_need_trained(base, tmp_path):
     """Slices written with a placeholder quantizer (like this tool's) cannot prove
     their trained index by content: --trained is then required."""
     wd, x = base
-    from distributed_ondisk.build.structure import placeholder_quantizer
+    from distributed_ondisk.ondisk.indexfile import placeholder_quantizer
 
     paths = []
     for i, (a, b) in enumerate(BOUNDS):

@@ -7,13 +7,14 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-
 from build_helpers import build_all, make_workdir, reference_index, run_script, search
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build.shards import open_hslice, open_hslices
-from distributed_ondisk.build.trained_index import TrainedIndexConfig, load_trained_index
-from distributed_ondisk.build.vslice import VsliceJob, make_vslice
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
+
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.hslice import open_hslice, open_hslices
+from distributed_ondisk.ondisk.trained import load_trained_index
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
+from distributed_ondisk.stages.train import TrainedIndexConfig
+from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +159,7 @@ def test_keepquantizer_slices_merge_the_same(built, tmp_path):
 def test_transform_rows_is_row_exact_whatever_the_cut(transform):
     """Rows transformed in any cut (and with a batch offset) give the bytes of the
     whole batch, and agree with faiss's own apply up to rounding."""
-    from distributed_ondisk.build.vslice import CHUNK_ROWS, transform_rows
+    from distributed_ondisk.ondisk.transform import CHUNK_ROWS, transform_rows
 
     rs = np.random.default_rng(3)
     x = (rs.standard_normal((40, 48)) * 3)[rs.integers(0, 40, 3000)].astype(np.float32)

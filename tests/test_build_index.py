@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 
 from distributed_ondisk.autobuild import build_index, open_index
-from distributed_ondisk.autobuild.index_key import (choose_index_key, parse_index_key,
-                                                    parse_memory)
+from distributed_ondisk.autobuild.index_key import choose_index_key, parse_index_key, parse_memory
 from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files, read_rows
-from distributed_ondisk.autobuild.plan import (holdout_rows, plan_pieces, rows_by_piece,
-                                               training_blocks)
+from distributed_ondisk.autobuild.plan import (
+    holdout_rows,
+    plan_pieces,
+    rows_by_piece,
+    training_blocks,
+)
 from distributed_ondisk.datasets import make_clustered
 from distributed_ondisk.errors import InputError
 

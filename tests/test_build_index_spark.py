@@ -6,12 +6,12 @@ import logging
 
 import numpy as np
 import pytest
+from test_build_index import faiss_file_ids, write_npy_parts, write_parquet_parts
 
 from distributed_ondisk.autobuild import build_index
 from distributed_ondisk.autobuild.tasks import FailOnce
 from distributed_ondisk.datasets import make_clustered, make_queries
 from distributed_ondisk.errors import InputError
-from test_build_index import faiss_file_ids, write_npy_parts, write_parquet_parts
 
 pyspark = pytest.importorskip("pyspark", reason="pyspark not installed: pip install '.[spark]'")
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from build_helpers import copy_vslice, flip_byte, make_workdir, reference_index, search
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from build_helpers import copy_vslice, flip_byte, make_workdir, reference_index, search
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build import slicefile
-from distributed_ondisk.build.listcopy import _gather
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
-from distributed_ondisk.build.plan import (IDX_BYTES, gather_plan, plan_merge_batches,
-                                           plan_merge_reads)
-from distributed_ondisk.build.shards import open_hslices
-from distributed_ondisk.build.slicefile import read_layout
-from distributed_ondisk.build.vslice import VsliceJob, make_vslice
 from distributed_ondisk.errors import IndexFileError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk import vslice as slicefile
+from distributed_ondisk.ondisk.hslice import open_hslices
+from distributed_ondisk.ondisk.indexfile import IDX_BYTES
+from distributed_ondisk.ondisk.vslice import read_layout
+from distributed_ondisk.stages.listcopy import _gather
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
+from distributed_ondisk.stages.plan import gather_plan, plan_merge_batches, plan_merge_reads
+from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
 
 
 def naive_merge(slices: list[list[tuple[bytes, bytes]]]) -> bytes:

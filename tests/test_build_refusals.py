@@ -7,15 +7,18 @@ import shutil
 import faiss
 import numpy as np
 import pytest
-
 from build_helpers import build_all, copy_vslice, flip_byte, make_workdir, run_script
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
-from distributed_ondisk.build.slicefile import read_layout, region_checksums
-from distributed_ondisk.build.trained_index import (TrainedIndexConfig, build_trained_index,
-                                                    make_trained_index)
-from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+
 from distributed_ondisk.errors import IndexFileError, InputError, VectorFileError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.vslice import read_layout, region_checksums
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
+from distributed_ondisk.stages.train import (
+    TrainedIndexConfig,
+    build_trained_index,
+    make_trained_index,
+)
+from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import sys
 import textwrap
 
 import pytest
-
 from build_helpers import REPO, build_all, make_workdir
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
+
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 
 KILL_ON_WRITE = """
 import os, signal, faiss
@@ -46,7 +46,7 @@ def test_vslice_killed_while_writing_resumes_to_identical_bytes(built, tmp_path)
     wd, _ = built
     out = tmp_path / "v.index"
     r = driver(KILL_ON_WRITE + f"""
-from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
 make_vslice(VsliceJob({str(wd.trained)!r}, {str(wd.data())!r}, {str(out)!r}, nslice=2, slice_no=1))
 """)
     assert r.returncode == -signal.SIGKILL, r.stderr
@@ -73,7 +73,7 @@ def test_vslice_killed_at_any_time_leaves_nothing_half_written(built, tmp_path, 
         p.send_signal(signal.SIGKILL)
         p.wait()
     if out.exists():                       # finished before the kill: must be complete
-        from distributed_ondisk.manifest import verify_manifest
+        from distributed_ondisk.ondisk.manifest import verify_manifest
         verify_manifest(out, "vslice")
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     ref = tmp_path / "ref.index"
@@ -88,7 +88,7 @@ def test_merge_killed_resumes_to_identical_bytes(built, tmp_path, stage):
     out = tmp_path / "h.index"
     kill = KILL_ON_WRITE if stage == "index" else """
 import os, signal
-import distributed_ondisk.build.listcopy as M
+import distributed_ondisk.stages.listcopy as M
 real = M._gather
 calls = []
 def killing(*a):
@@ -99,7 +99,7 @@ def killing(*a):
 M._gather = killing
 """
     r = driver(kill + f"""
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 merge_hslice(MergeJob([{str(wd.vslice_dir)!r}], __import__('pathlib').Path({str(out)!r}),
                       nslice=2, slice_no=0, batch_bytes=20000))
 """)
@@ -120,7 +120,7 @@ merge_hslice(MergeJob([{str(wd.vslice_dir)!r}], __import__('pathlib').Path({str(
 MEASURE = """
 import json, sys
 from pathlib import Path
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 merge_hslice(MergeJob([sys.argv[1]], Path(sys.argv[2]), threads=2, batch_bytes=4 << 20))
 # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork+exec (the big test process's peak)
 hwm = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
@@ -130,7 +130,7 @@ print(json.dumps(int(hwm) * 1024))
 
 @pytest.mark.slow
 def test_merge_peak_rss_does_not_grow_with_data(tmp_path):
-    from distributed_ondisk.build.trained_index import TrainedIndexConfig
+    from distributed_ondisk.stages.train import TrainedIndexConfig
 
     cfg = TrainedIndexConfig(rotation="none", encoder="SQ8")
     peaks, sizes = [], []

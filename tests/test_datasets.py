@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from distributed_ondisk import datasets
-from distributed_ondisk.datasets import (iter_clustered, make_clustered, make_queries,
-                                         split_queries)
+from distributed_ondisk.datasets import iter_clustered, make_clustered, make_queries, split_queries
 from distributed_ondisk.errors import InputError
 
 

@@ -7,8 +7,13 @@ import pytest
 
 from distributed_ondisk.datasets import make_clustered
 from distributed_ondisk.errors import InputError
-from distributed_ondisk.kmeans import (FaissCompatAssign, KMeansConfig, RowSource,
-                                       ShardedAssign, train_kmeans)
+from distributed_ondisk.kmeans import (
+    FaissCompatAssign,
+    KMeansConfig,
+    RowSource,
+    ShardedAssign,
+    train_kmeans,
+)
 from distributed_ondisk.kmeans.base import imbalance_factor
 from distributed_ondisk.kmeans.checkpoint import load_checkpoint
 from distributed_ondisk.kmeans.cpu import CPUAssign

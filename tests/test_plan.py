@@ -13,8 +13,15 @@ import numpy as np
 import pytest
 
 from distributed_ondisk.errors import InputError
-from distributed_ondisk.plan.model import (RAM_USABLE, Cluster, Settings, Workload, code_size,
-                                           make_plan, vslice_ram)
+from distributed_ondisk.plan.model import (
+    RAM_USABLE,
+    Cluster,
+    Settings,
+    Workload,
+    code_size,
+    make_plan,
+    vslice_ram,
+)
 from distributed_ondisk.plan.rates import DEFAULT_RATES, load_rates, save_rates
 
 REPO = Path(__file__).resolve().parents[1]

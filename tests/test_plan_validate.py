@@ -13,8 +13,7 @@ import os
 
 import pytest
 
-from distributed_ondisk.plan.validate import (DEFAULT_SIZES, QUICK_SIZES, format_rows,
-                                              validate)
+from distributed_ondisk.plan.validate import DEFAULT_SIZES, QUICK_SIZES, format_rows, validate
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 TOLERANCE = 0.30

@@ -15,11 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed_ondisk.errors import (AuthenticationError, ConnectionLost, ForbiddenError,
-                                       InputError, RemoteError, RPCTimeout)
-from distributed_ondisk.rpc import (Client, Server, parse_address,
-                                    register_message_type, wait_ready)
-from distributed_ondisk.rpc import framing
+from distributed_ondisk.errors import (
+    AuthenticationError,
+    ConnectionLost,
+    ForbiddenError,
+    InputError,
+    RemoteError,
+    RPCTimeout,
+)
+from distributed_ondisk.rpc import (
+    Client,
+    Server,
+    framing,
+    parse_address,
+    register_message_type,
+    wait_ready,
+)
 from distributed_ondisk.rpc.demo import EchoService, Summary
 
 REPO = Path(__file__).resolve().parents[1]

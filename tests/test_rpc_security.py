@@ -18,12 +18,27 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from distributed_ondisk.errors import (AuthenticationError, ConnectionLost, ForbiddenError,
-                                       InputError, ProtocolError, RemoteError)
-from distributed_ondisk.rpc import (Client, Server, add_secret_args, generate_secret,
-                                    load_secret, parse_address, secret_from_args,
-                                    write_secret_file)
-from distributed_ondisk.rpc import auth, codec, framing
+from distributed_ondisk.errors import (
+    AuthenticationError,
+    ConnectionLost,
+    ForbiddenError,
+    InputError,
+    ProtocolError,
+    RemoteError,
+)
+from distributed_ondisk.rpc import (
+    Client,
+    Server,
+    add_secret_args,
+    auth,
+    codec,
+    framing,
+    generate_secret,
+    load_secret,
+    parse_address,
+    secret_from_args,
+    write_secret_file,
+)
 from distributed_ondisk.rpc.demo import EchoService
 
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 
+import faiss
 import numpy as np
 import pytest
-import faiss
 from build_helpers import clustered, reference_index
 from test_search_support import build_shards
 
 from distributed_ondisk.errors import IndexFileError, InputError
 from distributed_ondisk.search.combined import CombinedIndex
-from distributed_ondisk.search.shards import check_coverage, expand_shard_args
+from distributed_ondisk.search.shardset import check_coverage, expand_shard_args
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import pytest
 from build_helpers import clustered
 from test_search_support import ServerProcess, build_shards
 
-from distributed_ondisk.errors import (AuthenticationError, ConnectionLost, IndexFileError,
-                                       RPCError)
+from distributed_ondisk.errors import AuthenticationError, ConnectionLost, IndexFileError, RPCError
 from distributed_ondisk.rpc import generate_secret, write_secret_file
 from distributed_ondisk.search.client import DistributedSearchClient, route
 from distributed_ondisk.search.combined import CombinedIndex

@@ -13,12 +13,12 @@ import pytest
 from build_helpers import clustered, run_script
 from test_search_support import ServerProcess, build_shards
 
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build.merge import MergeJob, merge_hslice
-from distributed_ondisk.build.trained_index import file_fingerprint
 from distributed_ondisk.errors import IndexFileError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.trained import file_fingerprint
 from distributed_ondisk.search.client import DistributedSearchClient
 from distributed_ondisk.search.combined import CombinedIndex
+from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +183,7 @@ def test_servers_follow_the_record_and_the_client_names_a_missing_shard(built, t
 def test_merge_without_trained_follows_the_vslices_record(built, tmp_path):
     """Trained index named freely in its own folder, not given to the merge: the vslices'
     manifests lead the merge to it, and the shards then lead the search to it."""
-    from distributed_ondisk.build.vslice import VsliceJob, make_vslice
+    from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
 
     wd, _, _ = built
     t = copy_trained(wd, tmp_path / "models" / "ivf.trained")

@@ -14,8 +14,11 @@ import pytest
 
 from distributed_ondisk.errors import ClusterError
 from distributed_ondisk.launch import slurm_cluster
-from distributed_ondisk.launch.slurm_cluster import (SlurmCluster, ensure_slurm_cluster,
-                                                     slurm_unavailable_reason)
+from distributed_ondisk.launch.slurm_cluster import (
+    SlurmCluster,
+    ensure_slurm_cluster,
+    slurm_unavailable_reason,
+)
 
 JOB_TIMEOUT_S = 90.0
 

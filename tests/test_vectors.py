@@ -11,8 +11,14 @@ from hypothesis import strategies as st
 
 from distributed_ondisk.datasets import make_clustered
 from distributed_ondisk.errors import VectorFileError
-from distributed_ondisk.vectors import (FORMATS, VectorWriter, open_vectors, read_ints,
-                                        read_vectors, write_vectors)
+from distributed_ondisk.vectors import (
+    FORMATS,
+    VectorWriter,
+    open_vectors,
+    read_ints,
+    read_vectors,
+    write_vectors,
+)
 from distributed_ondisk.vectors import formats as formats_mod
 from distributed_ondisk.vectors import writer as writer_mod
 

@@ -32,10 +32,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import re
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -46,15 +46,26 @@ import numpy as np
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.autobuild import tasks
 from distributed_ondisk.autobuild.evaluation import choose_queries, measure_recall
-from distributed_ondisk.autobuild.faiss_files import (check_index_path, data_file,
-                                                      index_files, parts_dir,
-                                                      write_faiss_indexes)
-from distributed_ondisk.autobuild.index_key import (choose_index_key, estimate_index_bytes,
-                                                    parse_memory)
+from distributed_ondisk.autobuild.faiss_files import (
+    check_index_path,
+    data_file,
+    index_files,
+    parts_dir,
+    write_faiss_indexes,
+)
+from distributed_ondisk.autobuild.index_key import (
+    choose_index_key,
+    estimate_index_bytes,
+    parse_memory,
+)
 from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files
 from distributed_ondisk.autobuild.mips import METRICS, augment, open_index, write_metric
-from distributed_ondisk.autobuild.plan import (holdout_rows, plan_pieces, rows_by_piece,
-                                               rows_per_piece_for)
+from distributed_ondisk.autobuild.plan import (
+    holdout_rows,
+    plan_pieces,
+    rows_by_piece,
+    rows_per_piece_for,
+)
 from distributed_ondisk.autobuild.training import PlannedDataset
 from distributed_ondisk.errors import InputError
 
@@ -170,8 +181,8 @@ def build_index(embeddings: Union[str, Sequence[str]], index_path: str = "knn_in
     ``eval_queries`` rows are the recall's queries: a seeded sample of the indexed
     rows (default), or with ``eval_holdout=True`` the last rows, held out of the index.
     """
-    from distributed_ondisk.build.trained_index import TrainedIndexConfig, make_trained_index
     from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
+    from distributed_ondisk.stages.train import TrainedIndexConfig, make_trained_index
     from distributed_ondisk.vectors import write_vectors
     from distributed_ondisk.workdir import Workdir
 

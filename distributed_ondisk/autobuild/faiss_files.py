@@ -42,8 +42,8 @@ import faiss
 import numpy as np
 
 from distributed_ondisk.atomic import atomic_path
-from distributed_ondisk.build.structure import read_index, write_index
 from distributed_ondisk.errors import IndexFileError, InputError
+from distributed_ondisk.ondisk.indexfile import read_index, write_index
 
 log = logging.getLogger(__name__)
 PARTS_SUFFIX = ".parts"

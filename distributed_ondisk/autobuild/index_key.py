@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from distributed_ondisk.build.trained_index import TrainedIndexConfig, describe, parse_encoder
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.stages.train import TrainedIndexConfig, describe, parse_encoder
 
 MIN_POINTS_PER_CENTROID = 39       # faiss warns below this
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}

@@ -18,16 +18,16 @@ from typing import Any, Callable, Optional, Sequence
 import faiss
 import numpy as np
 
-from distributed_ondisk import manifest as mf
 from distributed_ondisk.atomic import atomic_path
 from distributed_ondisk.autobuild.inputs import InputFile, read_id_columns, read_rows
 from distributed_ondisk.autobuild.mips import augment, max_sq_norm
 from distributed_ondisk.autobuild.plan import Piece
-from distributed_ondisk.build.trained_index import load_trained_index
-from distributed_ondisk.build.vslice import KIND as VSLICE_KIND
-from distributed_ondisk.build.vslice import add_rows, omp_threads, write_vslice
 from distributed_ondisk.errors import IndexFileError
 from distributed_ondisk.kmeans.base import AssignResult
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.trained import load_trained_index
+from distributed_ondisk.ondisk.vslice import KIND as VSLICE_KIND
+from distributed_ondisk.stages.vslice import add_rows, omp_threads, write_vslice
 from distributed_ondisk.workdir import Workdir
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ def write_ids(ctx: BuildContext, piece_no: int) -> int:
 
 def merge_shard(ctx: BuildContext, shard_no: int) -> dict[str, Any]:
     """Merge every vslice's lists ``shard_no`` of ``nb_hslices`` into one on-disk shard."""
-    from distributed_ondisk.build.merge import MergeJob, merge_hslice
+    from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 
     wd = ctx.index_wd
     wd.hslice_dir.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,19 @@ import numpy as np
 
 from distributed_ondisk.autobuild.local import LocalRunner
 from distributed_ondisk.autobuild.plan import rows_by_piece, training_blocks
-from distributed_ondisk.autobuild.tasks import (BuildContext, assign_block, read_piece_subset,
-                                                sum_assignments)
+from distributed_ondisk.autobuild.tasks import (
+    BuildContext,
+    assign_block,
+    read_piece_subset,
+    sum_assignments,
+)
 from distributed_ondisk.errors import InputError
-from distributed_ondisk.kmeans.base import (AssignResult, check_centroids, check_indices,
-                                            check_selection)
+from distributed_ondisk.kmeans.base import (
+    AssignResult,
+    check_centroids,
+    check_indices,
+    check_selection,
+)
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import block_rows_for
 from distributed_ondisk.kmeans.loop import KMeansConfig, KMeansResult, train_kmeans
 from distributed_ondisk.kmeans.source import RowSource, resident_budget_bytes
-from distributed_ondisk.manifest import remove_stale_for, write_manifest
+from distributed_ondisk.ondisk.manifest import remove_stale_for, write_manifest
 from distributed_ondisk.rpc import add_secret_args, secret_from_args
 
 log = logging.getLogger("distributed_kmeans")

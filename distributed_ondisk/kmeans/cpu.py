@@ -15,8 +15,14 @@ from typing import Callable, Iterator, Optional
 
 import numpy as np
 
-from distributed_ondisk.kmeans.base import (AssignResult, block_rows_for, check_centroids,
-                                            check_indices, check_selection, check_weights)
+from distributed_ondisk.kmeans.base import (
+    AssignResult,
+    block_rows_for,
+    check_centroids,
+    check_indices,
+    check_selection,
+    check_weights,
+)
 from distributed_ondisk.kmeans.source import RowSource
 
 log = logging.getLogger(__name__)

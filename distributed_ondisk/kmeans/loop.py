@@ -21,8 +21,12 @@ import numpy as np
 
 from distributed_ondisk.errors import InputError, RPCError
 from distributed_ondisk.kmeans.base import DatasetAssign, imbalance_factor
-from distributed_ondisk.kmeans.checkpoint import (Checkpoint, check_resumable, load_checkpoint,
-                                                  save_checkpoint)
+from distributed_ondisk.kmeans.checkpoint import (
+    Checkpoint,
+    check_resumable,
+    load_checkpoint,
+    save_checkpoint,
+)
 from distributed_ondisk.log import Progress
 
 log = logging.getLogger(__name__)

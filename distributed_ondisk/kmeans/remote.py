@@ -18,8 +18,7 @@ from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.errors import RPCError
 from distributed_ondisk.kmeans.base import AssignResult, check_centroids
 from distributed_ondisk.kmeans.shards import ShardedAssign
-from distributed_ondisk.rpc import Client, Server, wait_ready
-from distributed_ondisk.rpc import framing
+from distributed_ondisk.rpc import Client, Server, framing, wait_ready
 
 log = logging.getLogger(__name__)
 

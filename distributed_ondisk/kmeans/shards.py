@@ -14,8 +14,14 @@ from typing import Callable, Optional, Sequence, TypeVar
 import numpy as np
 
 from distributed_ondisk.errors import InputError
-from distributed_ondisk.kmeans.base import (AssignResult, DatasetAssign, check_centroids,
-                                            check_indices, check_selection, check_weights)
+from distributed_ondisk.kmeans.base import (
+    AssignResult,
+    DatasetAssign,
+    check_centroids,
+    check_indices,
+    check_selection,
+    check_weights,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

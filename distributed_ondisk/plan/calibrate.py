@@ -14,7 +14,6 @@ import logging
 import os
 import tempfile
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
@@ -53,7 +52,7 @@ def measure_assign(d: int, k: int = 1024, n: int = 60000, repeat: int = 2) -> fl
 
 
 def _trained(x: np.ndarray, nlist: int, encoder: str = "SQ6", sample_rows: int = 20000):
-    from distributed_ondisk.build.trained_index import TrainedIndexConfig, build_trained_index
+    from distributed_ondisk.stages.train import TrainedIndexConfig, build_trained_index
     cent = x[np.random.default_rng(1).choice(len(x), nlist, replace=False)]
     return build_trained_index(cent, x[:sample_rows], TrainedIndexConfig(encoder=encoder))
 
@@ -61,8 +60,9 @@ def _trained(x: np.ndarray, nlist: int, encoder: str = "SQ6", sample_rows: int =
 def measure_hnsw_build(d: int, nlist: int = 4096, repeat: int = 1) -> float:
     """Centroids per second per core into the HNSW32 quantizer (efConstruction 200)."""
     import faiss
-    from distributed_ondisk.build.trained_index import TrainedIndexConfig
+
     from distributed_ondisk.datasets import make_clustered
+    from distributed_ondisk.stages.train import TrainedIndexConfig
 
     cfg = TrainedIndexConfig()
     x = make_clustered(nlist, d, n_clusters=200, seed=12)
@@ -88,8 +88,8 @@ def measure_train(d: int, nlist: int = 1024, rows: tuple[int, int] = (10000, 400
 
 def measure_add(d: int, nlist: int = 1024, n: int = 40000, repeat: int = 2) -> float:
     """Vectors per second per core added by ``vslice.add_rows`` (transform + HNSW + SQ6)."""
-    from distributed_ondisk.build.vslice import add_rows
     from distributed_ondisk.datasets import make_clustered
+    from distributed_ondisk.stages.vslice import add_rows
 
     x = make_clustered(n, d, seed=13)
     ids = np.arange(n, dtype=np.int64)
@@ -109,10 +109,10 @@ def measure_add(d: int, nlist: int = 1024, n: int = 40000, repeat: int = 2) -> f
 def measure_merge(d: int, nlist: int = 1024, n: int = 200000, repeat: int = 2
                   ) -> tuple[float, float]:
     """(MB/s of lists written, fixed seconds per job) of ``merge_hslice`` from 2 vslices."""
-    from distributed_ondisk.build.merge import MergeJob, merge_hslice
-    from distributed_ondisk.build.trained_index import make_trained_index
-    from distributed_ondisk.build.vslice import VsliceJob, make_vslice
     from distributed_ondisk.datasets import make_clustered
+    from distributed_ondisk.stages.merge import MergeJob, merge_hslice
+    from distributed_ondisk.stages.train import make_trained_index
+    from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
     from distributed_ondisk.workdir import Workdir
 
     with tempfile.TemporaryDirectory(prefix="plan-cal-") as tmp:
@@ -163,8 +163,9 @@ def measure_search(d: int, nlist: int = 1024, n: int = 100000, nq: int = 2000,
     """(quantization us per query, scan ns per code, QPS per core by nprobe) on an
     in-RAM IVF<nlist>_HNSW32,SQ6 (the same scan code as the on-disk lists)."""
     import faiss
-    from distributed_ondisk.build.vslice import add_rows
+
     from distributed_ondisk.datasets import make_clustered, make_queries
+    from distributed_ondisk.stages.vslice import add_rows
 
     x = make_clustered(n, d, seed=15)
     q = make_queries(nq, d, seed=15)
@@ -193,6 +194,7 @@ def calibrate(d: int = 64, quick: bool = False, base: Rates = DEFAULT_RATES,
               out: Optional[os.PathLike] = None) -> tuple[Rates, dict]:
     """Measure every rate (about a minute; ``quick``: a few seconds less accurate)."""
     import platform
+
     import faiss
 
     scale = 0.5 if quick else 1.0

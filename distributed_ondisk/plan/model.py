@@ -10,12 +10,12 @@ What each stage costs is read off the code that runs it:
   int64 counts) from every server, holds all replies at once and adds them.  So
   the client's inbound bytes and RAM grow with servers * k * d.  Servers read
   bounded 64 MiB blocks; one server per node (it uses all the node's GPUs).
-* trained index (``build/trained_index.py``): one process; the sample rows, the
+* trained index (``stages/train.py``): one process; the sample rows, the
   HNSW32 quantizer over the k centroids (efConstruction 200).
-* vslices (``build/vslice.py``): one job per node at a time with all its cores;
+* vslices (``stages/vslice.py``): one job per node at a time with all its cores;
   the slice's lists in RAM (faiss's vectors grow geometrically: x1.5 on average),
   65536-row blocks, written once.
-* merge (``build/merge.py``, ``listcopy.py``): one job per node at a time, reads
+* merge (``stages/merge.py``, ``listcopy.py``): one job per node at a time, reads
   its lists from every vslice, writes them once; RAM ~10 batches of 2 MiB plus
   every vslice's list table (sizes + offsets, 16 bytes per list per vslice).
 * search (``search/client.py``, ``server.py``): the client quantizes (transform +

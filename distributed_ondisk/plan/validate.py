@@ -63,14 +63,14 @@ def _timed(fn) -> float:
 
 def measure(size: Size, root: Path, seed: int = 0) -> dict[str, float]:
     """Run every stage once on seeded clustered data; seconds per stage."""
-    from distributed_ondisk.build.merge import MergeJob, merge_hslice
-    from distributed_ondisk.build.trained_index import make_trained_index
-    from distributed_ondisk.build.vslice import VsliceJob, make_vslice
     from distributed_ondisk.datasets import iter_clustered, make_queries
     from distributed_ondisk.kmeans.cpu import CPUAssign
     from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
     from distributed_ondisk.kmeans.source import RowSource
     from distributed_ondisk.search.combined import CombinedIndex
+    from distributed_ondisk.stages.merge import MergeJob, merge_hslice
+    from distributed_ondisk.stages.train import make_trained_index
+    from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
     from distributed_ondisk.vectors import VectorWriter
     from distributed_ondisk.workdir import Workdir
 

@@ -10,8 +10,13 @@ out-of-band buffers.
 from distributed_ondisk.rpc.address import parse_address
 from distributed_ondisk.rpc.client import Client, wait_ready
 from distributed_ondisk.rpc.codec import register_message_type
-from distributed_ondisk.rpc.secret import (add_secret_args, generate_secret, load_secret,
-                                           secret_from_args, write_secret_file)
+from distributed_ondisk.rpc.secret import (
+                                           add_secret_args,
+                                           generate_secret,
+                                           load_secret,
+                                           secret_from_args,
+                                           write_secret_file,
+)
 from distributed_ondisk.rpc.server import Server
 
 __all__ = ["Server", "Client", "wait_ready", "load_secret", "add_secret_args",

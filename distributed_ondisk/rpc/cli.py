@@ -8,10 +8,9 @@ from typing import Optional, Sequence
 from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.rpc.client import Client, wait_ready
 from distributed_ondisk.rpc.demo import EchoService
-from distributed_ondisk.rpc.secret import add_secret_args, secret_from_args, write_secret_file
-from distributed_ondisk.rpc.server import (DEFAULT_IDLE_TIMEOUT, DEFAULT_SEND_TIMEOUT,
-                                           Server)
 from distributed_ondisk.rpc.preauth import DEFAULT_MAX_PENDING, DEFAULT_PREAUTH_TIMEOUT
+from distributed_ondisk.rpc.secret import add_secret_args, secret_from_args, write_secret_file
+from distributed_ondisk.rpc.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_SEND_TIMEOUT, Server
 
 
 def _add_encryption_arg(p: argparse.ArgumentParser) -> None:

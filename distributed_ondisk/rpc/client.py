@@ -19,13 +19,20 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-from distributed_ondisk.errors import (AuthenticationError, ConnectionLost, ForbiddenError,
-                                       ProtocolError, RemoteError, RPCError, RPCTimeout)
+from distributed_ondisk.errors import (
+    AuthenticationError,
+    ConnectionLost,
+    ForbiddenError,
+    ProtocolError,
+    RemoteError,
+    RPCError,
+    RPCTimeout,
+)
 from distributed_ondisk.rpc import framing
 from distributed_ondisk.rpc.address import parse_address
 from distributed_ondisk.rpc.auth import client_handshake
-from distributed_ondisk.rpc.server import encryption_default
 from distributed_ondisk.rpc.secret import check_secret
+from distributed_ondisk.rpc.server import encryption_default
 from distributed_ondisk.rpc.session import Channel
 
 log = logging.getLogger(__name__)

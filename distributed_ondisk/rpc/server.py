@@ -24,12 +24,22 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from distributed_ondisk.errors import (ConnectionLost, DistributedOndiskError, ForbiddenError,
-                                       InputError, ProtocolError, RPCError, RPCTimeout)
+from distributed_ondisk.errors import (
+    ConnectionLost,
+    DistributedOndiskError,
+    ForbiddenError,
+    InputError,
+    ProtocolError,
+    RPCError,
+    RPCTimeout,
+)
 from distributed_ondisk.rpc import framing
 from distributed_ondisk.rpc.address import format_address, is_loopback
-from distributed_ondisk.rpc.preauth import (DEFAULT_MAX_PENDING, DEFAULT_PREAUTH_TIMEOUT,
-                                            HandshakePool)
+from distributed_ondisk.rpc.preauth import (
+    DEFAULT_MAX_PENDING,
+    DEFAULT_PREAUTH_TIMEOUT,
+    HandshakePool,
+)
 from distributed_ondisk.rpc.secret import check_secret
 from distributed_ondisk.rpc.session import Channel
 

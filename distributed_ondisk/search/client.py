@@ -26,10 +26,16 @@ from typing import Optional, Sequence
 import faiss
 import numpy as np
 
-from distributed_ondisk.errors import (ConnectionLost, IndexFileError, InputError, RemoteError,
-                                       RPCError, RPCTimeout)
+from distributed_ondisk.errors import (
+    ConnectionLost,
+    IndexFileError,
+    InputError,
+    RemoteError,
+    RPCError,
+    RPCTimeout,
+)
 from distributed_ondisk.search.combined import TrainedSearcher
-from distributed_ondisk.search.shards import check_coverage
+from distributed_ondisk.search.shardset import check_coverage
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_ROWS = 2048
@@ -127,9 +133,11 @@ class DistributedSearchClient:
                                         thread_name_prefix="search-client")
 
     def _load_trained(self, infos: list[dict], trained: Optional[str]) -> TrainedSearcher:
-        from distributed_ondisk.build.trained_index import (fingerprint_bytes,
-                                                            fingerprint_matches,
-                                                            load_trained_index)
+        from distributed_ondisk.ondisk.trained import (
+            fingerprint_bytes,
+            fingerprint_matches,
+            load_trained_index,
+        )
 
         fp = infos[0]["fingerprint"]
         for a, info in zip(self.addresses, infos):

@@ -26,9 +26,14 @@ import faiss
 import numpy as np
 
 from distributed_ondisk.errors import IndexFileError, InputError
-from distributed_ondisk.search.shards import (ShardMeta, check_coverage, expand_shard_args,
-                                              find_trained_index, open_shard,
-                                              read_shard_meta)
+from distributed_ondisk.search.shardset import (
+    ShardMeta,
+    check_coverage,
+    expand_shard_args,
+    find_trained_index,
+    open_shard,
+    read_shard_meta,
+)
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -73,7 +78,7 @@ class TrainedSearcher:
         batches into chunks, so the row-exact transform of the build is what
         keeps its results bit-identical to an in-process search.
         """
-        from distributed_ondisk.build.vslice import transform_rows
+        from distributed_ondisk.ondisk.transform import transform_rows
 
         return transform_rows(self.index, _as_queries(x, self.d), first_row)[1]
 
@@ -99,9 +104,8 @@ class CombinedIndex(TrainedSearcher):
     def __init__(self, shards: Union[PathLike, Sequence[PathLike]], *,
                  trained: Optional[PathLike] = None, complete: bool = True,
                  checksums: bool = False) -> None:
-        from distributed_ondisk.build.structure import structure_digest
-        from distributed_ondisk.build.trained_index import (fingerprint_matches,
-                                                            load_trained_index)
+        from distributed_ondisk.ondisk.indexfile import structure_digest
+        from distributed_ondisk.ondisk.trained import fingerprint_matches, load_trained_index
 
         paths = expand_shard_args(shards)
         metas = [read_shard_meta(p, checksums=checksums) for p in paths]

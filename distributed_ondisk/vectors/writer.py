@@ -17,8 +17,13 @@ import numpy as np
 
 from distributed_ondisk.atomic import atomic_path
 from distributed_ondisk.errors import VectorFileError
-from distributed_ondisk.vectors.formats import (BIN_DTYPES, BIN_HINT_DTYPES, MAX_DIM,
-                                                VECS_DTYPES, format_of)
+from distributed_ondisk.vectors.formats import (
+    BIN_DTYPES,
+    BIN_HINT_DTYPES,
+    MAX_DIM,
+    VECS_DTYPES,
+    format_of,
+)
 
 #: Rows are converted and written in pieces of about this many bytes (bounded memory).
 WRITE_CHUNK_BYTES = 16 << 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reliability_helpers import D, N, OUTPUTS, Reference, checksums, run_pipeline
+from reliability_helpers import OUTPUTS, D, N, Reference, checksums, run_pipeline
 
 from distributed_ondisk.datasets import make_clustered
 from distributed_ondisk.vectors import write_vectors

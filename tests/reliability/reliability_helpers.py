@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 
 from distributed_ondisk.atomic import TMP_MARKER
-from distributed_ondisk.manifest import MANIFEST_SUFFIX, verify_manifest
+from distributed_ondisk.ondisk.manifest import MANIFEST_SUFFIX, verify_manifest
 from distributed_ondisk.rpc import load_secret, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]

@@ -11,8 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import (D, N, NH, NV, SETTINGS, assert_nothing_half_written,
-                                 run_stage, stage_command)
+from reliability_helpers import (
+    NH,
+    NV,
+    SETTINGS,
+    D,
+    N,
+    assert_nothing_half_written,
+    run_stage,
+    stage_command,
+)
 
 from distributed_ondisk.vectors import read_vectors, write_vectors
 

@@ -18,10 +18,25 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from reliability_helpers import (CRASHPOINT, NH, NV, Reference,
-                                 assert_nothing_half_written, checksums, kmeans_server,
-                                 killed, queries, run_pipeline, run_stage, search_server,
-                                 seed_workdir, servers, sha, stage_command, temporaries)
+from reliability_helpers import (
+    CRASHPOINT,
+    NH,
+    NV,
+    Reference,
+    assert_nothing_half_written,
+    checksums,
+    killed,
+    kmeans_server,
+    queries,
+    run_pipeline,
+    run_stage,
+    search_server,
+    seed_workdir,
+    servers,
+    sha,
+    stage_command,
+    temporaries,
+)
 
 from distributed_ondisk.errors import RPCError
 from distributed_ondisk.search.client import DistributedSearchClient

@@ -12,9 +12,8 @@ from rpc_procs import echo_server
 
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import check_indices
-from distributed_ondisk.rpc import Client, codec, framing
+from distributed_ondisk.rpc import Client, auth, codec, framing
 from distributed_ondisk.rpc.address import parse_address
-from distributed_ondisk.rpc import auth
 from distributed_ondisk.search.server import MAX_K, check_request_size
 
 psutil = pytest.importorskip("psutil", reason="psutil measures the server's memory")

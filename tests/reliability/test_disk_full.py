@@ -9,8 +9,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from reliability_helpers import (NH, NV, SETTINGS, assert_nothing_half_written, checksums,
-                                 run_stage, stage_command, temporaries)
+from reliability_helpers import (
+    NH,
+    NV,
+    SETTINGS,
+    assert_nothing_half_written,
+    checksums,
+    run_stage,
+    stage_command,
+    temporaries,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

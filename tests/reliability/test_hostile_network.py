@@ -24,10 +24,15 @@ from hypothesis import strategies as st
 from reliability_helpers import kmeans_server, search_server
 
 from distributed_ondisk.errors import AuthenticationError
-from distributed_ondisk.rpc import Client, generate_secret
-from distributed_ondisk.rpc import framing
+from distributed_ondisk.rpc import Client, framing, generate_secret
 from distributed_ondisk.rpc.address import parse_address
-from distributed_ondisk.rpc.auth import FLAG_AUTH, HELLO, HELLO_MAGIC, HELLO_VERSION, client_handshake
+from distributed_ondisk.rpc.auth import (
+    FLAG_AUTH,
+    HELLO,
+    HELLO_MAGIC,
+    HELLO_VERSION,
+    client_handshake,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 RSS_SLACK = 96 << 20     # what a server may grow by over a whole hostile case
@@ -316,6 +321,7 @@ def test_thousands_of_connections_opened_and_dropped(target):
 def test_no_server_accepts_a_non_loopback_start_without_secret(reference, tmp_path):
     """The servers refuse to listen beyond loopback without a secret (before any input)."""
     import sys
+
     from reliability_helpers import REPO, base_env
     for argv in (["distributed_kmeans.py", "--server", "--indata",
                   str(reference.root / "data.fvecs"), "--insecure", "--host", "0.0.0.0",

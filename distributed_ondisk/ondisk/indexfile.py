@@ -130,3 +130,6 @@ def ondisk_list_table(invlists: faiss.InvertedLists) -> np.ndarray:
         if od.list_size(j) != table[j, 0]:
             raise IndexFileError("unexpected OnDiskInvertedLists layout in this faiss build")
     return table
+
+
+IDX_BYTES = 8  # faiss idx_t

@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence, Union
 
 import faiss
 
-from distributed_ondisk import manifest as mf
 from distributed_ondisk.errors import IndexFileError, InputError
+from distributed_ondisk.ondisk import manifest as mf
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -121,7 +121,7 @@ def missing_parts(missing: Sequence[tuple[int, int]], nlist: int,
                   splits: Sequence[int]) -> list[str]:
     """Names (``h1 of 4, lists [16, 32)``) of the shards of the recorded splits (shard
     counts) that hold some of the ``missing`` list ranges."""
-    from distributed_ondisk.build.plan import plan_hslices
+    from distributed_ondisk.ranges import plan_hslices
 
     names = []
     for m in sorted(set(splits)):
@@ -185,7 +185,7 @@ def find_trained_index(metas: Sequence[ShardMeta]) -> Path:
     """The trained index the shards were built from (their common fingerprint): where
     their manifests say (relative to the shard, then absolute), else the work directory
     layout (``trained.index`` next to the shards or to their folder)."""
-    from distributed_ondisk.build.trained_index import find_trained
+    from distributed_ondisk.ondisk.trained import find_trained
 
     fp = common_fingerprint(metas)
     cands: list[Path] = []
@@ -211,8 +211,8 @@ def open_shard(meta: ShardMeta, code_size: int, structure: str) -> Any:
     Returns the build's ``Hslice`` (index + on-disk lists); keep it alive while
     its lists are searched.
     """
-    from distributed_ondisk.build.shards import open_hslice
-    from distributed_ondisk.build.structure import ondisk_list_table, structure_digest
+    from distributed_ondisk.ondisk.hslice import open_hslice
+    from distributed_ondisk.ondisk.indexfile import ondisk_list_table, structure_digest
 
     h = open_hslice(meta.path)
     ivf = faiss.extract_index_ivf(h.index)

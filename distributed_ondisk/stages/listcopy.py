@@ -8,11 +8,11 @@ consecutive lists:
   of them split the slices, for file systems where a read waits on the network)
   into one of two reused buffers, and checks them against the slice manifest's
   block digests
-  (:class:`~distributed_ondisk.build.slicefile.BlockVerifier`: the bytes checked
+  (:class:`~distributed_ondisk.ondisk.vslice.BlockVerifier`: the bytes checked
   are the very bytes written, and no slice byte is read twice);
 * the main thread gathers batch ``k`` into output order with one Arrow ``take``
   over its buffer cut into (slice, list, codes|ids) parts
-  (:func:`~distributed_ondisk.build.plan.gather_plan`);
+  (:func:`~distributed_ondisk.stages.plan.gather_plan`);
 * a writer thread ``pwrite``s batch ``k - 1``, hashes it and starts its writeback.
 
 Why Arrow: a shard has two parts per (list, slice), ~30 vectors each at the
@@ -45,12 +45,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from distributed_ondisk import manifest as mf
 from distributed_ondisk.atomic import atomic_path
-from distributed_ondisk.build.plan import IDX_BYTES, gather_plan, plan_merge_reads
-from distributed_ondisk.build.slicefile import BlockVerifier
 from distributed_ondisk.errors import IndexFileError
 from distributed_ondisk.log import Progress
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.indexfile import IDX_BYTES
+from distributed_ondisk.ondisk.vslice import BlockVerifier
+from distributed_ondisk.stages.plan import gather_plan, plan_merge_reads
 
 log = logging.getLogger(__name__)
 _EDGE_READ = 8 << 20

@@ -25,21 +25,19 @@ from typing import Any, Iterator, Optional, Union
 
 import faiss
 import numpy as np
-from threadpoolctl import ThreadpoolController
 
-from distributed_ondisk import manifest as mf
 from distributed_ondisk.atomic import atomic_path
-from distributed_ondisk.build.plan import resolve_range
-from distributed_ondisk.build.slicefile import read_layout, region_checksums
-from distributed_ondisk.build.structure import (placeholder_quantizer, structure_digest,
-                                                write_index)
-from distributed_ondisk.build.trained_index import load_trained_index
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.log import Progress
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.indexfile import placeholder_quantizer, structure_digest, write_index
+from distributed_ondisk.ondisk.trained import load_trained_index
+from distributed_ondisk.ondisk.transform import transform_rows
+from distributed_ondisk.ondisk.vslice import KIND, read_layout, region_checksums
+from distributed_ondisk.ranges import resolve_range
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
-KIND = "vslice"
 DEFAULT_BLOCK_ROWS = 65536
 
 
@@ -79,74 +77,12 @@ def list_sizes(index: faiss.Index) -> np.ndarray:
                        count=ivf.nlist)
 
 
-CHUNK_ROWS = 256   # rows per fixed-shape product (a 256 x d tile stays in L2 cache)
-_blas: Optional[ThreadpoolController] = None
 
 
-def _one_blas_thread() -> Any:
-    """Context limiting every loaded BLAS to one thread (the controller is built once:
-    scanning the loaded libraries costs 0.4 ms, a limit 15 us)."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    return _blas.limit(limits=1, user_api="blas")
 
 
-class _RowExactLinear:
-    """``y = x A^T + b`` where each row's bytes depend only on the row and on its
-    position modulo :data:`CHUNK_ROWS`, never on how many rows come with it.
-
-    faiss's ``apply`` calls sgemm on the whole block, and BLAS picks its blocking
-    and its thread split from the matrix shape, so the last bit of a row changes
-    with the block size (measured: about half of the rows), and with it some SQ
-    codes.  Here every product has the same shape: rows are copied at their
-    position ``row % CHUNK_ROWS`` into one reused, zero-padded ``(CHUNK_ROWS,
-    d_in)`` buffer and multiplied on one BLAS thread, so each row always takes
-    the same path through the kernel (GEMM never mixes rows).  That is as fast as
-    sgemm on whole blocks, unlike a per-element product (8x slower, measured).
-    """
-
-    def __init__(self, lt: faiss.LinearTransform) -> None:
-        self.at = np.ascontiguousarray(
-            faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T)
-        self.bias = faiss.vector_to_array(lt.b) if lt.have_bias else None
-        self.buf = np.zeros((CHUNK_ROWS, lt.d_in), dtype=np.float32)
-        self.prod = np.empty((CHUNK_ROWS, lt.d_out), dtype=np.float32)
-
-    def __call__(self, x: np.ndarray, first_row: int) -> np.ndarray:
-        y = np.empty((len(x), self.at.shape[1]), dtype=np.float32)
-        i = 0
-        with _one_blas_thread():
-            while i < len(x):
-                pos = (first_row + i) % CHUNK_ROWS
-                take = min(len(x) - i, CHUNK_ROWS - pos)
-                if take < CHUNK_ROWS:      # a full chunk overwrites every row
-                    self.buf[:] = 0
-                self.buf[pos:pos + take] = x[i:i + take]
-                np.matmul(self.buf, self.at, out=self.prod)
-                y[i:i + take] = self.prod[pos:pos + take]
-                i += take
-        if self.bias is not None:
-            y += self.bias           # elementwise: row-exact
-        return y
 
 
-def transform_rows(index: faiss.Index, x: np.ndarray,
-                   first_row: int = 0) -> tuple[faiss.Index, np.ndarray]:
-    """(index to add to, vectors to add): the pre-transforms applied row-exactly
-    (see :class:`_RowExactLinear`); ``first_row`` is the global number of ``x[0]``."""
-    index = faiss.downcast_index(index)
-    if not isinstance(index, faiss.IndexPreTransform):
-        return index, x
-    for i in range(index.chain.size()):
-        vt = faiss.downcast_VectorTransform(index.chain.at(i))
-        if isinstance(vt, faiss.LinearTransform):
-            x = _RowExactLinear(vt)(x, first_row)
-        else:
-            log.warning("%s is not linear: applied by faiss, bytes may depend on block size",
-                        type(vt).__name__)
-            x = vt.apply(x)
-    return faiss.downcast_index(index.index), x
 
 
 def add_rows(index: faiss.Index, x: np.ndarray, ids: np.ndarray) -> None:

@@ -13,7 +13,7 @@ its vector count, non-negative ids; the same structure (transform, encoder, nlis
 code size) and coarse centroids as the other slices and as ``--trained`` when given;
 id ranges disjoint between slices.  Without ``--trained`` the trained index is
 identified by content (structure + centroids, see
-:func:`~distributed_ondisk.build.trained_index.content_fingerprint`), which needs
+:func:`~distributed_ondisk.ondisk.trained.content_fingerprint`), which needs
 the slices to carry their quantizer, as faiss-made slices do.
 """
 from __future__ import annotations
@@ -29,12 +29,11 @@ from typing import Any, Optional, Sequence
 import faiss
 import numpy as np
 
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build.plan import IDX_BYTES, find_overlaps
-from distributed_ondisk.build.slicefile import SliceLayout, read_layout, region_checksums
-from distributed_ondisk.build.structure import ivf_of, read_index, structure_digest
-from distributed_ondisk.build.vslice import KIND
 from distributed_ondisk.errors import IndexFileError, InputError, OutputError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.indexfile import IDX_BYTES, ivf_of, read_index, structure_digest
+from distributed_ondisk.ondisk.vslice import KIND, SliceLayout, read_layout, region_checksums
+from distributed_ondisk.ranges import find_overlaps
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +150,7 @@ def _fingerprint(found: Sequence[Found], trained: Optional[tuple[faiss.Index, st
     :func:`check_same_trained`): the fingerprint of slices adopted or built before
     when one of those carries the same centroids, else the content fingerprint.
     """
-    from distributed_ondisk.build.trained_index import (content_fingerprint_of,
-                                                        fingerprint_matches)
+    from distributed_ondisk.ondisk.trained import content_fingerprint_of, fingerprint_matches
 
     done = [f for f in found if f.doc is not None]
     if trained is not None:
@@ -219,8 +217,8 @@ def adopt_vslices(paths: Sequence[Path], trained: Optional[Path] = None,
     slices adopted now.  Slices that have a manifest are checked with the others and
     kept as they are (so a rerun, or parallel merge jobs adopting the same slices,
     write nothing new)."""
-    from distributed_ondisk.build.merge import open_vslice
-    from distributed_ondisk.build.trained_index import load_trained_index
+    from distributed_ondisk.ondisk.trained import load_trained_index
+    from distributed_ondisk.stages.merge import open_vslice
 
     if not paths:
         raise InputError("no vslices to adopt")

@@ -26,11 +26,15 @@ import faiss
 import numpy as np
 import xxhash
 
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build.plan import IDX_BYTES
-from distributed_ondisk.build.structure import (ivf_of, ondisk_list_table, read_index,
-                                                structure_digest)
 from distributed_ondisk.errors import IndexFileError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.indexfile import (
+    IDX_BYTES,
+    ivf_of,
+    ondisk_list_table,
+    read_index,
+    structure_digest,
+)
 
 PathLike = Union[str, "os.PathLike[str]"]
 MAX_BLOCKS = 1024
@@ -173,3 +177,6 @@ class BlockVerifier:
             i += take
             self.pos += take
             self._finish_blocks()
+
+
+KIND = "vslice"

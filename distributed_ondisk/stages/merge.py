@@ -3,9 +3,9 @@
 Output: a contiguous ``OnDiskInvertedLists`` data file holding, for each list
 in the range, the codes then the ids of all slices (in slice id order), and an
 index file whose on-disk lists point at the data file by a path *relative to
-the index's directory* (see :mod:`distributed_ondisk.build.shards` for opening).
+the index's directory* (see :mod:`distributed_ondisk.ondisk.hslice` for opening).
 
-The data file is written by :mod:`distributed_ondisk.build.listcopy` in bounded,
+The data file is written by :mod:`distributed_ondisk.stages.listcopy` in bounded,
 overlapped batches with every copied byte checked against the slices' manifests
 (faiss's ``merge_from_multiple`` writes through a shared mapping of the whole
 output, so its resident memory grows with the shard).  Every input is checked
@@ -25,20 +25,22 @@ from typing import Any, Optional, Sequence, Union
 import faiss
 import numpy as np
 
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.atomic import atomic_path
-from distributed_ondisk.build.listcopy import write_lists
-from distributed_ondisk.build.plan import IDX_BYTES, find_overlaps, resolve_range
-from distributed_ondisk.build.slicefile import (BlockVerifier, SliceLayout, check_header_trailer,
-                                                read_layout)
-from distributed_ondisk.build.structure import read_index, write_index
-from distributed_ondisk.build.vslice import KIND as VSLICE_KIND
 from distributed_ondisk.errors import IndexFileError, InputError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.hslice import KIND, write_hslice_index
+from distributed_ondisk.ondisk.vslice import KIND as VSLICE_KIND
+from distributed_ondisk.ondisk.vslice import (
+    BlockVerifier,
+    SliceLayout,
+    check_header_trailer,
+    read_layout,
+)
+from distributed_ondisk.ranges import find_overlaps, resolve_range
+from distributed_ondisk.stages.listcopy import write_lists
 from distributed_ondisk.workdir import default_invlists_for
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
-KIND = "hslice"
 # Memory ~ 4 batches.  2 MiB measured fastest (1.8x faster than 8 MiB on 2 cores): larger
 # gathered batches are fresh allocations whose page faults cost more than the copy.  Each
 # slice is read batch/nslices bytes at a time (the kernel's readahead covers small reads);
@@ -135,7 +137,7 @@ def check_vslices(paths: Sequence[Path], trained: Optional[tuple[faiss.Index, st
                   threads: int) -> list[Vslice]:
     """Open and cross-check all inputs (against ``trained``, an index and its file
     fingerprint, when given); raise naming the first bad file."""
-    from distributed_ondisk.build.trained_index import fingerprint_matches
+    from distributed_ondisk.ondisk.trained import fingerprint_matches
 
     with ThreadPoolExecutor(max(1, threads)) as ex:
         slices = list(ex.map(open_vslice, paths))
@@ -158,37 +160,15 @@ def check_vslices(paths: Sequence[Path], trained: Optional[tuple[faiss.Index, st
     return sorted(slices, key=lambda s: s.id_range)
 
 
-def _relative_invlists_name(index_path: Path, invlists_path: Path) -> str:
-    return os.path.relpath(os.path.abspath(invlists_path), os.path.dirname(os.path.abspath(index_path)))
 
 
-def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
-                       sizes: np.ndarray) -> None:
-    """Write the shard's index file: the slice structure with on-disk lists pointing
-    (relatively) at ``invlists_path``, lists outside [l0, l1) empty."""
-    from distributed_ondisk.build.structure import placeholder_quantizer
-
-    index = read_index(template, faiss.IO_FLAG_MMAP)
-    ivf = faiss.extract_index_ivf(index)
-    full = np.zeros(ivf.nlist, dtype=np.uint64)
-    full[l0:l0 + len(sizes)] = sizes
-    od = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size,
-                                   _relative_invlists_name(out, invlists_path))
-    od.set_all_lists_sizes(faiss.swig_ptr(full))
-    od.totsize = int(full.sum()) * (ivf.code_size + IDX_BYTES)
-    ivf.replace_invlists(od, True)   # frees the slice's mapping
-    od.this.disown()
-    index.ntotal = ivf.ntotal = int(full.sum())
-    # lists only: the trained index holds the coarse quantizer once for all shards
-    with atomic_path(out) as tmp, placeholder_quantizer(index):
-        write_index(index, tmp)
 
 
 def locate_trained(given: Optional[Path], slices: Sequence[Vslice],
                    fingerprint: str) -> Optional[Path]:
     """The trained index file of the slices, to record in the shard's manifest: the given
     one, else where the slices' manifests say, else next to the slices' folder."""
-    from distributed_ondisk.build.trained_index import find_trained
+    from distributed_ondisk.ondisk.trained import find_trained
 
     if given is not None:
         return given
@@ -207,7 +187,7 @@ def locate_trained(given: Optional[Path], slices: Sequence[Vslice],
 
 def merge_hslice(job: MergeJob) -> dict[str, Any]:
     """Build one horizontal shard (skipped when already complete); returns its manifest."""
-    from distributed_ondisk.build.trained_index import load_trained_index
+    from distributed_ondisk.ondisk.trained import load_trained_index
 
     out = Path(job.out)
     il_path = Path(job.invlists) if job.invlists else default_invlists_for(out)

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import faiss
+import numpy as np
 
-from distributed_ondisk import manifest as mf
-from distributed_ondisk.build.structure import read_index
-from distributed_ondisk.build.trained_index import fingerprint_matches, load_trained_index
+from distributed_ondisk.atomic import atomic_path
 from distributed_ondisk.errors import IndexFileError
+from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.indexfile import IDX_BYTES, read_index, write_index
+from distributed_ondisk.ondisk.trained import fingerprint_matches, load_trained_index
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -105,3 +107,34 @@ def open_hslices(trained: PathLike, hslices: Sequence[PathLike]) -> faiss.Index:
     # the C++ objects do not own each other here: keep them alive with the index
     index.referenced_objects = [shards, parts, vec, stacked]
     return index
+
+
+KIND = "hslice"
+
+
+
+def _relative_invlists_name(index_path: Path, invlists_path: Path) -> str:
+    return os.path.relpath(os.path.abspath(invlists_path), os.path.dirname(os.path.abspath(index_path)))
+
+
+
+def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
+                       sizes: np.ndarray) -> None:
+    """Write the shard's index file: the slice structure with on-disk lists pointing
+    (relatively) at ``invlists_path``, lists outside [l0, l1) empty."""
+    from distributed_ondisk.ondisk.indexfile import placeholder_quantizer
+
+    index = read_index(template, faiss.IO_FLAG_MMAP)
+    ivf = faiss.extract_index_ivf(index)
+    full = np.zeros(ivf.nlist, dtype=np.uint64)
+    full[l0:l0 + len(sizes)] = sizes
+    od = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size,
+                                   _relative_invlists_name(out, invlists_path))
+    od.set_all_lists_sizes(faiss.swig_ptr(full))
+    od.totsize = int(full.sum()) * (ivf.code_size + IDX_BYTES)
+    ivf.replace_invlists(od, True)   # frees the slice's mapping
+    od.this.disown()
+    index.ntotal = ivf.ntotal = int(full.sum())
+    # lists only: the trained index holds the coarse quantizer once for all shards
+    with atomic_path(out) as tmp, placeholder_quantizer(index):
+        write_index(index, tmp)
