@@ -15,6 +15,7 @@ found in the first 10 (not trivially 1 when the queries are indexed rows).
 Without --gt, the ground truth is
 computed from --database by brute force and cached next to the queries.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,27 +30,42 @@ def build_parser() -> argparse.ArgumentParser:
     from distributed_ondisk.rpc import add_secret_args
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shards", required=True, nargs="+",
-                    help="shard files or a directory of them (comma-separated allowed)")
-    ap.add_argument("--trained",
-                    help="trained index (default: the one the shards' manifests record, "
-                         "else trained.index next to the shards or their folder; always "
-                         "checked against the shards' fingerprint)")
+    ap.add_argument(
+        "--shards",
+        required=True,
+        nargs="+",
+        help="shard files or a directory of them (comma-separated allowed)",
+    )
+    ap.add_argument(
+        "--trained",
+        help="trained index (default: the one the shards' manifests record, "
+        "else trained.index next to the shards or their folder; always "
+        "checked against the shards' fingerprint)",
+    )
     ap.add_argument("--queries", required=True, help="query vectors")
     ap.add_argument("--k", type=int, default=10, help="neighbours per query")
     ap.add_argument("--nprobe", default="1,4,16,64", help="comma-separated nprobe values")
     ap.add_argument("--ef-search", type=int, help="HNSW efSearch of the coarse quantizer")
     ap.add_argument("--gt", help="ground-truth ids (.ivecs)")
     ap.add_argument("--database", help="database vectors, to compute (and cache) ground truth")
-    ap.add_argument("--database-rows", type=int,
-                    help="only the first N rows of --database are indexed (held-out queries)")
-    ap.add_argument("--in-ram", action="store_true",
-                    help="also evaluate an in-RAM copy of the index (needs RAM for all codes)")
+    ap.add_argument(
+        "--database-rows",
+        type=int,
+        help="only the first N rows of --database are indexed (held-out queries)",
+    )
+    ap.add_argument(
+        "--in-ram",
+        action="store_true",
+        help="also evaluate an in-RAM copy of the index (needs RAM for all codes)",
+    )
     ap.add_argument("--servers", help="also evaluate distributed search on these search servers")
     ap.add_argument("--plot", help="write recall / QPS curves to this PNG")
     ap.add_argument("--json", help="write the measured points to this JSON file")
-    ap.add_argument("--queries-label", help="where the queries come from, recorded with each "
-                    "point (e.g. 'sample of 1000 indexed rows, seed 1234')")
+    ap.add_argument(
+        "--queries-label",
+        help="where the queries come from, recorded with each "
+        "point (e.g. 'sample of 1000 indexed rows, seed 1234')",
+    )
     add_secret_args(ap)
     add_logging_args(ap)
     return ap
@@ -65,8 +81,9 @@ def main(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise InputError(f"--k must be >= 1, got {args.k}")
-    if args.plot:   # before the ground truth and the searches, not after them
+    if args.plot:  # before the ground truth and the searches, not after them
         from distributed_ondisk.extras import require
+
         require("plot", "--plot")
     nprobes = ev.parse_int_list(args.nprobe)
     ci = CombinedIndex(args.shards, trained=args.trained)
@@ -78,8 +95,9 @@ def main(args: argparse.Namespace) -> int:
         gt = ev.load_ground_truth(args.gt, len(xq))
     elif args.database:
         metric = "ip" if ci.keep_max else "l2"
-        gt = ev.ground_truth(args.database, args.queries, 100, metric=metric,
-                             rows=args.database_rows)
+        gt = ev.ground_truth(
+            args.database, args.queries, 100, metric=metric, rows=args.database_rows
+        )
     ef = args.ef_search
 
     def on_disk(x, k, nprobe):
@@ -92,8 +110,10 @@ def main(args: argparse.Namespace) -> int:
 
         def in_ram(x, k, nprobe):
             xt = ci.transform(x)
-            params = faiss.SearchParametersIVF(nprobe=nprobe, quantizer_params=(
-                faiss.SearchParametersHNSW(efSearch=ef) if ef else None))
+            params = faiss.SearchParametersIVF(
+                nprobe=nprobe,
+                quantizer_params=(faiss.SearchParametersHNSW(efSearch=ef) if ef else None),
+            )
             return ram_ivf.search(xt, k, params=params)
 
         points = ev.evaluate("in-RAM", in_ram, xq, args.k, nprobes, gt) + points
@@ -102,25 +122,44 @@ def main(args: argparse.Namespace) -> int:
         from distributed_ondisk.search.client import DistributedSearchClient
 
         # the trained index found (and checked) above: no need to fetch it from a server
-        with DistributedSearchClient(args.servers.split(","), secret=secret_from_args(args),
-                                     trained=str(ci.trained_path)) as client:
+        with DistributedSearchClient(
+            args.servers.split(","), secret=secret_from_args(args), trained=str(ci.trained_path)
+        ) as client:
+
             def distributed(x, k, nprobe):
                 return tuple(client.search(x, k, nprobe=nprobe, ef_search=ef))
 
             points += ev.evaluate("distributed", distributed, xq, args.k, nprobes, gt)
-    print(f"{ci.ntotal} vectors in {len(ci.shards)} shard(s), nlist {ci.nlist}, "
-          f"{len(xq)} queries, k={args.k}, {faiss.omp_get_max_threads()} threads")
+    print(
+        f"{ci.ntotal} vectors in {len(ci.shards)} shard(s), nlist {ci.nlist}, "
+        f"{len(xq)} queries, k={args.k}, {faiss.omp_get_max_threads()} threads"
+    )
     print(ev.format_table(points))
     if gt is None:
         print("(no --gt or --database: recall not measured)")
     if args.plot:
         ev.plot_curves(points, args.plot, title=f"{ci.ntotal} vectors, nlist {ci.nlist}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(
-            [{"variant": p.variant, "nprobe": p.nprobe, "nq": p.nq, "seconds": p.seconds,
-              "qps": p.qps, "recall": p.recall, "recall_10_at_10": p.recall_10_at_10,
-              **({"queries": args.queries_label} if args.queries_label else {})}
-             for p in points], indent=1) + "\n")
+        atomic_write_text(
+            args.json,
+            json.dumps(
+                [
+                    {
+                        "variant": p.variant,
+                        "nprobe": p.nprobe,
+                        "nq": p.nq,
+                        "seconds": p.seconds,
+                        "qps": p.qps,
+                        "recall": p.recall,
+                        "recall_10_at_10": p.recall_10_at_10,
+                        **({"queries": args.queries_label} if args.queries_label else {}),
+                    }
+                    for p in points
+                ],
+                indent=1,
+            )
+            + "\n",
+        )
     return 0
 
 

@@ -6,6 +6,7 @@ Servers:      distributed_kmeans.py --server --indata x.fvecs --i0 0 --i1 500000
 Client:       distributed_kmeans.py --client --servers "h1:12345 h2:12345" --k 4096 --out c.npy
 Self-test:    distributed_kmeans.py --test 0,1,2,3
 """
+
 import sys
 
 from distributed_ondisk.kmeans.cli import main

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Fill a copy of the trained index with rows [i0, i1) of the data (ids = row numbers)
 and write it as one vertical slice, with a manifest.  Skips a finished slice."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--slice_no", type=int, help="which slice, 0-based")
     ap.add_argument("-o", "--out", help="output vslice index")
     ap.add_argument("--nt", type=int, default=0, help="threads (default: all cores)")
-    ap.add_argument("--bs", type=int, default=DEFAULT_BLOCK_ROWS, help="rows read and added "
-                    "per block (bounds memory)")
-    ap.add_argument("--keepquantizer", action="store_true",
-                    help="store the coarse quantizer's content in the slice too")
+    ap.add_argument(
+        "--bs",
+        type=int,
+        default=DEFAULT_BLOCK_ROWS,
+        help="rows read and added " "per block (bounds memory)",
+    )
+    ap.add_argument(
+        "--keepquantizer",
+        action="store_true",
+        help="store the coarse quantizer's content in the slice too",
+    )
     ap.add_argument("--force", action="store_true", help="rebuild even if complete")
     add_logging_args(ap)
     return ap
@@ -41,9 +49,24 @@ def main(args: argparse.Namespace) -> int:
     if out is None and wd and args.nslice is not None and args.slice_no is not None:
         out = wd.vslice(args.slice_no, args.nslice)
     if not (trained and data and out):
-        raise InputError("need --inputindex, --input and -o (or --workdir with --nslice/--slice_no)")
-    make_vslice(VsliceJob(Path(trained), Path(data), Path(out), args.i0, args.i1, args.nslice,
-                          args.slice_no, args.bs, args.nt, args.keepquantizer, args.force))
+        raise InputError(
+            "need --inputindex, --input and -o (or --workdir with --nslice/--slice_no)"
+        )
+    make_vslice(
+        VsliceJob(
+            Path(trained),
+            Path(data),
+            Path(out),
+            args.i0,
+            args.i1,
+            args.nslice,
+            args.slice_no,
+            args.bs,
+            args.nt,
+            args.keepquantizer,
+            args.force,
+        )
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Build the empty trained index IVF<k>_HNSW32,SQ6 (behind a random rotation) from
 k-means centroids and a training sample of the data."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", "-o", help="output trained index")
     ap.add_argument("--rotation", choices=ROTATIONS, default="random")
     ap.add_argument("--seed", type=int, default=1234, help="random rotation seed")
-    ap.add_argument("--sq", "--encoder", dest="encoder", default="SQ6",
-                    help="SQ4 | SQ6 | SQ8 | SQfp16 | PQ<m>[x<nbits>] (default SQ6)")
+    ap.add_argument(
+        "--sq",
+        "--encoder",
+        dest="encoder",
+        default="SQ6",
+        help="SQ4 | SQ6 | SQ8 | SQfp16 | PQ<m>[x<nbits>] (default SQ6)",
+    )
     ap.add_argument("--opq_m", type=int, help="OPQ sub-spaces (with --rotation opq)")
     ap.add_argument("--efSearch", type=int, default=128, help="HNSW efSearch of the quantizer")
     ap.add_argument("--efConstruction", type=int, default=200)
@@ -44,9 +50,14 @@ def main(args: argparse.Namespace) -> int:
         raise InputError("need --centroids, --indata and --out (or --workdir)")
     if args.nt > 0:
         faiss.omp_set_num_threads(args.nt)
-    cfg = TrainedIndexConfig(encoder=args.encoder, rotation=args.rotation, seed=args.seed,
-                             ef_search=args.efSearch, ef_construction=args.efConstruction,
-                             opq_m=args.opq_m)
+    cfg = TrainedIndexConfig(
+        encoder=args.encoder,
+        rotation=args.rotation,
+        seed=args.seed,
+        ef_search=args.efSearch,
+        ef_construction=args.efConstruction,
+        opq_m=args.opq_m,
+    )
     make_trained_index(centroids, indata, out, cfg, args.i0, args.i1, force=args.force)
     return 0
 

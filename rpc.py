@@ -4,6 +4,7 @@
 `python rpc.py ping HOST:PORT --timeout 60 --secret-file F` exits 0 once a server
 answers: launch scripts wait on it instead of sleeping.
 """
+
 import sys
 
 from distributed_ondisk.rpc.cli import main

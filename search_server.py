@@ -8,6 +8,7 @@ The shards are opened and checked first; only then does the server listen, so
 a server answering ping is ready.  Prints ``listening on HOST:PORT`` on stdout
 (the actual port with --port 0).  Stops cleanly on SIGTERM / Ctrl-C.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,18 +22,30 @@ from distributed_ondisk.search.server import open_search_server
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--shards", required=True, nargs="+",
-                    help="this server's shard files or directories (comma-separated allowed)")
-    ap.add_argument("--trained",
-                    help="trained index (default: the one the shards' manifests record, "
-                         "else trained.index next to the shards or their folder; always "
-                         "checked against the shards' fingerprint)")
+    ap.add_argument(
+        "--shards",
+        required=True,
+        nargs="+",
+        help="this server's shard files or directories (comma-separated allowed)",
+    )
+    ap.add_argument(
+        "--trained",
+        help="trained index (default: the one the shards' manifests record, "
+        "else trained.index next to the shards or their folder; always "
+        "checked against the shards' fingerprint)",
+    )
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
     ap.add_argument("--port", type=int, default=0, help="port (0: any free port)")
-    ap.add_argument("--when_ready", metavar="FILE",
-                    help="write HOST:PORT to FILE (atomically) once the server answers")
-    ap.add_argument("--checksums", action="store_true",
-                    help="verify the shards' sha256 against their manifests before serving")
+    ap.add_argument(
+        "--when_ready",
+        metavar="FILE",
+        help="write HOST:PORT to FILE (atomically) once the server answers",
+    )
+    ap.add_argument(
+        "--checksums",
+        action="store_true",
+        help="verify the shards' sha256 against their manifests before serving",
+    )
     add_secret_args(ap)
     add_logging_args(ap)
     return ap
@@ -40,9 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     secret = secret_from_args(args)
-    server = open_search_server(args.shards, trained=args.trained, host=args.host,
-                                port=args.port, secret=secret,
-                                allow_insecure_loopback=args.insecure, checksums=args.checksums)
+    server = open_search_server(
+        args.shards,
+        trained=args.trained,
+        host=args.host,
+        port=args.port,
+        secret=secret,
+        allow_insecure_loopback=args.insecure,
+        checksums=args.checksums,
+    )
     print(f"listening on {server.address}", flush=True)
     if args.when_ready:
         atomic_write_text(args.when_ready, server.address + "\n")

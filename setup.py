@@ -13,6 +13,7 @@ Switching an environment from one variant to the other: uninstall the first
 (pip cannot remove it for you); ``import distributed_ondisk`` refuses to run
 with both installed, naming them.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,9 +30,7 @@ def faiss_requirement() -> list[str]:
     if variant == "none":
         return []
     if variant not in FAISS_WHEELS:
-        raise SystemExit(
-            f"DISTRIBUTED_ONDISK_FAISS={variant!r}: expected one of cpu, gpu, none"
-        )
+        raise SystemExit(f"DISTRIBUTED_ONDISK_FAISS={variant!r}: expected one of cpu, gpu, none")
     return [FAISS_WHEELS[variant]]
 
 
@@ -40,12 +39,21 @@ setup(
     version="0.1.0",
     description="Build and serve billion-scale IVF vector indexes split over many machines and disks",
     packages=find_packages(include=["distributed_ondisk", "distributed_ondisk.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     # matplotlib: the pipeline's report plots recall curves (combined_index.py --plot);
     # fsspec: build_index reads its inputs through fsspec, local paths included.
-    install_requires=["numpy>=1.22", "scipy>=1.8", "tqdm>=4.60", "threadpoolctl>=3.1", "xxhash>=3.0",
-                      "pyarrow>=12", "matplotlib>=3.5", "fsspec>=2023.1", "cryptography>=41",
-                      *faiss_requirement()],
+    install_requires=[
+        "numpy>=1.22",
+        "scipy>=1.8",
+        "tqdm>=4.60",
+        "threadpoolctl>=3.1",
+        "xxhash>=3.0",
+        "pyarrow>=12",
+        "matplotlib>=3.5",
+        "fsspec>=2023.1",
+        "cryptography>=41",
+        *faiss_requirement(),
+    ],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "psutil>=5", "matplotlib>=3.5"],
         "plot": ["matplotlib>=3.5"],

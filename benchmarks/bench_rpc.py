@@ -17,6 +17,7 @@ faiss.contrib.rpc as shipped cannot unpickle arrays under numpy 2 (its allowlist
 lacks ``numpy._core``); this benchmark widens that allowlist in both its processes.
 It is otherwise used as shipped (no TCP_NODELAY).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -37,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SIZES = {"1 MB": 250_000, "100 MB": 25_000_000}  # float32 element counts
-TINY_SIZES = {"1 KB": 250, "100 KB": 25_000}      # --tiny: a smoke run of every path
+TINY_SIZES = {"1 KB": 250, "100 KB": 25_000}  # --tiny: a smoke run of every path
 KINDS = ("ours", "encrypted", "faiss", "raw")
 
 
@@ -147,15 +148,20 @@ class RawClient:
 
     def make_array(self, n: int) -> np.ndarray:
         self.sock.sendall(struct.pack("<BQ", 2, n * 4))
-        view = memoryview(self.inbuf)[:n * 4]
+        view = memoryview(self.inbuf)[: n * 4]
         _recv_exact(self.sock, view)
-        return self.inbuf[:n * 4].view(np.float32)
+        return self.inbuf[: n * 4].view(np.float32)
 
 
 def start_server(kind: str, env: dict) -> tuple[subprocess.Popen, str]:
     if kind in ("ours", "encrypted"):
-        cmd = [sys.executable, str(REPO / "rpc.py"), "-q", "serve-echo",
-               *(["--no-encryption"] if kind == "ours" else [])]
+        cmd = [
+            sys.executable,
+            str(REPO / "rpc.py"),
+            "-q",
+            "serve-echo",
+            *(["--no-encryption"] if kind == "ours" else []),
+        ]
     else:
         cmd = [sys.executable, __file__, "--serve", kind]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
@@ -165,8 +171,9 @@ def start_server(kind: str, env: dict) -> tuple[subprocess.Popen, str]:
     return proc, address
 
 
-def measure(client_call: Callable, n_small: int, reps: dict[str, int],
-            sizes: dict[str, int]) -> dict[str, float]:
+def measure(
+    client_call: Callable, n_small: int, reps: dict[str, int], sizes: dict[str, int]
+) -> dict[str, float]:
     res: dict[str, float] = {}
     for _ in range(50):
         client_call("echo", 1)
@@ -238,32 +245,44 @@ def run(quick: bool, tiny: bool) -> None:
 def print_table(results: dict[str, dict[str, float]], mode: str) -> None:
     import faiss
 
-    print(f"# RPC on loopback{mode}: {os.cpu_count()} cores, "
-          f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-          f"numpy {np.__version__}, faiss {faiss.__version__}, load avg "
-          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"| {'metric':<28} | {'this rpc':>10} | {'encrypted':>10} | {'faiss.contrib.rpc':>17} "
-          f"| {'raw socket':>10} | {'rpc/raw':>7} | {'enc/raw':>7} | {'rpc/faiss':>9} |")
-    print(f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 19}|{'-' * 12}|{'-' * 9}|{'-' * 9}"
-          f"|{'-' * 11}|")
+    print(
+        f"# RPC on loopback{mode}: {os.cpu_count()} cores, "
+        f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
+        f"numpy {np.__version__}, faiss {faiss.__version__}, load avg "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"| {'metric':<28} | {'this rpc':>10} | {'encrypted':>10} | {'faiss.contrib.rpc':>17} "
+        f"| {'raw socket':>10} | {'rpc/raw':>7} | {'enc/raw':>7} | {'rpc/faiss':>9} |"
+    )
+    print(
+        f"|{'-' * 30}|{'-' * 12}|{'-' * 12}|{'-' * 19}|{'-' * 12}|{'-' * 9}|{'-' * 9}"
+        f"|{'-' * 11}|"
+    )
     for metric in results["ours"]:
         o, e, f, r = (results[k][metric] for k in KINDS)
         if "us" in metric:  # lower is better: ratios as speed-ups
             ratio_raw, ratio_enc, ratio_f = r / o, r / e, f / o
         else:
             ratio_raw, ratio_enc, ratio_f = o / r, e / r, o / f
-        print(f"| {metric:<28} | {o:>10.1f} | {e:>10.1f} | {f:>17.1f} | {r:>10.1f} "
-              f"| {ratio_raw:>7.2f} | {ratio_enc:>7.2f} | {ratio_f:>9.2f} |")
-    print("this rpc: authenticated, --no-encryption; encrypted: the default (AES-256-GCM "
-          "records).  Ratios > 1 mean better than the other (throughput or latency)")
+        print(
+            f"| {metric:<28} | {o:>10.1f} | {e:>10.1f} | {f:>17.1f} | {r:>10.1f} "
+            f"| {ratio_raw:>7.2f} | {ratio_enc:>7.2f} | {ratio_f:>9.2f} |"
+        )
+    print(
+        "this rpc: authenticated, --no-encryption; encrypted: the default (AES-256-GCM "
+        "records).  Ratios > 1 mean better than the other (throughput or latency)"
+    )
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    parser.add_argument("--tiny", action="store_true",
-                        help="1 KB / 100 KB arrays, few repetitions: a smoke run")
+    parser.add_argument(
+        "--tiny", action="store_true", help="1 KB / 100 KB arrays, few repetitions: a smoke run"
+    )
     parser.add_argument("--serve", choices=["faiss", "raw"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve == "faiss":

@@ -21,31 +21,33 @@ OMP_WAIT_POLICY defaults to PASSIVE for this process and the servers it starts
 (faiss's idle OpenMP threads otherwise spin on the cores the other processes
 need when they share a machine); pass --omp-wait-policy ACTIVE to compare.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 
-if __name__ == "__main__":   # must precede the OpenMP runtime's start (faiss import)
+if __name__ == "__main__":  # must precede the OpenMP runtime's start (faiss import)
     _pol = [a.split("=", 1)[1] for a in sys.argv if a.startswith("--omp-wait-policy=")]
-    os.environ["OMP_WAIT_POLICY"] = _pol[0] if _pol else os.environ.get("OMP_WAIT_POLICY",
-                                                                         "PASSIVE")
+    os.environ["OMP_WAIT_POLICY"] = (
+        _pol[0] if _pol else os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
+    )
 
-import platform  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import platform
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
 
-import faiss  # noqa: E402
-import numpy as np  # noqa: E402
+import faiss
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from distributed_ondisk.workdir import Workdir  # noqa: E402
+from distributed_ondisk.workdir import Workdir
 
 
 def clustered_npy(path: Path, n: int, d: int, seed: int, nclusters: int = 1000) -> None:
@@ -72,8 +74,12 @@ def build(wd: Workdir, n: int, d: int, nlist: int, nq: int) -> Path:
         clustered_npy(data, n, d, seed=0)
         q = np.load(data, mmap_mode="r")
         rs = np.random.RandomState(1)
-        write_vectors(queries, np.ascontiguousarray(
-            q[rs.choice(n, nq, replace=False)] + rs.randn(nq, d).astype(np.float32)))
+        write_vectors(
+            queries,
+            np.ascontiguousarray(
+                q[rs.choice(n, nq, replace=False)] + rs.randn(nq, d).astype(np.float32)
+            ),
+        )
     if not wd.centroids.exists():
         x = np.load(data, mmap_mode="r")
         km = faiss.Kmeans(d, nlist, niter=10, seed=2, max_points_per_centroid=64)
@@ -104,7 +110,7 @@ def faiss_server(trained: str, shard: str, port: int, nodelay: bool) -> None:
     """Child process: faiss's reference server over one shard (as shipped, plus the numpy 2
     allowlist entry it needs to unpickle arrays at all, plus TCP_NODELAY if asked)."""
     import faiss.contrib.client_server as cs
-    import faiss.contrib.rpc as rpc
+    from faiss.contrib import rpc
 
     from distributed_ondisk.ondisk.hslice import open_hslices
 
@@ -122,8 +128,13 @@ def faiss_server(trained: str, shard: str, port: int, nodelay: bool) -> None:
 
 def start(args: list[str], procs: list) -> str:
     """Start a server process (kept in ``procs``); returns its first stdout line."""
-    p = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
-                         stderr=subprocess.DEVNULL, cwd=str(REPO))
+    p = subprocess.Popen(
+        [sys.executable, *args],
+        stdout=subprocess.PIPE,
+        text=True,
+        stderr=subprocess.DEVNULL,
+        cwd=str(REPO),
+    )
     procs.append(p)
     line = p.stdout.readline().strip()
     if not line:
@@ -132,7 +143,7 @@ def start(args: list[str], procs: list) -> str:
 
 
 def timed(fn, xq, k, nprobe, repeat):
-    fn(xq[:100], k, nprobe)   # warm up (connections, page cache)
+    fn(xq[:100], k, nprobe)  # warm up (connections, page cache)
     best, out = float("inf"), None
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -180,21 +191,34 @@ def main() -> int:
     procs: list[subprocess.Popen] = []
     try:
         for nprobe in nprobes:
-            dt, (D, I) = timed(lambda x, k, p: ci.search(x, k, nprobe=p), xq, args.k, nprobe,
-                               args.repeat)
+            dt, (D, I) = timed(
+                lambda x, k, p: ci.search(x, k, nprobe=p), xq, args.k, nprobe, args.repeat
+            )
             ref[nprobe] = (D, I)
             rows.append(("in process", nprobe, len(xq) / dt, ev.recall_at(I, gt)[10], "ref", 0))
-        addrs = [start(["search_server.py", "--shards", s, "--secret-file", str(secret_file),
-                        "-q"], procs).split()[-1] for s in shards]
+        addrs = [
+            start(
+                ["search_server.py", "--shards", s, "--secret-file", str(secret_file), "-q"], procs
+            ).split()[-1]
+            for s in shards
+        ]
         for a in addrs:
             wait_ready(a, secret=secret, timeout=120)
         with DistributedSearchClient(addrs, secret=secret) as client:
             for nprobe in nprobes:
-                dt, res = timed(lambda x, k, p: client.search(x, k, nprobe=p), xq, args.k,
-                                nprobe, args.repeat)
-                rows.append(("ours, 2 servers", nprobe, len(xq) / dt,
-                             ev.recall_at(res.I, gt)[10], sameness(res.D, res.I, ref[nprobe]),
-                             (res.bytes_sent + res.bytes_received) / len(xq)))
+                dt, res = timed(
+                    lambda x, k, p: client.search(x, k, nprobe=p), xq, args.k, nprobe, args.repeat
+                )
+                rows.append(
+                    (
+                        "ours, 2 servers",
+                        nprobe,
+                        len(xq) / dt,
+                        ev.recall_at(res.I, gt)[10],
+                        sameness(res.D, res.I, ref[nprobe]),
+                        (res.bytes_sent + res.bytes_received) / len(xq),
+                    )
+                )
         for nodelay in (False, True):
             rows += bench_faiss(wd, shards, xq, gt, ref, nprobes, args, nodelay, procs)
     finally:
@@ -207,7 +231,7 @@ def main() -> int:
 
 
 def bench_faiss(wd, shards, xq, gt, ref, nprobes, args, nodelay, procs):
-    import faiss.contrib.rpc as rpc
+    from faiss.contrib import rpc
 
     from distributed_ondisk import evaluate as ev
 
@@ -224,14 +248,16 @@ def bench_faiss(wd, shards, xq, gt, ref, nprobes, args, nodelay, procs):
     name = "faiss broadcast" + (" +NODELAY" if nodelay else " as shipped")
     rows = []
     for nprobe in nprobes:
+
         def run(x, k, p):
             client.set_nprobe(p)
             return client.search(x, k)
 
         dt, (D, I) = timed(run, xq, args.k, nprobe, args.repeat)
         sent = len(shards) * (xq.shape[1] * 4) + len(shards) * args.k * 12
-        rows.append((name, nprobe, len(xq) / dt, ev.recall_at(I, gt)[10],
-                     sameness(D, I, ref[nprobe]), sent))
+        rows.append(
+            (name, nprobe, len(xq) / dt, ev.recall_at(I, gt)[10], sameness(D, I, ref[nprobe]), sent)
+        )
     for sub in client.sub_indexes:
         sub.sock.close()
     for p in mine:
@@ -256,24 +282,32 @@ def _connect_faiss(ports):
 def print_table(args, build_s, ci, rows) -> None:
     import distributed_ondisk
 
-    print(f"# sharded search benchmark: {os.cpu_count()} cores, {platform.processor() or '?'}, "
-          f"Python {platform.python_version()}, faiss {faiss.__version__}, numpy "
-          f"{np.__version__}, distributed_ondisk {distributed_ondisk.__version__}")
-    print(f"# {ci.ntotal} x {args.d} vectors, IVF{ci.nlist}_HNSW32,SQ6 behind a random rotation, "
-          f"2 shards by list range, efSearch {ci.default_ef}, {args.nq} queries in one batch, "
-          f"k={args.k}, best of {args.repeat}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
-          f"all processes on this machine (build {build_s:.0f} s)")
-    print(f"{'variant':<26} {'nprobe':>6} {'QPS':>9} {'R@10':>6} {'identical':>9} "
-          f"{'bytes/query':>11}")
+    print(
+        f"# sharded search benchmark: {os.cpu_count()} cores, {platform.processor() or '?'}, "
+        f"Python {platform.python_version()}, faiss {faiss.__version__}, numpy "
+        f"{np.__version__}, distributed_ondisk {distributed_ondisk.__version__}"
+    )
+    print(
+        f"# {ci.ntotal} x {args.d} vectors, IVF{ci.nlist}_HNSW32,SQ6 behind a random rotation, "
+        f"2 shards by list range, efSearch {ci.default_ef}, {args.nq} queries in one batch, "
+        f"k={args.k}, best of {args.repeat}, OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}, "
+        f"all processes on this machine (build {build_s:.0f} s)"
+    )
+    print(
+        f"{'variant':<26} {'nprobe':>6} {'QPS':>9} {'R@10':>6} {'identical':>9} "
+        f"{'bytes/query':>11}"
+    )
     for name, nprobe, qps, r10, same, b in rows:
         print(f"{name:<26} {nprobe:>6} {qps:>9.0f} {r10:>6.3f} {same:>9} {b:>11.0f}")
     by = {(r[0], r[1]): r[2] for r in rows}
     if ("ours, 2 servers", 16) in by:
         ours = by[("ours, 2 servers", 16)]
-        print(f"# nprobe 16: ours / in process = {ours / by[('in process', 16)]:.2f} "
-              f"(target >= 0.7); ours / faiss broadcast as shipped = "
-              f"{ours / by[('faiss broadcast as shipped', 16)]:.2f}, with NODELAY = "
-              f"{ours / by[('faiss broadcast +NODELAY', 16)]:.2f} (target >= 1.5)")
+        print(
+            f"# nprobe 16: ours / in process = {ours / by[('in process', 16)]:.2f} "
+            f"(target >= 0.7); ours / faiss broadcast as shipped = "
+            f"{ours / by[('faiss broadcast as shipped', 16)]:.2f}, with NODELAY = "
+            f"{ours / by[('faiss broadcast +NODELAY', 16)]:.2f} (target >= 1.5)"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ the ground truth by the same metric; autofaiss's index is read back
 from its files with nprobe set on each IVF, and its ids checked by searching stored
 rows.  The sides run interleaved, ``--repeat`` times each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -103,48 +104,86 @@ def ground_truth(folder: Path, xq: np.ndarray, metric: str) -> np.ndarray:
 
 
 def ours(emb: Path, out: Path, distributed, args, xq, gt) -> dict:
-    shutil.rmtree(out, ignore_errors=True)      # a rerun in --workdir starts afresh
+    shutil.rmtree(out, ignore_errors=True)  # a rerun in --workdir starts afresh
     t0 = time.perf_counter()
-    index, infos = build_index(str(emb), str(out / "index"), str(out / "infos.json"),
-                               index_key=args.index_key, distributed=distributed,
-                               max_index_memory_usage=args.max_index_memory_usage,
-                               current_memory_available=args.current_memory_available,
-                               nb_indices_to_keep=args.nb_indices, eval_queries=0,
-                               seed=args.seed, metric_type=args.metric)
+    index, infos = build_index(
+        str(emb),
+        str(out / "index"),
+        str(out / "infos.json"),
+        index_key=args.index_key,
+        distributed=distributed,
+        max_index_memory_usage=args.max_index_memory_usage,
+        current_memory_available=args.current_memory_available,
+        nb_indices_to_keep=args.nb_indices,
+        eval_queries=0,
+        seed=args.seed,
+        metric_type=args.metric,
+    )
     dt = time.perf_counter() - t0
     _, I = index.search(xq, 10, nprobe=16)
-    return {"seconds": dt, "recall10": recall_at(I, gt, (10,))[10],
-            "index_key": infos["index_key"], "stages": infos["timings_s"]}
+    return {
+        "seconds": dt,
+        "recall10": recall_at(I, gt, (10,))[10],
+        "index_key": infos["index_key"],
+        "stages": infos["timings_s"],
+    }
 
 
 def autofaiss(emb: Path, out: Path, sub: str, args, xq, gt) -> dict:
     venv = Path(args.afvenv)
     py = venv / "bin" / "python"
     if not py.exists():
-        r = subprocess.run([sys.executable, "-m", "venv", str(venv)], capture_output=True,
-                           text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "venv", str(venv)], check=False, capture_output=True, text=True
+        )
         if r.returncode:
             return {"error": f"cannot create venv {venv}: {r.stderr.strip()[-300:]}"}
-    have = subprocess.run([str(py), "-c", "import autofaiss, pyspark"], capture_output=True)
-    r = have if have.returncode == 0 else subprocess.run(
-        [str(py), "-m", "pip", "install", "-q", "autofaiss", "pyspark", "pyarrow<18"],
-        capture_output=True, text=True)
+    have = subprocess.run(
+        [str(py), "-c", "import autofaiss, pyspark"], check=False, capture_output=True
+    )
+    r = (
+        have
+        if have.returncode == 0
+        else subprocess.run(
+            [str(py), "-m", "pip", "install", "-q", "autofaiss", "pyspark", "pyarrow<18"],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
+    )
     if r.returncode:
         return {"error": f"pip install autofaiss failed: {r.stderr.strip()[-400:]}"}
     np.save(out / "queries.npy", xq)
     np.save(out / "gt.npy", gt)
     script = out / "run_autofaiss.py"
     script.write_text(AUTOFAISS_SCRIPT)
-    r = subprocess.run([str(py), str(script), str(emb), str(out / sub),
-                        args.max_index_memory_usage, args.current_memory_available,
-                        str(args.nb_indices), str(out / "queries.npy"), str(out / "gt.npy"),
-                        args.index_key or "-", args.metric], capture_output=True, text=True,
-                       env={**os.environ, "PYSPARK_PYTHON": str(py),   # executors too
-                            "PYSPARK_DRIVER_PYTHON": str(py)})
+    r = subprocess.run(
+        [
+            str(py),
+            str(script),
+            str(emb),
+            str(out / sub),
+            args.max_index_memory_usage,
+            args.current_memory_available,
+            str(args.nb_indices),
+            str(out / "queries.npy"),
+            str(out / "gt.npy"),
+            args.index_key or "-",
+            args.metric,
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYSPARK_PYTHON": str(py),  # executors too
+            "PYSPARK_DRIVER_PYTHON": str(py),
+        },
+    )
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
     if r.returncode or not lines:
         return {"error": f"autofaiss run failed (rc {r.returncode}): {r.stderr.strip()[-400:]}"}
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main() -> int:
@@ -163,11 +202,15 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1, help="builds per side (shared machine)")
     ap.add_argument("--seed", type=int, default=1234, help="our k-means seed")
     ap.add_argument("--data_seed", type=int, default=0, help="the mixture the data is drawn from")
-    ap.add_argument("--metric", choices=["l2", "ip"], default="l2",
-                    help="metric_type of both builds (and of the ground truth)")
+    ap.add_argument(
+        "--metric",
+        choices=["l2", "ip"],
+        default="l2",
+        help="metric_type of both builds (and of the ground truth)",
+    )
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
-    try:   # before writing the inputs and the ground truth, which take minutes at full size
+    try:  # before writing the inputs and the ground truth, which take minutes at full size
         require("spark", "bench_spark.py (the Spark side)")
     except InputError as e:
         raise SystemExit(f"error: {e}") from None
@@ -177,21 +220,25 @@ def main() -> int:
     emb = root / "emb"
     if not emb.exists():
         write_inputs(emb, args.n, args.d, args.nfiles, seed=args.data_seed)
-    xq = make_queries(args.nq, args.d, seed=args.data_seed)   # fresh rows of the same mixture
+    xq = make_queries(args.nq, args.d, seed=args.data_seed)  # fresh rows of the same mixture
     gt = ground_truth(emb, xq, args.metric)
     rows: dict[str, dict] = {}
     from pyspark.sql import SparkSession
+
     t0 = time.perf_counter()
-    spark = (SparkSession.builder.master("local[2]").config("spark.ui.enabled", "false")
-             .config("spark.ui.showConsoleProgress", "false")
-             .config("spark.driver.memory", "4g").getOrCreate())
+    spark = (
+        SparkSession.builder.master("local[2]")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", "4g")
+        .getOrCreate()
+    )
     spark.sparkContext.setLogLevel("ERROR")
     startup = time.perf_counter() - t0
     # the sides interleaved, so that load from others on a shared machine hits each alike
     for r in range(1, args.repeat + 1):
         rows[f"ours local #{r}"] = ours(emb, root / f"local{r}", None, args, xq, gt)
-        rows[f"ours spark local[2] #{r}"] = ours(emb, root / f"spark{r}", "pyspark", args, xq,
-                                                 gt)
+        rows[f"ours spark local[2] #{r}"] = ours(emb, root / f"spark{r}", "pyspark", args, xq, gt)
         if args.with_autofaiss:
             shutil.rmtree(root / f"af{r}", ignore_errors=True)
             (root / f"af{r}").mkdir()
@@ -200,12 +247,17 @@ def main() -> int:
     side = {"ours local": 0, "ours spark local[2]": 1, "autofaiss spark local[2]": 2}
     rows = dict(sorted(rows.items(), key=lambda kv: (side[kv[0].split(" #")[0]], kv[0])))
     import pyspark
-    print(f"# bench_spark: n={args.n} d={args.d} files={args.nfiles} nq={args.nq} "
-          f"shards={args.nb_indices} budget={args.max_index_memory_usage} metric={args.metric} "
-          f"data_seed={args.data_seed}")
-    print(f"# {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
-          f"{platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
-          f"pyspark {pyspark.__version__}; Spark start-up {startup:.1f} s (not in the times)")
+
+    print(
+        f"# bench_spark: n={args.n} d={args.d} files={args.nfiles} nq={args.nq} "
+        f"shards={args.nb_indices} budget={args.max_index_memory_usage} metric={args.metric} "
+        f"data_seed={args.data_seed}"
+    )
+    print(
+        f"# {os.cpu_count()} cores, {platform.processor() or platform.machine()}, Python "
+        f"{platform.python_version()}, numpy {np.__version__}, faiss {faiss.__version__}, "
+        f"pyspark {pyspark.__version__}; Spark start-up {startup:.1f} s (not in the times)"
+    )
     print(f"{'build':<30} {'index key':<28} {'time s':>8} {'R@10 np16':>10}")
     for name, r in rows.items():
         if "error" in r:
@@ -215,11 +267,13 @@ def main() -> int:
     for name, r in rows.items():
         if "stages" in r:
             print(f"# {name} stages: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stages"].items()))
-        if "self_hit" in r:   # autofaiss: its index read back as the benchmark reads it
+        if "self_hit" in r:  # autofaiss: its index read back as the benchmark reads it
             hit = "-" if r["self_hit"] is None else f"{r['self_hit']:.2f}"
-            print(f"# {name}: {len(r['files'])} file(s), {r['ntotal']} vectors, metric "
-                  f"{'L2' if r['metric'] == 1 else 'IP'}, stored rows found under their "
-                  f"own id: {hit}")
+            print(
+                f"# {name}: {len(r['files'])} file(s), {r['ntotal']} vectors, metric "
+                f"{'L2' if r['metric'] == 1 else 'IP'}, stored rows found under their "
+                f"own id: {hit}"
+            )
     if not args.workdir:
         shutil.rmtree(root, ignore_errors=True)
     return 0

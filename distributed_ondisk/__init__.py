@@ -6,6 +6,7 @@ The pipeline (each stage a module here and a thin script at the repository root)
     vectors -> distributed k-means -> trained index -> vertical slices
             -> horizontal on-disk shards -> search (in process or served)
 """
+
 from __future__ import annotations
 
 from importlib import metadata as _metadata
@@ -22,8 +23,10 @@ def _check_single_faiss() -> None:
         if name == "faiss-cpu" or name.startswith("faiss-gpu"):
             found.append(name)
     if "faiss-cpu" in found and len(found) > 1:
-        raise ImportError(f"both {' and '.join(sorted(found))} are installed: they provide the "
-                          "same faiss module; keep one (e.g. pip uninstall -y faiss-cpu for GPUs)")
+        raise ImportError(
+            f"both {' and '.join(sorted(found))} are installed: they provide the "
+            "same faiss module; keep one (e.g. pip uninstall -y faiss-cpu for GPUs)"
+        )
 
 
 _check_single_faiss()
@@ -38,8 +41,10 @@ def __getattr__(name: str):
     # no pyarrow)
     if name == "build_index":
         from distributed_ondisk.autobuild.api import build_index
+
         return build_index
     if name == "open_index":
         from distributed_ondisk.autobuild.mips import open_index
+
         return open_index
     raise AttributeError(f"module 'distributed_ondisk' has no attribute {name!r}")

@@ -3,15 +3,18 @@
 Subcommands are looked up in ``SUBCOMMANDS`` (name -> "module:function taking
 argv"), imported only when used, so adding one is one line here.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 SUBCOMMANDS = {
-    "plan": ("distributed_ondisk.plan.cli:cli",
-             "size a cluster: bytes, RAM, disk and time per stage (--calibrate measures)"),
+    "plan": (
+        "distributed_ondisk.plan.cli:cli",
+        "size a cluster: bytes, RAM, disk and time per stage (--calibrate measures)",
+    ),
 }
 
 
@@ -21,7 +24,7 @@ def usage() -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

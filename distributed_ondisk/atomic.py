@@ -8,13 +8,15 @@ file or the new complete file, never a prefix.  Temporary names start with
 ``.`` and contain ``.tmp-`` so that a crashed writer's leftovers are easy to
 recognise and are never mistaken for outputs.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator, Union
+from typing import IO, Union
 
 from distributed_ondisk.errors import DistributedOndiskError, OutputError
 
@@ -99,11 +101,10 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file for writing; rename it to ``path`` when the block ends cleanly."""
     if not mode.startswith("w"):
         raise ValueError(f"atomic_open only writes, got mode {mode!r}")
-    with atomic_path(path) as tmp:
-        with open(tmp, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> None:

@@ -10,9 +10,10 @@ seed stream, so row ``i`` depends only on ``(seed, d, n_clusters, i)``:
 written block by block (:func:`iter_clustered`) with the same rows as the
 in-RAM array.
 """
+
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -59,8 +60,9 @@ def _chunk(centers: np.ndarray, seed: int, c: int, rows: int, stream: int = 1) -
     return centers[labels] + noise.standard_normal((rows, centers.shape[1]))
 
 
-def iter_clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0,
-                   dtype: np.dtype | type = np.float32) -> Iterator[np.ndarray]:
+def iter_clustered(
+    n: int, d: int, n_clusters: int = 50, seed: int = 0, dtype: np.dtype | type = np.float32
+) -> Iterator[np.ndarray]:
     """Yield the rows of ``make_clustered(n, ...)`` in C-contiguous blocks of at
     most :data:`CHUNK_ROWS` rows (bounded memory for files larger than RAM)."""
     _check(n, d, n_clusters)
@@ -70,8 +72,9 @@ def iter_clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0,
         yield _cast(_chunk(centers, seed, c, min(CHUNK_ROWS, n - start)), dt)
 
 
-def make_clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0,
-                   dtype: np.dtype | type = np.float32) -> np.ndarray:
+def make_clustered(
+    n: int, d: int, n_clusters: int = 50, seed: int = 0, dtype: np.dtype | type = np.float32
+) -> np.ndarray:
     """``n`` rows of dimension ``d`` from a seeded mixture of ``n_clusters``
     isotropic Gaussians (noise std 1, centres ~ N(0, CENTER_SCALE^2)).
 
@@ -82,7 +85,7 @@ def make_clustered(n: int, d: int, n_clusters: int = 50, seed: int = 0,
     dt = np.dtype(dtype)
     out = np.empty((n, d), dtype=dt)
     for start, block in zip(range(0, n, CHUNK_ROWS), iter_clustered(n, d, n_clusters, seed, dt)):
-        out[start:start + len(block)] = block
+        out[start : start + len(block)] = block
     return out
 
 
@@ -101,8 +104,9 @@ def split_queries(x: np.ndarray, nq: int, seed: int = 0) -> tuple[np.ndarray, np
     return np.ascontiguousarray(x[~mask]), np.ascontiguousarray(x[mask])
 
 
-def make_queries(nq: int, d: int, n_clusters: int = 50, seed: int = 0,
-                 dtype: np.dtype | type = np.float32) -> np.ndarray:
+def make_queries(
+    nq: int, d: int, n_clusters: int = 50, seed: int = 0, dtype: np.dtype | type = np.float32
+) -> np.ndarray:
     """``nq`` fresh query rows from the same mixture as ``make_clustered(.., seed)``
     (same centres, independent noise), not rows of the database."""
     _check(nq, d, n_clusters)

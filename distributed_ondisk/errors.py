@@ -4,6 +4,7 @@ Scripts catch :class:`DistributedOndiskError`, print its message as one line and
 exit non-zero; anything else is a bug and keeps its traceback.  Messages name
 the file, server or value at fault and, where it helps, what would be valid.
 """
+
 from __future__ import annotations
 
 
@@ -67,8 +68,9 @@ class RemoteError(RPCError):
     traceback text on the server.
     """
 
-    def __init__(self, remote_type: str, remote_message: str, remote_traceback: str = "",
-                 server: str = "") -> None:
+    def __init__(
+        self, remote_type: str, remote_message: str, remote_traceback: str = "", server: str = ""
+    ) -> None:
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback

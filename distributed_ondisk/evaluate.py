@@ -14,6 +14,7 @@
 ``python -m distributed_ondisk.evaluate --database DB --queries Q --k 100``
 computes (or finds in cache) the ground truth and prints its path.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import Union
 
 import faiss
 import numpy as np
@@ -41,9 +43,15 @@ DEFAULT_BLOCK_ROWS = 1 << 17
 SearchFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
 
 
-def brute_force_knn(database: PathLike, queries: np.ndarray, k: int, *, metric: str = "l2",
-                    block_rows: int = DEFAULT_BLOCK_ROWS,
-                    rows: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+def brute_force_knn(
+    database: PathLike,
+    queries: np.ndarray,
+    k: int,
+    *,
+    metric: str = "l2",
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    rows: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours of ``queries`` among the database file's first
     ``rows`` rows (all by default), block by block."""
     from distributed_ondisk.vectors import open_vectors
@@ -82,21 +90,33 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _cache_key(database: Path, queries: Path, k: int, metric: str,
-               rows: Optional[int]) -> dict:
+def _cache_key(database: Path, queries: Path, k: int, metric: str, rows: int | None) -> dict:
     from distributed_ondisk.vectors import open_vectors
 
     st = database.stat()
     vf = open_vectors(database)
-    return {"database": str(database.resolve()), "database_size": st.st_size,
-            "database_mtime_ns": st.st_mtime_ns, "database_rows": vf.n if rows is None else rows,
-            "d": vf.d,
-            "queries_sha256": _sha256(queries), "k": k, "metric": metric}
+    return {
+        "database": str(database.resolve()),
+        "database_size": st.st_size,
+        "database_mtime_ns": st.st_mtime_ns,
+        "database_rows": vf.n if rows is None else rows,
+        "d": vf.d,
+        "queries_sha256": _sha256(queries),
+        "k": k,
+        "metric": metric,
+    }
 
 
-def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
-                 metric: str = "l2", block_rows: int = DEFAULT_BLOCK_ROWS,
-                 cache: bool = True, rows: Optional[int] = None) -> np.ndarray:
+def ground_truth(
+    database: PathLike,
+    queries_path: PathLike,
+    k: int = 100,
+    *,
+    metric: str = "l2",
+    block_rows: int = DEFAULT_BLOCK_ROWS,
+    cache: bool = True,
+    rows: int | None = None,
+) -> np.ndarray:
     """Ids ``(nq, k)`` of the exact neighbours, from the cache when it is still valid."""
     from distributed_ondisk.vectors import read_vectors, write_vectors
 
@@ -109,19 +129,24 @@ def ground_truth(database: PathLike, queries_path: PathLike, k: int = 100, *,
             recorded = json.loads(side.read_text("utf-8"))
         except (OSError, ValueError):
             recorded = None
-        if (isinstance(recorded, dict) and recorded.get("key") == key
-                and recorded.get("sha256") == _sha256(gt_path)):
+        if (
+            isinstance(recorded, dict)
+            and recorded.get("key") == key
+            and recorded.get("sha256") == _sha256(gt_path)
+        ):
             log.info("ground truth from cache %s", gt_path)
             return _read_ids(gt_path)
         log.info("ground truth cache %s is stale, recomputing", gt_path)
-    _, I = brute_force_knn(db, read_vectors(qp), k, metric=metric, block_rows=block_rows,
-                           rows=rows)
+    _, I = brute_force_knn(db, read_vectors(qp), k, metric=metric, block_rows=block_rows, rows=rows)
     if cache:
         try:
             write_vectors(gt_path, I.astype(np.int32))
-            atomic_write_text(side, json.dumps({"key": key, "sha256": _sha256(gt_path)},
-                                               indent=1, sort_keys=True) + "\n")
-        except OSError as e:     # read-only queries directory: still return the result
+            atomic_write_text(
+                side,
+                json.dumps({"key": key, "sha256": _sha256(gt_path)}, indent=1, sort_keys=True)
+                + "\n",
+            )
+        except OSError as e:  # read-only queries directory: still return the result
             log.warning("cannot cache ground truth next to %s: %s", qp, e)
     return I
 
@@ -144,11 +169,11 @@ def recall_at(I: np.ndarray, gt: np.ndarray, ranks: Sequence[int] = RANKS) -> di
     """1-recall@r for each ``r <= I.shape[1]`` (larger ranks cannot be measured)."""
     if I.shape[0] != gt.shape[0]:
         raise InputError(f"{I.shape[0]} results for {gt.shape[0]} ground-truth rows")
-    hit_rank = (I == gt[:, :1])
+    hit_rank = I == gt[:, :1]
     return {r: float(hit_rank[:, :r].any(axis=1).mean()) for r in ranks if r <= I.shape[1]}
 
 
-def intersection_recall(I: np.ndarray, gt: np.ndarray, k: int = 10) -> Optional[float]:
+def intersection_recall(I: np.ndarray, gt: np.ndarray, k: int = 10) -> float | None:
     """k-recall@k: the mean fraction of the true k nearest found among the first k
     results (the ANN-benchmarks measure; ``-1`` padding never counts as found).
     None when either side has fewer than k columns.
@@ -186,15 +211,23 @@ class EvalPoint:
     nq: int
     seconds: float
     recall: dict[int, float] = field(default_factory=dict)
-    recall_10_at_10: Optional[float] = None
+    recall_10_at_10: float | None = None
 
     @property
     def qps(self) -> float:
         return self.nq / self.seconds if self.seconds > 0 else float("inf")
 
 
-def evaluate(variant: str, search: SearchFn, xq: np.ndarray, k: int, nprobes: Sequence[int],
-             gt: Optional[np.ndarray] = None, *, warmup: int = 0) -> list[EvalPoint]:
+def evaluate(
+    variant: str,
+    search: SearchFn,
+    xq: np.ndarray,
+    k: int,
+    nprobes: Sequence[int],
+    gt: np.ndarray | None = None,
+    *,
+    warmup: int = 0,
+) -> list[EvalPoint]:
     """Time ``search(xq, k, nprobe)`` once per nprobe over the whole batch, with recall."""
     points = []
     for nprobe in nprobes:
@@ -203,15 +236,23 @@ def evaluate(variant: str, search: SearchFn, xq: np.ndarray, k: int, nprobes: Se
         t0 = time.perf_counter()
         _, I = search(xq, k, nprobe)
         dt = time.perf_counter() - t0
-        points.append(EvalPoint(variant, int(nprobe), len(xq), dt,
-                                recall_at(I, gt) if gt is not None else {},
-                                intersection_recall(I, gt) if gt is not None else None))
+        points.append(
+            EvalPoint(
+                variant,
+                int(nprobe),
+                len(xq),
+                dt,
+                recall_at(I, gt) if gt is not None else {},
+                intersection_recall(I, gt) if gt is not None else None,
+            )
+        )
     return points
 
 
 def format_table(points: Sequence[EvalPoint], ranks: Sequence[int] = RANKS) -> str:
-    head = f"{'variant':<14} {'nprobe':>6} {'QPS':>10} " + " ".join(f"{'R@' + str(r):>7}"
-                                                                 for r in ranks)
+    head = f"{'variant':<14} {'nprobe':>6} {'QPS':>10} " + " ".join(
+        f"{'R@' + str(r):>7}" for r in ranks
+    )
     head += f" {'10-R@10':>8}"
     rows = [head]
     for p in points:
@@ -224,6 +265,7 @@ def format_table(points: Sequence[EvalPoint], ranks: Sequence[int] = RANKS) -> s
 def plot_curves(points: Sequence[EvalPoint], path: PathLike, title: str = "") -> None:
     """recall@1/@10 vs nprobe and QPS vs recall@10, one curve per variant, as a PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -242,8 +284,12 @@ def plot_curves(points: Sequence[EvalPoint], path: PathLike, title: str = "") ->
             for p in pts:
                 ax2.annotate(str(p.nprobe), (p.recall[10], p.qps), fontsize=7)
     ax1.set(xscale="log", xlabel="nprobe", ylabel="recall", title="recall vs nprobe")
-    ax2.set(yscale="log", xlabel="recall@10", ylabel="queries per second",
-            title="QPS vs recall@10 (labels: nprobe)")
+    ax2.set(
+        yscale="log",
+        xlabel="recall@10",
+        ylabel="queries per second",
+        title="QPS vs recall@10 (labels: nprobe)",
+    )
     for ax in (ax1, ax2):
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
@@ -268,8 +314,10 @@ def parse_int_list(text: str, what: str = "nprobe") -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from distributed_ondisk.cli import add_logging_args
 
-    ap = argparse.ArgumentParser(prog="python -m distributed_ondisk.evaluate",
-                                 description="compute (or find cached) exact ground truth")
+    ap = argparse.ArgumentParser(
+        prog="python -m distributed_ondisk.evaluate",
+        description="compute (or find cached) exact ground truth",
+    )
     ap.add_argument("--database", required=True, help="database vectors")
     ap.add_argument("--queries", required=True, help="query vectors")
     ap.add_argument("--k", type=int, default=100)
@@ -280,13 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace) -> int:
-    ground_truth(args.database, args.queries, args.k, metric=args.metric,
-                 block_rows=args.block_rows)
+    ground_truth(
+        args.database, args.queries, args.k, metric=args.metric, block_rows=args.block_rows
+    )
     print(ground_truth_path(args.queries, args.k))
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     from distributed_ondisk.cli import run_main
 
     return run_main(build_parser(), _main, argv)

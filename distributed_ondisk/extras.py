@@ -5,6 +5,7 @@ import.  Each code path that needs an extra calls :func:`require` first (at
 argument-parsing or planning time), and the user gets one line naming the pip
 command that installs it.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -38,5 +39,7 @@ def require(extra: str, purpose: str) -> None:
     """
     missing = missing_modules(extra)
     if missing:
-        raise InputError(f"{purpose} needs {', '.join(missing)}, which is not installed: "
-                         f"pip install 'distributed_ondisk[{extra}]'")
+        raise InputError(
+            f"{purpose} needs {', '.join(missing)}, which is not installed: "
+            f"pip install 'distributed_ondisk[{extra}]'"
+        )

@@ -5,13 +5,13 @@ The library only calls ``logging.getLogger(__name__)``; scripts call
 a tqdm bar on an interactive terminal, otherwise (Slurm logs, CI) a log line
 with rate and ETA every ``every_s`` seconds, so batch logs stay readable.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import sys
 import time
-from typing import Optional
 
 LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
 
@@ -26,7 +26,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 def format_seconds(s: float) -> str:
     if s != s or s == float("inf"):
         return "?"
-    s = int(round(s))
+    s = round(s)
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}h{m:02d}m{sec:02d}s" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
@@ -38,9 +38,15 @@ class Progress:
     ``unit`` names what is counted (``"vec"``, ``"list"``, ``"iter"``).
     """
 
-    def __init__(self, total: int, desc: str, unit: str = "it",
-                 logger: Optional[logging.Logger] = None, every_s: float = 10.0,
-                 enable_bar: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        total: int,
+        desc: str,
+        unit: str = "it",
+        logger: logging.Logger | None = None,
+        every_s: float = 10.0,
+        enable_bar: bool | None = None,
+    ) -> None:
         self.total = int(total)
         self.desc = desc
         self.unit = unit
@@ -55,8 +61,7 @@ class Progress:
         if enable_bar:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, desc=desc, unit=unit, unit_scale=True,
-                             leave=False)
+            self._bar = tqdm(total=self.total, desc=desc, unit=unit, unit_scale=True, leave=False)
 
     @property
     def elapsed(self) -> float:
@@ -78,16 +83,23 @@ class Progress:
         now = time.perf_counter()
         if now - self._last >= self.every_s:
             self._last = now
-            self.logger.info("%s: %d/%d %s (%.3g %s/s, ETA %s)", self.desc, self.done,
-                             self.total, self.unit, self.rate(), self.unit,
-                             format_seconds(self.eta()))
+            self.logger.info(
+                "%s: %d/%d %s (%.3g %s/s, ETA %s)",
+                self.desc,
+                self.done,
+                self.total,
+                self.unit,
+                self.rate(),
+                self.unit,
+                format_seconds(self.eta()),
+            )
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:

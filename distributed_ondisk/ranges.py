@@ -3,9 +3,8 @@ range arguments, and overlap checks.  Every caller (k-means servers, vslices,
 hslices, autobuild tasks, the launchers and the benchmarks) splits through
 :func:`split_range`, so a part's bounds are the same wherever they are computed.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 from distributed_ondisk.errors import InputError
 
@@ -24,9 +23,14 @@ def split_range(n: int, nslice: int, slice_no: int) -> tuple[int, int]:
     return n * slice_no // nslice, n * (slice_no + 1) // nslice
 
 
-
-def resolve_range(n: int, lo: Optional[int], hi: Optional[int], nslice: Optional[int],
-                  slice_no: Optional[int], what: str = "rows") -> tuple[int, int]:
+def resolve_range(
+    n: int,
+    lo: int | None,
+    hi: int | None,
+    nslice: int | None,
+    slice_no: int | None,
+    what: str = "rows",
+) -> tuple[int, int]:
     """Turn the CLI's ``--i0/--i1`` or ``--nslice/--slice_no`` into a checked ``[lo, hi)``.
 
     The two ways are exclusive; with neither, the whole ``[0, n)``.  ``hi``
@@ -47,11 +51,9 @@ def resolve_range(n: int, lo: Optional[int], hi: Optional[int], nslice: Optional
     return lo, hi
 
 
-
 def plan_hslices(nlist: int, nshard: int) -> list[tuple[int, int]]:
     """List ranges of the ``nshard`` horizontal shards."""
     return [split_range(nlist, nshard, j) for j in range(nshard)]
-
 
 
 def find_overlaps(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

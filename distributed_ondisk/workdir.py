@@ -17,6 +17,7 @@ From the shell: ``python -m distributed_ondisk.workdir WORKDIR vslice 3 16``
 prints the path of vslice 3 of 16 (keys: data centroids checkpoint trained
 vslice hslice invlists manifest search_report report).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.ondisk.manifest import manifest_path
@@ -43,24 +44,27 @@ class Workdir:
     root: Path
 
     @classmethod
-    def from_arg(cls, path: PathLike) -> "Workdir":
+    def from_arg(cls, path: PathLike) -> Workdir:
         """From a command-line directory argument (need not exist yet)."""
         return cls(Path(os.path.expanduser(os.fspath(path))).absolute())
 
-    def create(self) -> "Workdir":
+    def create(self) -> Workdir:
         for d in (self.root, self.vslice_dir, self.hslice_dir):
             d.mkdir(parents=True, exist_ok=True)
         return self
 
-    def data(self, ext: Optional[str] = None) -> Path:
+    def data(self, ext: str | None = None) -> Path:
         """The input vectors: ``data<ext>``, or the single existing ``data.*``."""
         if ext is not None:
             return self.root / f"data{ext if ext.startswith('.') else '.' + ext}"
-        found = [self.root / f"data{e}" for e in DATA_EXTENSIONS
-                 if (self.root / f"data{e}").exists()]
+        found = [
+            self.root / f"data{e}" for e in DATA_EXTENSIONS if (self.root / f"data{e}").exists()
+        ]
         if len(found) != 1:
-            raise InputError(f"{self.root}: expected exactly one data file data.<ext> with ext in "
-                             f"{', '.join(DATA_EXTENSIONS)}, found {len(found)}")
+            raise InputError(
+                f"{self.root}: expected exactly one data file data.<ext> with ext in "
+                f"{', '.join(DATA_EXTENSIONS)}, found {len(found)}"
+            )
         return found[0]
 
     @property
@@ -119,12 +123,26 @@ def default_invlists_for(index_path: PathLike) -> Path:
     return p.with_suffix(".invlists") if p.suffix == ".index" else p.with_name(p.name + ".invlists")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m distributed_ondisk.workdir",
-                                 description="print the path of one file of a work directory")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m distributed_ondisk.workdir",
+        description="print the path of one file of a work directory",
+    )
     ap.add_argument("workdir")
-    ap.add_argument("key", choices=["data", "centroids", "checkpoint", "trained", "vslice",
-                                    "hslice", "invlists", "search_report", "report"])
+    ap.add_argument(
+        "key",
+        choices=[
+            "data",
+            "centroids",
+            "checkpoint",
+            "trained",
+            "vslice",
+            "hslice",
+            "invlists",
+            "search_report",
+            "report",
+        ],
+    )
     ap.add_argument("i", nargs="?", type=int, help="slice number (vslice/hslice/invlists)")
     ap.add_argument("n", nargs="?", type=int, help="number of slices (vslice/hslice/invlists)")
     ap.add_argument("--manifest", action="store_true", help="print the file's manifest path")

@@ -1,11 +1,11 @@
 """Shared fixtures' workers for the build tests: seeded clustered data, centroids from
 faiss.Kmeans, and a whole small pipeline run through the library."""
+
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import faiss
 import numpy as np
@@ -24,26 +24,43 @@ def clustered(n: int, d: int, seed: int = 0, nclusters: int = 50) -> np.ndarray:
     return (centers[rs.randint(nclusters, size=n)] + rs.randn(n, d)).astype(np.float32)
 
 
-def make_workdir(root: Path, n: int = 20000, d: int = 32, k: int = 64, seed: int = 0,
-                 cfg: Optional[TrainedIndexConfig] = None) -> tuple[Workdir, np.ndarray]:
+def make_workdir(
+    root: Path,
+    n: int = 20000,
+    d: int = 32,
+    k: int = 64,
+    seed: int = 0,
+    cfg: TrainedIndexConfig | None = None,
+) -> tuple[Workdir, np.ndarray]:
     wd = Workdir.from_arg(root).create()
     x = clustered(n, d, seed)
     np.save(wd.data(".npy"), x)
     km = faiss.Kmeans(d, k, niter=8, seed=seed + 1)
     km.train(x[: min(n, 100 * k)])
     np.save(wd.centroids, km.centroids)
-    make_trained_index(wd.centroids, wd.data(), wd.trained, cfg or TrainedIndexConfig(),
-                       0, min(n, 10000))
+    make_trained_index(
+        wd.centroids, wd.data(), wd.trained, cfg or TrainedIndexConfig(), 0, min(n, 10000)
+    )
     return wd, x
 
 
 def build_all(wd: Workdir, nv: int, nh: int, threads: int = 2, **merge_kw) -> None:
     for i in range(nv):
-        make_vslice(VsliceJob(wd.trained, wd.data(), wd.vslice(i, nv), nslice=nv, slice_no=i,
-                              block_rows=3000, threads=threads))
+        make_vslice(
+            VsliceJob(
+                wd.trained,
+                wd.data(),
+                wd.vslice(i, nv),
+                nslice=nv,
+                slice_no=i,
+                block_rows=3000,
+                threads=threads,
+            )
+        )
     for j in range(nh):
-        merge_hslice(MergeJob([str(wd.vslice_dir)], wd.hslice(j, nh), nslice=nh, slice_no=j,
-                              **merge_kw))
+        merge_hslice(
+            MergeJob([str(wd.vslice_dir)], wd.hslice(j, nh), nslice=nh, slice_no=j, **merge_kw)
+        )
 
 
 def reference_index(wd: Workdir, x: np.ndarray) -> faiss.Index:
@@ -62,9 +79,15 @@ def search(index: faiss.Index, q: np.ndarray, nprobe: int, k: int = 10):
     return index.search(q, k)
 
 
-def run_script(name: str, *args: str, cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / name), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+def run_script(name: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / name), *map(str, args)],
+        check=False,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def copy_vslice(src: Path, dst: Path) -> Path:

@@ -1,6 +1,7 @@
 """Slices made by faiss alone (no manifest) merge after ``merge_to_ondisk.py --adopt``,
 into shards holding exactly the lists of the same trained index filled in RAM by the
 same faiss calls; bad slices are refused naming the file, and nothing is adopted then."""
+
 from __future__ import annotations
 
 import errno
@@ -38,11 +39,14 @@ def classic_slice(trained: Path, x: np.ndarray, a: int, b: int, out: Path) -> Pa
     return out
 
 
-def classic_slices(trained: Path, x: np.ndarray, folder: Path, bounds=BOUNDS,
-                   suffix: str = ".index") -> list[Path]:
+def classic_slices(
+    trained: Path, x: np.ndarray, folder: Path, bounds=BOUNDS, suffix: str = ".index"
+) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    return [classic_slice(trained, x, a, b, folder / f"slice{i}{suffix}")
-            for i, (a, b) in enumerate(bounds)]
+    return [
+        classic_slice(trained, x, a, b, folder / f"slice{i}{suffix}")
+        for i, (a, b) in enumerate(bounds)
+    ]
 
 
 def ram_reference(trained: Path, x: np.ndarray, bounds=BOUNDS) -> faiss.Index:
@@ -81,8 +85,19 @@ def adopt_and_merge_script(slices: list[Path], out_dir: Path, *extra: str) -> li
     outs = []
     for j in range(2):
         out = out_dir / f"shard{j}.index"
-        r = run_script("merge_to_ondisk.py", "--adopt", "--inputs", slices[0].parent,
-                       "--nslice", "2", "--slice_no", str(j), "--output", out, *extra)
+        r = run_script(
+            "merge_to_ondisk.py",
+            "--adopt",
+            "--inputs",
+            slices[0].parent,
+            "--nslice",
+            "2",
+            "--slice_no",
+            str(j),
+            "--output",
+            out,
+            *extra,
+        )
         assert r.returncode == 0, r.stderr
         outs.append(out)
     return outs
@@ -92,8 +107,17 @@ def adopt_and_merge_script(slices: list[Path], out_dir: Path, *extra: str) -> li
 def test_classic_slices_adopted_then_merged_equal_the_in_ram_index(base, tmp_path, with_trained):
     wd, x = base
     slices = classic_slices(wd.trained, x, tmp_path / "classic")
-    r = run_script("merge_to_ondisk.py", "--inputs", slices[0].parent, "--nslice", "2",
-                   "--slice_no", "0", "--output", tmp_path / "refused.index")
+    r = run_script(
+        "merge_to_ondisk.py",
+        "--inputs",
+        slices[0].parent,
+        "--nslice",
+        "2",
+        "--slice_no",
+        "0",
+        "--output",
+        tmp_path / "refused.index",
+    )
     assert r.returncode == 2 and "no manifest" in r.stderr and "--adopt" in r.stderr, r.stderr
     extra = ("--trained", str(wd.trained)) if with_trained else ()
     outs = adopt_and_merge_script(slices, tmp_path / "shards", *extra)
@@ -108,10 +132,10 @@ def test_classic_slices_adopted_then_merged_equal_the_in_ram_index(base, tmp_pat
     D1, I1 = ci.search(q, 10, nprobe=8)
     rivf = faiss.extract_index_ivf(ram)
     rivf.nprobe = 8
-    D0, I0 = rivf.search(ci.transform(q), 10)   # same transformed queries
+    D0, I0 = rivf.search(ci.transform(q), 10)  # same transformed queries
     np.testing.assert_array_equal(I1, I0)
     np.testing.assert_array_equal(D1, D0)
-    if with_trained:   # the link was recorded: found without --trained
+    if with_trained:  # the link was recorded: found without --trained
         assert CombinedIndex(outs).trained_path.resolve() == wd.trained.resolve()
 
 
@@ -140,7 +164,7 @@ def test_pure_faiss_pipeline_without_manifests_anywhere(tmp_path):
     assert ci.ntotal == len(x)
     with pytest.raises(IndexFileError, match="cannot find the trained index.*--trained"):
         CombinedIndex(outs)
-    assert adopt_vslices(slices) == []   # rerun: nothing new, manifests kept
+    assert adopt_vslices(slices) == []  # rerun: nothing new, manifests kept
 
 
 def assert_shards_equal_ram_n(shards, ram, n):
@@ -150,7 +174,8 @@ def assert_shards_equal_ram_n(shards, ram, n):
         h = open_hslice(s)
         for j in range(*h.list_range):
             a, b = list_content(rivf.invlists, j, rivf.code_size), list_content(
-                h.invlists, j, rivf.code_size)
+                h.invlists, j, rivf.code_size
+            )
             np.testing.assert_array_equal(b[0], a[0])
             assert a[1] == b[1]
             total += len(b[0])
@@ -224,7 +249,7 @@ def test_slices_of_another_trained_index_are_refused(base, tmp_path):
             adopt_vslices([bad], wd.trained)
         assert no_manifests(good + [bad])
     with pytest.raises(IndexFileError, match="slice0.index.*another trained index"):
-        adopt_vslices(good, tpath)      # the good slices against a foreign --trained
+        adopt_vslices(good, tpath)  # the good slices against a foreign --trained
 
 
 def test_slices_without_quantizer_need_trained(base, tmp_path):
@@ -254,10 +279,10 @@ def test_after_adoption_the_merge_checks_apply(base, tmp_path):
     slices = classic_slices(wd.trained, x, tmp_path / "c")
     adopt_vslices(slices, wd.trained)
     before = [mf.manifest_path(s).read_bytes() for s in slices]
-    assert adopt_vslices(slices) == []          # already adopted: kept as is
+    assert adopt_vslices(slices) == []  # already adopted: kept as is
     assert [mf.manifest_path(s).read_bytes() for s in slices] == before
     lay = adopt_mod.inspect(slices[1]).layout
-    flip_byte(slices[1], int(lay.offsets[0]) + 7)   # inside the first list's codes
+    flip_byte(slices[1], int(lay.offsets[0]) + 7)  # inside the first list's codes
     with pytest.raises(IndexFileError, match="slice1.index.*differs from its manifest"):
         merge_hslice(MergeJob([str(s) for s in slices], tmp_path / "h.index"))
     # a manifest is never rewritten: a file replaced after adoption is refused, with the
@@ -274,14 +299,18 @@ def test_read_only_folder_is_said_clearly(base, tmp_path, monkeypatch):
 
     def erofs(folder):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
     monkeypatch.setattr(adopt_mod, "_probe_write", erofs)
     with pytest.raises(OutputError, match=r"ro: the folder is not writable.*copy the slices"):
         adopt_vslices(slices)
     assert no_manifests(slices)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into folders without write "
-                    "permission; the monkeypatched case above covers the message")
+@pytest.mark.skipif(
+    os.geteuid() == 0,
+    reason="root writes into folders without write "
+    "permission; the monkeypatched case above covers the message",
+)
 def test_read_only_folder_by_permissions(base, tmp_path):
     wd, x = base
     slices = classic_slices(wd.trained, x, tmp_path / "ro", BOUNDS[:1])
@@ -297,15 +326,25 @@ def test_adopt_only_then_the_documented_merge(base, tmp_path):
     """--adopt without --output only adopts; the plain merge command then works."""
     wd, x = base
     slices = classic_slices(wd.trained, x, tmp_path / "vs")
-    r = run_script("merge_to_ondisk.py", "--adopt", "--inputs", tmp_path / "vs",
-                   "--trained", wd.trained)
+    r = run_script(
+        "merge_to_ondisk.py", "--adopt", "--inputs", tmp_path / "vs", "--trained", wd.trained
+    )
     assert r.returncode == 0, r.stderr
     assert not no_manifests(slices) and not list(tmp_path.glob("*.invlists"))
     outs = []
     for j in range(2):
         outs.append(tmp_path / f"h{j}.index")
-        r = run_script("merge_to_ondisk.py", "--inputs", tmp_path / "vs", "--nslice", "2",
-                       "--slice_no", str(j), "--output", outs[-1])
+        r = run_script(
+            "merge_to_ondisk.py",
+            "--inputs",
+            tmp_path / "vs",
+            "--nslice",
+            "2",
+            "--slice_no",
+            str(j),
+            "--output",
+            outs[-1],
+        )
         assert r.returncode == 0, r.stderr
     assert_shards_equal_ram(outs, ram_reference(wd.trained, x))
     bad = tmp_path / "vs" / "zz_garbage.index"

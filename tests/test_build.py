@@ -1,7 +1,9 @@
 """The build pipeline end to end on small clustered data: exact equality with an
 index built in RAM in one go, determinism, movable shards, skipping finished work."""
+
 from __future__ import annotations
 
+import itertools
 import shutil
 
 import faiss
@@ -20,7 +22,7 @@ from distributed_ondisk.stages.vslice import VsliceJob, make_vslice
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     wd, x = make_workdir(tmp_path_factory.mktemp("wd"))
-    build_all(wd, nv=3, nh=2, batch_bytes=50000)   # small batches: many batches per shard
+    build_all(wd, nv=3, nh=2, batch_bytes=50000)  # small batches: many batches per shard
     return wd, x
 
 
@@ -67,7 +69,7 @@ def test_hslices_cover_all_lists_with_ids_in_order(built):
             assert (n > 0) == (l0 <= lno < l1) or n == 0
             if n:
                 ids = faiss.rev_swig_ptr(hs.invlists.get_ids(lno), n)
-                assert (np.diff(ids) > 0).all()      # slices in id order, ids ascending
+                assert (np.diff(ids) > 0).all()  # slices in id order, ids ascending
         total += hs.index.ntotal
         stored = open(wd.hslice_invlists(j, 2), "rb").read()
         assert hs.invlists.filename.endswith(wd.hslice_invlists(j, 2).name)
@@ -81,7 +83,7 @@ def test_shards_can_move(built, tmp_path, monkeypatch):
     wd, x = built
     moved = tmp_path / "elsewhere"
     shutil.copytree(wd.hslice_dir, moved)
-    monkeypatch.chdir(tmp_path)                  # neither the old nor the new directory
+    monkeypatch.chdir(tmp_path)  # neither the old nor the new directory
     q = queries(x)
     D0, I0 = search(open_hslices(wd.trained, wd.hslices(2)), q, 8)
     D1, I1 = search(open_hslices(wd.trained, [moved / p.name for p in wd.hslices(2)]), q, 8)
@@ -93,8 +95,9 @@ def test_vslice_bytes_do_not_depend_on_threads_or_block_size(built, tmp_path):
     outs = []
     for nt, bs in [(1, 50000), (2, 777), (2, 3000)]:
         out = tmp_path / f"v_{nt}_{bs}.index"
-        make_vslice(VsliceJob(wd.trained, wd.data(), out, nslice=3, slice_no=1, block_rows=bs,
-                              threads=nt))
+        make_vslice(
+            VsliceJob(wd.trained, wd.data(), out, nslice=3, slice_no=1, block_rows=bs, threads=nt)
+        )
         outs.append(out.read_bytes())
     assert outs[0] == outs[1] == outs[2] == wd.vslice(1, 3).read_bytes()
 
@@ -115,15 +118,41 @@ def test_scripts_run_standalone_and_agree_with_library(built, tmp_path):
     wd, x = built
     vs = [tmp_path / f"s{i}.index" for i in range(2)]
     for i, v in enumerate(vs):
-        r = run_script("make_index_vslice.py", "--inputindex", wd.trained, "--input", wd.data(),
-                       "--i0", 10000 * i, "--i1", 10000 * (i + 1), "-o", v, "--nt", 1,
-                       "--bs", 4096)
+        r = run_script(
+            "make_index_vslice.py",
+            "--inputindex",
+            wd.trained,
+            "--input",
+            wd.data(),
+            "--i0",
+            10000 * i,
+            "--i1",
+            10000 * (i + 1),
+            "-o",
+            v,
+            "--nt",
+            1,
+            "--bs",
+            4096,
+        )
         assert r.returncode == 0, r.stderr
     outs = [tmp_path / "sh" / f"h{j}.index" for j in range(3)]
     for j, o in enumerate(outs):
-        r = run_script("merge_to_ondisk.py", "--inputs", str(tmp_path / "s*.index"),
-                       "--nslice", 3, "--slice_no", j, "--output", o, "--nt", 2,
-                       "--trained", wd.trained)
+        r = run_script(
+            "merge_to_ondisk.py",
+            "--inputs",
+            str(tmp_path / "s*.index"),
+            "--nslice",
+            3,
+            "--slice_no",
+            j,
+            "--output",
+            o,
+            "--nt",
+            2,
+            "--trained",
+            wd.trained,
+        )
         assert r.returncode == 0, r.stderr
     q = queries(x)
     D0, I0 = search(reference_index(wd, x), q, 16)
@@ -131,8 +160,9 @@ def test_scripts_run_standalone_and_agree_with_library(built, tmp_path):
     assert np.array_equal(I0, I1) and np.array_equal(D0, D1)
 
 
-@pytest.mark.parametrize("rotation,encoder", [("none", "SQ8"), ("pca", "SQfp16"),
-                                              ("opq", "PQ8"), ("random", "PQ4x6")])
+@pytest.mark.parametrize(
+    "rotation,encoder", [("none", "SQ8"), ("pca", "SQfp16"), ("opq", "PQ8"), ("random", "PQ4x6")]
+)
 def test_other_transforms_and_encoders_are_exact_too(tmp_path, rotation, encoder):
     cfg = TrainedIndexConfig(rotation=rotation, encoder=encoder)
     wd, x = make_workdir(tmp_path, n=6000, d=32, k=16, cfg=cfg)
@@ -169,7 +199,7 @@ def test_transform_rows_is_row_exact_whatever_the_cut(transform):
     _, whole = transform_rows(index, x)
     assert np.allclose(whole, index.chain.at(0).apply(x), atol=1e-4)
     for cuts in ([0, 1, 2, CHUNK_ROWS + 5, 1000, 3000], [0, 777, 1554, 2999, 3000]):
-        parts = [transform_rows(index, x[a:b], a)[1] for a, b in zip(cuts[:-1], cuts[1:])]
+        parts = [transform_rows(index, x[a:b], a)[1] for a, b in itertools.pairwise(cuts)]
         assert np.concatenate(parts).tobytes() == whole.tobytes()
     # a batch that starts at row 100 of a longer batch gives its rows' bytes too
     assert transform_rows(index, x[100:400], 100)[1].tobytes() == whole[100:400].tobytes()

@@ -1,6 +1,9 @@
 """The merge's byte plan and gather, against a naive per-list loop, and list blocks
 that span many lists (so shard ranges cut through checksummed blocks)."""
+
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pytest
@@ -29,20 +32,26 @@ def naive_merge(slices: list[list[tuple[bytes, bytes]]]) -> bytes:
 
 
 @settings(max_examples=60, deadline=None)
-@given(nsl=st.integers(1, 5), nl=st.integers(1, 12), cs=st.sampled_from([1, 5, 38, 72]),
-       seed=st.integers(0, 2**31), cut=st.integers(0, 12))
+@given(
+    nsl=st.integers(1, 5),
+    nl=st.integers(1, 12),
+    cs=st.sampled_from([1, 5, 38, 72]),
+    seed=st.integers(0, 2**31),
+    cut=st.integers(0, 12),
+)
 def test_gather_matches_naive_merge(nsl, nl, cs, seed, cut):
     rs = np.random.default_rng(seed)
-    sizes = rs.integers(0, 4, (nsl, nl)) * rs.integers(0, 2, (nsl, nl))   # many empty lists
-    slices = [[(rs.bytes(int(n) * cs), rs.bytes(int(n) * IDX_BYTES)) for n in row]
-              for row in sizes]
+    sizes = rs.integers(0, 4, (nsl, nl)) * rs.integers(0, 2, (nsl, nl))  # many empty lists
+    slices = [[(rs.bytes(int(n) * cs), rs.bytes(int(n) * IDX_BYTES)) for n in row] for row in sizes]
     buf = np.frombuffer(b"".join(c + i for s in slices for c, i in s), dtype=np.uint8)
     offsets, order = gather_plan(sizes, cs)
     assert offsets[-1] == len(buf)
     # written as two pieces cut after list `cut` (as the merge cuts a read batch)
     cut = min(cut, nl)
-    nbytes = [int(sizes[:, :cut].sum()) * (cs + IDX_BYTES),
-              int(sizes[:, cut:].sum()) * (cs + IDX_BYTES)]
+    nbytes = [
+        int(sizes[:, :cut].sum()) * (cs + IDX_BYTES),
+        int(sizes[:, cut:].sum()) * (cs + IDX_BYTES),
+    ]
     pieces = [(0, 2 * nsl * cut, nbytes[0]), (2 * nsl * cut, 2 * nsl * nl, nbytes[1])]
     got = b"".join(p.to_pybytes() for p in _gather(buf, offsets, order, pieces))
     assert got == naive_merge(slices)
@@ -60,8 +69,8 @@ def test_batches_cover_lists_in_order_and_respect_the_bound():
     sizes = np.array([0, 5, 1, 0, 40, 2, 2, 0])
     b = plan_merge_batches(sizes, 12, 100)
     assert b[0][0] == 0 and b[-1][1] == len(sizes)
-    assert all(x[1] == y[0] for x, y in zip(b, b[1:]))
-    for a, z in b:   # at most 100 bytes, unless one list alone is bigger
+    assert all(x[1] == y[0] for x, y in itertools.pairwise(b))
+    for a, z in b:  # at most 100 bytes, unless one list alone is bigger
         assert sizes[a:z].sum() * 20 <= 100 or z - a == 1
 
 
@@ -72,8 +81,8 @@ def test_read_batches_are_cut_into_pieces_that_tile_them():
     assert [(a, b) for a, b, _ in reads] == plan_merge_batches(sizes, cs, 400)
     for a, b, pieces in reads:
         bounds = [p[0] for p in pieces] + [pieces[-1][1]]
-        assert bounds[0] == 0 and bounds[-1] == 2 * nsl * (b - a)   # every part, in order
-        assert all(x[1] == y[0] for x, y in zip(pieces, pieces[1:]))
+        assert bounds[0] == 0 and bounds[-1] == 2 * nsl * (b - a)  # every part, in order
+        assert all(x[1] == y[0] for x, y in itertools.pairwise(pieces))
         assert all(first % (2 * nsl) == 0 for first, _, _ in pieces)  # whole lists only
         assert sum(p[2] for p in pieces) == sizes[a:b].sum() * (cs + IDX_BYTES)
 
@@ -96,11 +105,12 @@ def coarse_blocks(tmp_path_factory):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_shards_cutting_through_blocks_search_like_ram(coarse_blocks, tmp_path, threads):
     wd, x = coarse_blocks
-    cuts = [0, 3, 13, 40, 64]           # none on a block boundary but the ends
+    cuts = [0, 3, 13, 40, 64]  # none on a block boundary but the ends
     outs = [tmp_path / f"h{j}.index" for j in range(len(cuts) - 1)]
     for o, a, b in zip(outs, cuts[:-1], cuts[1:]):
-        merge_hslice(MergeJob([str(wd.vslice_dir)], o, l0=a, l1=b, batch_bytes=3000,
-                              threads=threads))
+        merge_hslice(
+            MergeJob([str(wd.vslice_dir)], o, l0=a, l1=b, batch_bytes=3000, threads=threads)
+        )
     q = x[::53][:100] + np.float32(0.05)
     D0, I0 = search(reference_index(wd, x), q, 16)
     D1, I1 = search(open_hslices(wd.trained, outs), q, 16)
@@ -108,8 +118,9 @@ def test_shards_cutting_through_blocks_search_like_ram(coarse_blocks, tmp_path, 
 
 
 @pytest.mark.parametrize("where", ["before", "after"])
-def test_corruption_in_an_edge_block_outside_the_range_is_still_caught(coarse_blocks, tmp_path,
-                                                                        where):
+def test_corruption_in_an_edge_block_outside_the_range_is_still_caught(
+    coarse_blocks, tmp_path, where
+):
     """Lists 3 and 13 are outside [5, 11) but in its edge blocks [0, 8) and [8, 16)."""
     wd, _ = coarse_blocks
     bad = copy_vslice(wd.vslice(1, 2), tmp_path / "v1.index")

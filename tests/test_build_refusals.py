@@ -1,5 +1,6 @@
 """Every input the build stages must refuse: a clear error naming the file, a
 non-zero exit from the scripts, and nothing left under the final name."""
+
 from __future__ import annotations
 
 import shutil
@@ -39,6 +40,7 @@ def merge(inputs, out, **kw):
 
 # ---- trained index -------------------------------------------------------------------------
 
+
 def test_trained_refuses_dimension_mismatch(built, tmp_path):
     wd, _ = built
     np.save(tmp_path / "c.npy", np.zeros((16, 31), np.float32))
@@ -63,11 +65,17 @@ def test_trained_refuses_more_centroids_than_rows_and_bad_encoders(built, tmp_pa
         make_trained_index(tmp_path / "c.npy", wd.data(), tmp_path / "t.index")
     for enc in ("SQ7", "PQ5", "PQ"):
         with pytest.raises(InputError):
-            build_trained_index(np.load(wd.centroids), np.random.rand(1000, 32).astype("f4"),
-                                TrainedIndexConfig(encoder=enc))
+            build_trained_index(
+                np.load(wd.centroids),
+                np.random.rand(1000, 32).astype("f4"),
+                TrainedIndexConfig(encoder=enc),
+            )
     with pytest.raises(InputError, match="needs at least 256"):
-        build_trained_index(np.load(wd.centroids), np.random.rand(100, 32).astype("f4"),
-                            TrainedIndexConfig(encoder="PQ8"))
+        build_trained_index(
+            np.load(wd.centroids),
+            np.random.rand(100, 32).astype("f4"),
+            TrainedIndexConfig(encoder="PQ8"),
+        )
 
 
 def test_trained_refuses_rewritten_file(built, tmp_path):
@@ -83,6 +91,7 @@ def test_trained_refuses_rewritten_file(built, tmp_path):
 
 # ---- vslice --------------------------------------------------------------------------------
 
+
 def test_vslice_refuses_bad_ranges_and_nonempty_trained(built, tmp_path):
     wd, _ = built
     out = tmp_path / "v.index"
@@ -94,7 +103,7 @@ def test_vslice_refuses_bad_ranges_and_nonempty_trained(built, tmp_path):
         make_vslice(VsliceJob(wd.trained, wd.data(), out, nslice=2, slice_no=2))
     with pytest.raises(IndexFileError, match="manifest says it is a 'vslice'"):
         make_vslice(VsliceJob(wd.vslice(0, 2), wd.data(), out))
-    shutil.copy(wd.vslice(0, 2), tmp_path / "filled.index")     # same without its manifest
+    shutil.copy(wd.vslice(0, 2), tmp_path / "filled.index")  # same without its manifest
     with pytest.raises(IndexFileError, match="filled.index: trained index must be empty"):
         make_vslice(VsliceJob(tmp_path / "filled.index", wd.data(), out))
     np.save(tmp_path / "d.npy", np.zeros((100, 16), np.float32))
@@ -112,6 +121,7 @@ def test_vslice_refuses_reuse_with_other_parameters(built, tmp_path):
 
 
 # ---- merge ---------------------------------------------------------------------------------
+
 
 def test_merge_refuses_missing_input(built, tmp_path):
     wd, _ = built
@@ -133,7 +143,7 @@ def test_merge_refuses_unreadable_and_truncated_inputs(built, tmp_path):
     with pytest.raises(IndexFileError, match="bad.index.*bytes"):
         merge([wd.vslice(0, 2), bad], out)
     data = wd.vslice(1, 2).read_bytes()
-    bad.write_bytes(data[:1000] + b"\xff" * 8 + data[1008:])   # header garbage, same size
+    bad.write_bytes(data[:1000] + b"\xff" * 8 + data[1008:])  # header garbage, same size
     with pytest.raises(IndexFileError, match="bad.index"):
         merge([wd.vslice(0, 2), bad], out)
     assert no_output(out)
@@ -151,16 +161,25 @@ def test_merge_refuses_corrupted_list_data(built, tmp_path):
 
 def test_merge_refuses_untrained_input(built, tmp_path):
     wd, _ = built
-    ivf = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatL2(32), 32, 32,
-                                        faiss.ScalarQuantizer.QT_6bit)
+    ivf = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatL2(32), 32, 32, faiss.ScalarQuantizer.QT_6bit
+    )
     p = tmp_path / "untrained.index"
     faiss.write_index(ivf, str(p))
     lay = read_layout(p)
     doc = mf.load_manifest(wd.vslice(1, 2))
-    mf.write_manifest(p, "vslice", {"index": p}, trained_fingerprint=doc["trained_fingerprint"],
-                      structure=lay.structure, rows=0, id_range=[8000, 8001],
-                      list_sizes=mf.encode_counts(lay.sizes), regions=region_checksums(lay),
-                      quantizer="placeholder")
+    mf.write_manifest(
+        p,
+        "vslice",
+        {"index": p},
+        trained_fingerprint=doc["trained_fingerprint"],
+        structure=lay.structure,
+        rows=0,
+        id_range=[8000, 8001],
+        list_sizes=mf.encode_counts(lay.sizes),
+        regions=region_checksums(lay),
+        quantizer="placeholder",
+    )
     with pytest.raises(IndexFileError, match="untrained.index: index is not trained"):
         merge([wd.vslice(0, 2), p], tmp_path / "h.index")
 
@@ -171,7 +190,9 @@ def test_merge_refuses_slices_of_another_trained_index(built, tmp_path):
     wd2, _ = make_workdir(other, n=8000, k=32, cfg=TrainedIndexConfig(seed=99))
     make_vslice(VsliceJob(wd2.trained, wd2.data(), wd2.vslice(1, 2), nslice=2, slice_no=1))
     out = tmp_path / "h.index"
-    with pytest.raises(IndexFileError, match="vslice_0001_of_0002.index was built from a different"):
+    with pytest.raises(
+        IndexFileError, match="vslice_0001_of_0002.index was built from a different"
+    ):
         merge([wd.vslice(0, 2), wd2.vslice(1, 2)], out)
     with pytest.raises(IndexFileError, match="different trained index than the given"):
         merge([wd.vslice(0, 2), wd.vslice(1, 2)], out, trained=wd2.trained)
@@ -193,13 +214,35 @@ def test_merge_refuses_overlapping_id_ranges(built, tmp_path):
 def test_scripts_exit_nonzero_with_one_line_error(built, tmp_path):
     wd, _ = built
     out = tmp_path / "h.index"
-    r = run_script("merge_to_ondisk.py", "--inputs", wd.vslice(0, 2), tmp_path / "missing.index",
-                   "--output", out)
+    r = run_script(
+        "merge_to_ondisk.py",
+        "--inputs",
+        wd.vslice(0, 2),
+        tmp_path / "missing.index",
+        "--output",
+        out,
+    )
     assert r.returncode == 2 and "error:" in r.stderr and "missing.index" in r.stderr
     assert "Traceback" not in r.stderr and no_output(out)
-    r = run_script("make_index_vslice.py", "--inputindex", tmp_path / "none.index", "--input",
-                   wd.data(), "-o", tmp_path / "v.index")
+    r = run_script(
+        "make_index_vslice.py",
+        "--inputindex",
+        tmp_path / "none.index",
+        "--input",
+        wd.data(),
+        "-o",
+        tmp_path / "v.index",
+    )
     assert r.returncode == 2 and "none.index" in r.stderr
-    r = run_script("make_trained_index.py", "--centroids", wd.centroids, "--indata", wd.data(),
-                   "--out", tmp_path / "t.index", "--sq", "SQ3")
+    r = run_script(
+        "make_trained_index.py",
+        "--centroids",
+        wd.centroids,
+        "--indata",
+        wd.data(),
+        "--out",
+        tmp_path / "t.index",
+        "--sq",
+        "SQ3",
+    )
     assert r.returncode == 2 and "SQ3" in r.stderr

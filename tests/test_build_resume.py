@@ -1,5 +1,6 @@
 """Killed builds resume: no file under a final name in between, identical bytes after
 the rerun, stale temporaries removed; and the merge's memory does not grow with data."""
+
 from __future__ import annotations
 
 import json
@@ -26,9 +27,17 @@ faiss.write_index = killing
 
 
 def driver(code: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    )
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +60,25 @@ make_vslice(VsliceJob({str(wd.trained)!r}, {str(wd.data())!r}, {str(out)!r}, nsl
 """)
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert not out.exists() and temporaries(tmp_path)
-    r = subprocess.run([sys.executable, str(REPO / "make_index_vslice.py"), "--inputindex",
-                        str(wd.trained), "--input", str(wd.data()), "--nslice", "2",
-                        "--slice_no", "1", "-o", str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "make_index_vslice.py"),
+            "--inputindex",
+            str(wd.trained),
+            "--input",
+            str(wd.data()),
+            "--nslice",
+            "2",
+            "--slice_no",
+            "1",
+            "-o",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == wd.vslice(1, 2).read_bytes()
     assert not temporaries(tmp_path)
@@ -63,19 +88,35 @@ make_vslice(VsliceJob({str(wd.trained)!r}, {str(wd.data())!r}, {str(out)!r}, nsl
 def test_vslice_killed_at_any_time_leaves_nothing_half_written(built, tmp_path, when):
     wd, _ = built
     out = tmp_path / "v.index"
-    cmd = [sys.executable, str(REPO / "make_index_vslice.py"), "--inputindex", str(wd.trained),
-           "--input", str(wd.data()), "--i0", "0", "--i1", "8000", "--bs", "20", "-o", str(out),
-           "--nt", "1"]
+    cmd = [
+        sys.executable,
+        str(REPO / "make_index_vslice.py"),
+        "--inputindex",
+        str(wd.trained),
+        "--input",
+        str(wd.data()),
+        "--i0",
+        "0",
+        "--i1",
+        "8000",
+        "--bs",
+        "20",
+        "-o",
+        str(out),
+        "--nt",
+        "1",
+    ]
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         p.wait(timeout=when)
     except subprocess.TimeoutExpired:
         p.send_signal(signal.SIGKILL)
         p.wait()
-    if out.exists():                       # finished before the kill: must be complete
+    if out.exists():  # finished before the kill: must be complete
         from distributed_ondisk.ondisk.manifest import verify_manifest
+
         verify_manifest(out, "vslice")
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert subprocess.run(cmd, check=False, capture_output=True).returncode == 0
     ref = tmp_path / "ref.index"
     subprocess.run(cmd[:-4] + ["-o", str(ref), "--bs", "5000"], check=True, capture_output=True)
     assert out.read_bytes() == ref.read_bytes()
@@ -86,7 +127,10 @@ def test_vslice_killed_at_any_time_leaves_nothing_half_written(built, tmp_path, 
 def test_merge_killed_resumes_to_identical_bytes(built, tmp_path, stage):
     wd, _ = built
     out = tmp_path / "h.index"
-    kill = KILL_ON_WRITE if stage == "index" else """
+    kill = (
+        KILL_ON_WRITE
+        if stage == "index"
+        else """
 import os, signal
 import distributed_ondisk.stages.listcopy as M
 real = M._gather
@@ -98,6 +142,7 @@ def killing(*a):
     return real(*a)
 M._gather = killing
 """
+    )
     r = driver(kill + f"""
 from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 merge_hslice(MergeJob([{str(wd.vslice_dir)!r}], __import__('pathlib').Path({str(out)!r}),
@@ -106,11 +151,25 @@ merge_hslice(MergeJob([{str(wd.vslice_dir)!r}], __import__('pathlib').Path({str(
     assert r.returncode == -signal.SIGKILL, r.stderr
     assert not out.exists()
     assert out.with_suffix(".invlists").exists() == (stage == "index")
-    r = subprocess.run([sys.executable, str(REPO / "merge_to_ondisk.py"), "--inputs",
-                        str(wd.vslice_dir), "--nslice", "2", "--slice_no", "0", "--output",
-                        str(out)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "merge_to_ondisk.py"),
+            "--inputs",
+            str(wd.vslice_dir),
+            "--nslice",
+            "2",
+            "--slice_no",
+            "0",
+            "--output",
+            str(out),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
-    ref = tmp_path / "ref" / "h.index"          # same file names, so same index bytes
+    ref = tmp_path / "ref" / "h.index"  # same file names, so same index bytes
     merge_hslice(MergeJob([str(wd.vslice_dir)], ref, nslice=2, slice_no=0))
     assert out.read_bytes() == ref.read_bytes()
     assert out.with_suffix(".invlists").read_bytes() == wd.hslice_invlists(0, 2).read_bytes()
@@ -138,12 +197,19 @@ def test_merge_peak_rss_does_not_grow_with_data(tmp_path):
         wd, _ = make_workdir(tmp_path / str(n), n=n, d=64, k=64, cfg=cfg)
         build_all(wd, nv=3, nh=0)
         out = wd.hslice(0, 1)
-        r = subprocess.run([sys.executable, "-c", MEASURE, str(wd.vslice_dir), str(out)],
-                           capture_output=True, text=True, timeout=600,
-                           env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-                               [str(REPO), os.environ.get("PYTHONPATH", "")])))
+        r = subprocess.run(
+            [sys.executable, "-c", MEASURE, str(wd.vslice_dir), str(out)],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=dict(
+                os.environ,
+                PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+            ),
+        )
         assert r.returncode == 0, r.stderr
         peaks.append(json.loads(r.stdout.strip().splitlines()[-1]))
         sizes.append(out.with_suffix(".invlists").stat().st_size)
-    assert sizes[1] - sizes[0] > 70e6          # a merge holding its data would grow by this
+    assert sizes[1] - sizes[0] > 70e6  # a merge holding its data would grow by this
     assert peaks[1] - peaks[0] < 50e6, f"peak RSS {peaks} for lists files of {sizes} bytes"

@@ -1,4 +1,5 @@
 """Synthetic clustered data: deterministic, chunk-consistent, actually clustered."""
+
 from __future__ import annotations
 
 import numpy as np

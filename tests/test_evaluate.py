@@ -1,5 +1,6 @@
 """Ground truth (blocked brute force, cached with a fingerprint), recall, plots, and the
 combined_index.py command line end to end."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,7 +35,7 @@ def test_blocked_brute_force_is_exact(data, metric):
 
 
 def test_ground_truth_cache_is_reused_then_invalidated(data, monkeypatch):
-    tmp, xb, xq = data
+    tmp, xb, _xq = data
     gt = ev.ground_truth(tmp / "base.fvecs", tmp / "queries.fvecs", 10)
     cache = tmp / "queries.gt10.ivecs"
     assert cache.is_file() and (tmp / "queries.gt10.ivecs.json").is_file()
@@ -45,9 +46,10 @@ def test_ground_truth_cache_is_reused_then_invalidated(data, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(ev, "brute_force_knn", boom)
-        np.testing.assert_array_equal(ev.ground_truth(tmp / "base.fvecs",
-                                                      tmp / "queries.fvecs", 10), gt)
-    write_vectors(tmp / "base.fvecs", xb[::-1].copy())      # same size, other content
+        np.testing.assert_array_equal(
+            ev.ground_truth(tmp / "base.fvecs", tmp / "queries.fvecs", 10), gt
+        )
+    write_vectors(tmp / "base.fvecs", xb[::-1].copy())  # same size, other content
     gt2 = ev.ground_truth(tmp / "base.fvecs", tmp / "queries.fvecs", 10)
     np.testing.assert_array_equal(gt2, len(xb) - 1 - gt)
     side = json.loads((tmp / "queries.gt10.ivecs.json").read_text())
@@ -58,9 +60,11 @@ def test_recall_at():
     gt = np.array([[3, 1], [5, 2], [7, 0]])
     I = np.array([[3, 9, 8], [1, 5, 4], [0, 1, 2]])
     assert ev.recall_at(I, gt) == {1: pytest.approx(1 / 3)}
-    assert ev.recall_at(I, gt, ranks=(1, 2, 3)) == {1: pytest.approx(1 / 3),
-                                                    2: pytest.approx(2 / 3),
-                                                    3: pytest.approx(2 / 3)}
+    assert ev.recall_at(I, gt, ranks=(1, 2, 3)) == {
+        1: pytest.approx(1 / 3),
+        2: pytest.approx(2 / 3),
+        3: pytest.approx(2 / 3),
+    }
     with pytest.raises(InputError):
         ev.recall_at(I[:2], gt)
 
@@ -95,9 +99,24 @@ def test_combined_index_cli(tmp_path, capsys):
     spec.loader.exec_module(mod)
     from distributed_ondisk.cli import run_main
 
-    argv = ["--shards", str(wd.hslice_dir), "--queries", str(tmp_path / "q.fvecs"), "--k", "100",
-            "--nprobe", "1,16", "--database", str(tmp_path / "base.fvecs"), "--in-ram",
-            "--plot", str(tmp_path / "p.png"), "--json", str(tmp_path / "r.json"), "-q"]
+    argv = [
+        "--shards",
+        str(wd.hslice_dir),
+        "--queries",
+        str(tmp_path / "q.fvecs"),
+        "--k",
+        "100",
+        "--nprobe",
+        "1,16",
+        "--database",
+        str(tmp_path / "base.fvecs"),
+        "--in-ram",
+        "--plot",
+        str(tmp_path / "p.png"),
+        "--json",
+        str(tmp_path / "r.json"),
+        "-q",
+    ]
     assert run_main(mod.build_parser(), mod.main, argv) == 0
     out = capsys.readouterr().out
     assert "on-disk" in out and "in-RAM" in out and "R@100" in out
@@ -117,7 +136,7 @@ def test_intersection_recall_counts_every_true_neighbour():
     gt = np.array([[0, 1, 2], [3, 4, 5]])
     I = np.array([[0, 2, 9], [3, 8, 7]])
     assert ev.intersection_recall(I, gt, 3) == pytest.approx((2 + 1) / 6)
-    assert ev.intersection_recall(I, gt, 4) is None   # fewer than k columns
+    assert ev.intersection_recall(I, gt, 4) is None  # fewer than k columns
     # -1 padding (fewer than k results, or ground truth over fewer than k rows) is not a hit
     assert ev.intersection_recall(np.array([[5, -1]]), np.array([[5, -1]]), 2) == 0.5
     # a query that is an indexed row finds itself: 1-recall@1 is 1, k-recall@k is not

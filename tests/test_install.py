@@ -1,4 +1,5 @@
 """faiss-cpu and faiss-gpu must never be used together: import refuses, naming both."""
+
 from __future__ import annotations
 
 import ast
@@ -19,8 +20,11 @@ def _dists(*names):
 
 
 def test_both_faiss_variants_refused(monkeypatch):
-    monkeypatch.setattr(distributed_ondisk._metadata, "distributions",
-                        _dists("numpy", "faiss-cpu", "faiss_gpu_cu12"))
+    monkeypatch.setattr(
+        distributed_ondisk._metadata,
+        "distributions",
+        _dists("numpy", "faiss-cpu", "faiss_gpu_cu12"),
+    )
     with pytest.raises(ImportError, match="faiss-cpu and faiss-gpu-cu12"):
         distributed_ondisk._check_single_faiss()
 
@@ -31,14 +35,24 @@ def test_one_variant_accepted(monkeypatch, names):
     distributed_ondisk._check_single_faiss()
 
 
-@pytest.mark.parametrize("variant,expected", [("", "faiss-cpu"), ("cpu", "faiss-cpu"),
-                                              ("gpu", "faiss-gpu"), ("none", None)])
+@pytest.mark.parametrize(
+    "variant,expected",
+    [("", "faiss-cpu"), ("cpu", "faiss-cpu"), ("gpu", "faiss-gpu"), ("none", None)],
+)
 def test_setup_picks_one_faiss_wheel(variant, expected):
-    env_code = ("import os, runpy, setuptools; setuptools.setup = lambda **kw: print(kw["
-                "'install_requires']); runpy.run_path('setup.py')")
-    r = subprocess.run([sys.executable, "-c", env_code], cwd=REPO, capture_output=True,
-                       text=True, env={"PATH": "/usr/bin:/bin", "DISTRIBUTED_ONDISK_FAISS": variant},
-                       timeout=60)
+    env_code = (
+        "import os, runpy, setuptools; setuptools.setup = lambda **kw: print(kw["
+        "'install_requires']); runpy.run_path('setup.py')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", env_code],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "DISTRIBUTED_ONDISK_FAISS": variant},
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     reqs = ast.literal_eval(r.stdout.strip())
     faiss = [q for q in reqs if q.startswith("faiss")]
@@ -46,7 +60,16 @@ def test_setup_picks_one_faiss_wheel(variant, expected):
 
 
 def test_setup_refuses_unknown_variant():
-    code = "import runpy, setuptools; setuptools.setup = lambda **kw: None; runpy.run_path('setup.py')"
-    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "DISTRIBUTED_ONDISK_FAISS": "tpu"}, timeout=60)
+    code = (
+        "import runpy, setuptools; setuptools.setup = lambda **kw: None; runpy.run_path('setup.py')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "DISTRIBUTED_ONDISK_FAISS": "tpu"},
+        timeout=60,
+    )
     assert r.returncode != 0 and "expected one of cpu, gpu, none" in r.stderr

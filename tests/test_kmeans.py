@@ -1,5 +1,6 @@
 """k-means in process: CPU assignment vs brute force, shards vs one dataset, the
 faiss.contrib loop over our datasets, sampling/splitting/checkpoints, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,9 @@ def x():
 
 def shards_of(x, cuts, block_rows=None):
     bounds = list(zip([0] + cuts, cuts + [len(x)]))
-    return ShardedAssign([CPUAssign(RowSource(x, a, b), block_rows=block_rows)
-                          for a, b in bounds], parallel=False)
+    return ShardedAssign(
+        [CPUAssign(RowSource(x, a, b), block_rows=block_rows) for a, b in bounds], parallel=False
+    )
 
 
 def brute(x, c):
@@ -40,7 +42,7 @@ def brute(x, c):
 
 def test_assign_to_matches_brute_force(x):
     c = x[::97][:40].copy()
-    ds = CPUAssign(RowSource(x), block_rows=1000)      # several blocks
+    ds = CPUAssign(RowSource(x), block_rows=1000)  # several blocks
     res = ds.assign_to(c)
     D, I = brute(x, c)
     np.testing.assert_array_equal(res.counts, np.bincount(I, minlength=40))
@@ -74,7 +76,7 @@ def test_shards_equal_one_dataset(x):
     np.testing.assert_array_equal(shards_of(x, [1000, 4000]).get_subset(idx), x[idx])
 
 
-@pytest.mark.parametrize("mppc", [10_000, 40])     # without and with sampling
+@pytest.mark.parametrize("mppc", [10_000, 40])  # without and with sampling
 def test_one_vs_four_shards_same_centroids(x, mppc):
     cfg = KMeansConfig(50, niter=8, seed=7, max_points_per_centroid=mppc)
     r1 = train_kmeans(CPUAssign(RowSource(x)), cfg)
@@ -96,10 +98,9 @@ def test_objective_close_to_faiss_kmeans():
 
 def test_faiss_contrib_loop_runs_on_our_datasets(x):
     from faiss.contrib.clustering import kmeans
-    c_one = kmeans(30, FaissCompatAssign(CPUAssign(RowSource(x))), niter=5, seed=3,
-                   verbose=False)
-    c_sh = kmeans(30, FaissCompatAssign(shards_of(x, [2000, 4000])), niter=5, seed=3,
-                  verbose=False)
+
+    c_one = kmeans(30, FaissCompatAssign(CPUAssign(RowSource(x))), niter=5, seed=3, verbose=False)
+    c_sh = kmeans(30, FaissCompatAssign(shards_of(x, [2000, 4000])), niter=5, seed=3, verbose=False)
     assert c_one.shape == (30, x.shape[1])
     np.testing.assert_allclose(c_one, c_sh, rtol=1e-5, atol=1e-4)
 
@@ -130,18 +131,24 @@ def test_resume_is_identical_to_uninterrupted(x, tmp_path):
     partial = KMeansConfig(60, niter=3, seed=11, max_points_per_centroid=60)
     train_kmeans(CPUAssign(RowSource(x)), partial, checkpoint=tmp_path / "b.npz")
     assert load_checkpoint(tmp_path / "b.npz").iteration == 3
-    resumed = train_kmeans(CPUAssign(RowSource(x)), cfg, checkpoint=tmp_path / "b.npz",
-                           resume=True)
+    resumed = train_kmeans(CPUAssign(RowSource(x)), cfg, checkpoint=tmp_path / "b.npz", resume=True)
     np.testing.assert_array_equal(full.centroids, resumed.centroids)
-    assert [s["obj"] for s in full.stats] == pytest.approx([s["obj"] for s in resumed.stats],
-                                                           rel=1e-12)
+    assert [s["obj"] for s in full.stats] == pytest.approx(
+        [s["obj"] for s in resumed.stats], rel=1e-12
+    )
     ck = load_checkpoint(tmp_path / "b.npz")
     assert ck.iteration == 7 and ck.meta["k"] == 60
 
 
-@pytest.mark.parametrize("change,match", [
-    (dict(k=61), "k 60"), (dict(seed=12), "seed 11"),
-    (dict(data="dim"), "dimension 16"), (dict(data="values"), "data fingerprint")])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        ({"k": 61}, "k 60"),
+        ({"seed": 12}, "seed 11"),
+        ({"data": "dim"}, "dimension 16"),
+        ({"data": "values"}, "data fingerprint"),
+    ],
+)
 def test_resume_refuses_other_data_or_config(x, tmp_path, change, match):
     ck = tmp_path / "c.npz"
     train_kmeans(CPUAssign(RowSource(x)), KMeansConfig(60, niter=2, seed=11), checkpoint=ck)
@@ -165,8 +172,9 @@ def test_nan_is_refused_naming_the_row(x):
     y = x.copy()
     y[4321, 3] = np.nan
     with pytest.raises(InputError, match="row 4321 contains NaN"):
-        train_kmeans(CPUAssign(RowSource(y)),
-                     KMeansConfig(10, niter=1, max_points_per_centroid=1000))
+        train_kmeans(
+            CPUAssign(RowSource(y)), KMeansConfig(10, niter=1, max_points_per_centroid=1000)
+        )
 
 
 def test_shards_of_different_dimensions_are_refused(x):

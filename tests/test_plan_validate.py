@@ -7,6 +7,7 @@ size whose judged stages miss +-30 % is calibrated and measured once more
 (load bursts from other processes); a systematic model error fails both times.
 Set PLAN_VALIDATE_SIZES=quick for a ~20 s run on tiny sizes.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,11 @@ MIN_SECONDS = 0.5
 
 
 def misses(rows):
-    return [r for r in rows if r.measured_s >= MIN_SECONDS
-            and not (1 - TOLERANCE) <= r.ratio <= (1 + TOLERANCE)]
+    return [
+        r
+        for r in rows
+        if r.measured_s >= MIN_SECONDS and not (1 - TOLERANCE) <= r.ratio <= (1 + TOLERANCE)
+    ]
 
 
 def test_predicted_vs_measured_within_30_percent(tmp_path):

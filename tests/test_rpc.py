@@ -1,4 +1,5 @@
 """RPC behaviour: framing round trips, calls, errors, timeouts, concurrency, CLI, shutdown."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -93,12 +94,20 @@ def test_framing_roundtrip_arrays(name):
 
 
 def test_framing_roundtrip_containers_and_scalars():
-    obj = {"a": [1, 2.5, 3 + 4j, None, True, "é", b"\x00", bytearray(b"xy")],
-           ("t", 1): (frozenset({1, 2}), {3, 4}, slice(1, 9, 2), range(2, 10, 3)),
-           "np": [np.float32(1.5), np.int64(-3), np.bool_(True), np.dtype("f4"), np.float32,
-                  type(np.dtype("i8"))],
-           "nested": [[{"x": np.arange(5)}]] * 3,
-           "summary": Summary((4,), "<i8", 1.5, np.arange(3))}
+    obj = {
+        "a": [1, 2.5, 3 + 4j, None, True, "é", b"\x00", bytearray(b"xy")],
+        ("t", 1): (frozenset({1, 2}), {3, 4}, slice(1, 9, 2), range(2, 10, 3)),
+        "np": [
+            np.float32(1.5),
+            np.int64(-3),
+            np.bool_(True),
+            np.dtype("f4"),
+            np.float32,
+            type(np.dtype("i8")),
+        ],
+        "nested": [[{"x": np.arange(5)}]] * 3,
+        "summary": Summary((4,), "<i8", 1.5, np.arange(3)),
+    }
     out = roundtrip(obj)
     assert out.keys() == obj.keys()
     assert out["a"] == obj["a"] and out[("t", 1)] == obj[("t", 1)]
@@ -138,23 +147,23 @@ def test_remote_exception_carries_type_and_message_only(client, server, caplog):
             client.call("fail", "the reason")
     e = info.value
     assert e.remote_type == "ValueError" and e.remote_message == "the reason"
-    assert e.remote_traceback == ""          # no paths or source lines leave the server
-    assert "in fail" in caplog.text and "demo.py" in caplog.text   # they are in its log
+    assert e.remote_traceback == ""  # no paths or source lines leave the server
+    assert "in fail" in caplog.text and "demo.py" in caplog.text  # they are in its log
     assert e.server == server.address and server.address in str(e)
     assert client.call("add", 1, 1) == 2  # connection still usable
 
 
 def test_remote_traceback_only_with_debug_errors(secret):
-    with Server(EchoService(), secret=secret, debug_errors=True) as srv, \
-            Client(srv.address, secret=secret) as c:
-        with pytest.raises(RemoteError) as info:
-            c.call("fail", "the reason")
+    with Server(EchoService(), secret=secret, debug_errors=True) as srv, Client(
+        srv.address, secret=secret
+    ) as c, pytest.raises(RemoteError) as info:
+        c.call("fail", "the reason")
     tb = info.value.remote_traceback
     assert "in fail" in tb and "ValueError: the reason" in tb
 
 
 def test_encrypted_by_default_and_plaintext_only_on_both_sides(secret):
-    big = np.random.default_rng(1).random(3_000_000, dtype=np.float32)   # many records
+    big = np.random.default_rng(1).random(3_000_000, dtype=np.float32)  # many records
     with Server(EchoService(), secret=secret) as srv:
         assert srv.encrypt
         with Client(srv.address, secret=secret) as c:
@@ -172,14 +181,15 @@ def test_encrypted_by_default_and_plaintext_only_on_both_sides(secret):
 
 
 def test_client_reconnects_after_the_servers_idle_timeout(secret):
-    with Server(EchoService(), secret=secret, idle_timeout=0.3) as srv, \
-            Client(srv.address, secret=secret) as c:
+    with Server(EchoService(), secret=secret, idle_timeout=0.3) as srv, Client(
+        srv.address, secret=secret
+    ) as c:
         assert c.call("add", 1, 2) == 3
         deadline = time.monotonic() + 10
         while srv.connection_count() and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert srv.connection_count() == 0       # dropped as idle
-        assert c.call("add", 2, 2) == 4          # a fresh connection, transparently
+        assert srv.connection_count() == 0  # dropped as idle
+        assert c.call("add", 2, 2) == 4  # a fresh connection, transparently
 
 
 @pytest.mark.parametrize("method", ["_private", "__init__", "nonexistent", "sleep_"])
@@ -256,12 +266,14 @@ def test_many_dropped_connections_leak_nothing(secret):
             c.call("ping")
         fds0, threads0 = proc.num_fds(), threading.active_count()
         # From another process, so the churn does not compete with the server for our GIL.
-        churn = ("import socket, sys\n"
-                 "for i in range(1000):\n"
-                 "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n"
-                 "    if i % 3 == 0:\n"
-                 "        s.sendall(b'DOHS')  # a partial hello\n"
-                 "    s.close()\n")
+        churn = (
+            "import socket, sys\n"
+            "for i in range(1000):\n"
+            "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])))\n"
+            "    if i % 3 == 0:\n"
+            "        s.sendall(b'DOHS')  # a partial hello\n"
+            "    s.close()\n"
+        )
         subprocess.run([sys.executable, "-c", churn, host, str(port)], check=True, timeout=120)
         deadline = time.monotonic() + 20
         while srv.connection_count() and time.monotonic() < deadline:
@@ -307,17 +319,27 @@ def test_wait_ready_times_out_on_closed_port(secret):
 
 # -- subprocesses: the CLI and signals -----------------------------------------
 def _start_echo(tmp_path: Path, secret_file: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(REPO / "rpc.py"), "serve-echo",
-                             "--secret-file", str(secret_file)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "rpc.py"), "serve-echo", "--secret-file", str(secret_file)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     address = proc.stdout.readline().strip()
     assert address, proc.stderr.read()
     return proc, address
 
 
 def _rpc_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "rpc.py"), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / "rpc.py"), *args],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.mark.integration
@@ -355,10 +377,10 @@ def test_cli_keygen_ping_methods_and_sigterm_graceful(tmp_path):
     assert closed.returncode == 2 and "no server answered" in closed.stderr
 
 
-
 def _secure_pair():
     """Two ends of a sealed channel over a socketpair, plus the raw sockets."""
     from distributed_ondisk.rpc.session import SecureChannel
+
     a, b = socket.socketpair()
     k1, k2 = os.urandom(32), os.urandom(32)
     return SecureChannel(a, "a", k1, k2), SecureChannel(b, "b", k2, k1), a, b
@@ -379,7 +401,7 @@ def _sealed(obj) -> tuple:
 
 def test_sealed_records_round_trip_big_arrays():
     ca, cb, a, b = _secure_pair()
-    x = np.random.default_rng(2).random(400_000, dtype=np.float32)   # 1.6 MB: 4 records
+    x = np.random.default_rng(2).random(400_000, dtype=np.float32)  # 1.6 MB: 4 records
     with a, b:
         t = threading.Thread(target=framing.send_message, args=(ca, framing.KIND_REPLY, 3, x))
         t.start()
@@ -392,6 +414,7 @@ def test_sealed_records_round_trip_big_arrays():
 @pytest.mark.parametrize("how", ["replay", "flip", "truncate-length", "swap-order"])
 def test_sealed_records_refuse_tampering(how):
     from distributed_ondisk.errors import ProtocolError
+
     cb, feed, rec = _sealed("hello")
     with feed, cb.sock:
         if how == "replay":
@@ -401,9 +424,9 @@ def test_sealed_records_refuse_tampering(how):
             bad = bytearray(rec)
             bad[-3] ^= 1
             feed.sendall(bytes(bad))
-        elif how == "truncate-length":   # the length is authenticated too
+        elif how == "truncate-length":  # the length is authenticated too
             feed.sendall(struct.pack("<I", len(rec) - 5) + rec[4:-1])
-        else:   # a record of another message (counter 0 again) after counter 1 is expected
+        else:  # a record of another message (counter 0 again) after counter 1 is expected
             feed.sendall(rec)
             framing.recv_message(cb, deadline=time.monotonic() + 5)
             cb2, feed2, rec2 = _sealed("other")
@@ -416,7 +439,8 @@ def test_sealed_records_refuse_tampering(how):
 
 def test_sealed_channel_closes_instead_of_reusing_a_nonce():
     from distributed_ondisk.rpc import session
-    ca, cb, a, b = _secure_pair()
+
+    ca, _cb, a, b = _secure_pair()
     with a, b:
         ca._send_count = session.MAX_RECORDS
         with pytest.raises(ConnectionLost, match="records with one key"):
@@ -425,6 +449,7 @@ def test_sealed_channel_closes_instead_of_reusing_a_nonce():
 
 def test_session_keys_differ_per_connection_and_direction():
     from distributed_ondisk.rpc.session import derive_keys
+
     s = b"s" * 32
     c2s, s2c = derive_keys(s, b"a" * 32, b"b" * 32, b"transcript")
     assert c2s != s2c and len(c2s) == len(s2c) == 32

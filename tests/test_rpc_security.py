@@ -1,4 +1,5 @@
 """RPC security: authentication, the codec refusing pickles, hostile frames, secret handling."""
+
 from __future__ import annotations
 
 import argparse
@@ -59,8 +60,17 @@ def authed_socket(address: str, secret: bytes) -> socket.socket:
 
 def frame(payload: bytes, *, kind=framing.KIND_REQUEST, rid=1, body_len=None, nbuf=0) -> bytes:
     body = payload
-    head = framing.HEADER.pack(framing.MAGIC, framing.VERSION, kind, 0, rid, len(payload), nbuf,
-                               0, len(body) if body_len is None else body_len)
+    head = framing.HEADER.pack(
+        framing.MAGIC,
+        framing.VERSION,
+        kind,
+        0,
+        rid,
+        len(payload),
+        nbuf,
+        0,
+        len(body) if body_len is None else body_len,
+    )
     return head + body
 
 
@@ -97,8 +107,10 @@ def test_wrong_or_missing_secret_both_directions(server, secret, caplog):
         with Client(insecure.address, secret=None) as c:
             assert c.call("add", 1, 2) == 3
     assert_still_serving(server, secret)
-    assert any("127.0.0.1:" in r.getMessage() and "wrong shared secret" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "127.0.0.1:" in r.getMessage() and "wrong shared secret" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_insecure_server_only_on_request_and_only_on_loopback():
@@ -116,8 +128,11 @@ def test_client_rejects_server_that_cannot_prove_the_secret(secret):
     def impostor():
         conn, _ = listener.accept()
         with conn:
-            conn.sendall(auth.HELLO.pack(auth.HELLO_MAGIC, auth.HELLO_VERSION, auth.FLAG_AUTH,
-                                         os.urandom(32)))
+            conn.sendall(
+                auth.HELLO.pack(
+                    auth.HELLO_MAGIC, auth.HELLO_VERSION, auth.FLAG_AUTH, os.urandom(32)
+                )
+            )
             conn.recv(auth.HELLO.size)
             conn.recv(auth.PROOF_LEN)
             conn.sendall(b"\x01" + os.urandom(auth.PROOF_LEN))  # claims success, bad proof
@@ -135,11 +150,12 @@ def test_nothing_is_unpickled_before_authentication(server, secret, tmp_path):
     marker = tmp_path / "pwned"
     payload = pickle.dumps(("echo", (Reduce(os.system, f"touch {marker}"),), {}))
     sock = socket.create_connection(parse_address(server.address), timeout=10)
-    sock.sendall(auth.HELLO.pack(auth.HELLO_MAGIC, auth.HELLO_VERSION, auth.FLAG_AUTH,
-                                 os.urandom(32)))
+    sock.sendall(
+        auth.HELLO.pack(auth.HELLO_MAGIC, auth.HELLO_VERSION, auth.FLAG_AUTH, os.urandom(32))
+    )
     sock.sendall(frame(payload))  # a frame where the proof should be
     reply = read_until_closed(sock)
-    assert reply[auth.HELLO.size:] == b"\x00" * (1 + auth.PROOF_LEN)  # the refusal, nothing more
+    assert reply[auth.HELLO.size :] == b"\x00" * (1 + auth.PROOF_LEN)  # the refusal, nothing more
     assert not marker.exists()
     assert_still_serving(server, secret)
 
@@ -147,8 +163,7 @@ def test_nothing_is_unpickled_before_authentication(server, secret, tmp_path):
 # -- restricted unpickling -----------------------------------------------------
 def _hostile_payloads(marker: Path, tmp_path: Path) -> dict[str, object]:
     npy = tmp_path / "evil.npy"
-    np.save(npy, np.array([Reduce(os.system, f"touch {marker}")], dtype=object),
-            allow_pickle=True)
+    np.save(npy, np.array([Reduce(os.system, f"touch {marker}")], dtype=object), allow_pickle=True)
     return {
         "os.system": Reduce(os.system, f"touch {marker}"),
         "subprocess": Reduce(subprocess.check_call, ["touch", str(marker)]),
@@ -158,16 +173,24 @@ def _hostile_payloads(marker: Path, tmp_path: Path) -> dict[str, object]:
         "numpy.load": Reduce(np.load, str(npy), None, True),
         "functools.partial": functools.partial(os.system, f"touch {marker}"),
         "object array of ints": np.array([1, "a"], dtype=object),
-        "object array with payload": np.array([Reduce(os.system, f"touch {marker}")],
-                                              dtype=object),
-        "dtype forged object flags": Reduce(np.dtype, "f8", False, True,
-                                            state=(3, "<", None, None, None, -1, -1, 63)),
+        "object array with payload": np.array([Reduce(os.system, f"touch {marker}")], dtype=object),
+        "dtype forged object flags": Reduce(
+            np.dtype, "f8", False, True, state=(3, "<", None, None, None, -1, -1, 63)
+        ),
         "dtype field beyond itemsize": Reduce(
-            np.dtype, "V4", False, True,
-            state=(3, "|", None, ("a",), {"a": (np.dtype("f8"), 100)}, 4, 1, 0)),
+            np.dtype,
+            "V4",
+            False,
+            True,
+            state=(3, "|", None, ("a",), {"a": (np.dtype("f8"), 100)}, 4, 1, 0),
+        ),
         "dtype subarray beyond itemsize": Reduce(
-            np.dtype, "V4", False, True, state=(3, "|", (np.dtype("f8"), (1000,)), None, None,
-                                                4, 1, 0)),
+            np.dtype,
+            "V4",
+            False,
+            True,
+            state=(3, "|", (np.dtype("f8"), (1000,)), None, None, 4, 1, 0),
+        ),
         "BUILD on a builtin": Reduce(complex, 1.0, 2.0, state={"real": 5}),
     }
 
@@ -243,17 +266,20 @@ def test_frame_claiming_a_terabyte_is_refused_without_allocating(server, secret)
             framing.recv_message(b)
 
 
-@pytest.mark.parametrize("data", [
-    b"",                                                   # connect, authenticate, close
-    frame(b"x" * 20)[:10],                                 # half a header
-    frame(pickle.dumps(("add", (1, 2), {})))[:-3],         # body cut short
-    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",                  # wrong protocol
-    frame(b"", nbuf=framing.MAX_BUFFERS + 1, body_len=10),  # absurd buffer count
-    frame(b"abc", body_len=2),                              # pickle longer than the body
-    frame(pickle.dumps(("add", (1, 2), {})), kind=77),      # unknown kind
-    frame(pickle.dumps(["add", (1, 2), {}])),               # not a request tuple
-    frame(b"\x80\x05garbage."),                            # malformed pickle
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",  # connect, authenticate, close
+        frame(b"x" * 20)[:10],  # half a header
+        frame(pickle.dumps(("add", (1, 2), {})))[:-3],  # body cut short
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",  # wrong protocol
+        frame(b"", nbuf=framing.MAX_BUFFERS + 1, body_len=10),  # absurd buffer count
+        frame(b"abc", body_len=2),  # pickle longer than the body
+        frame(pickle.dumps(("add", (1, 2), {})), kind=77),  # unknown kind
+        frame(pickle.dumps(["add", (1, 2), {}])),  # not a request tuple
+        frame(b"\x80\x05garbage."),  # malformed pickle
+    ],
+)
 def test_malformed_frames_close_connection_only(server, secret, data):
     sock = authed_socket(server.address, secret)
     sock.sendall(data)
@@ -284,8 +310,17 @@ def test_client_message_limit(server, secret):
 def test_fuzz_recv_message_raises_only_rpc_errors(data):
     a, b = socket.socketpair()
     with a, b:
-        header = framing.HEADER.pack(framing.MAGIC, framing.VERSION, framing.KIND_REQUEST, 0, 1,
-                                     len(data) // 2, 0, 0, len(data))
+        header = framing.HEADER.pack(
+            framing.MAGIC,
+            framing.VERSION,
+            framing.KIND_REQUEST,
+            0,
+            1,
+            len(data) // 2,
+            0,
+            0,
+            len(data),
+        )
         for raw in (data, header + data):
             a.sendall(raw)
         a.shutdown(socket.SHUT_WR)
@@ -299,10 +334,12 @@ def test_fuzz_recv_message_raises_only_rpc_errors(data):
 _GOOD = codec.dumps(("add", (np.arange(3), {"k": [1.5, "s"]}), {}), inband_below=1 << 20)[0]
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(st.integers(0, len(_GOOD) - 1), st.integers(0, 255)),
-                min_size=1, max_size=8))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.tuples(st.integers(0, len(_GOOD) - 1), st.integers(0, 255)), min_size=1, max_size=8)
+)
 def test_fuzz_mutated_requests_against_live_server(server, secret, mutations):
     payload = bytearray(_GOOD)
     for pos, value in mutations:
@@ -314,8 +351,11 @@ def test_fuzz_mutated_requests_against_live_server(server, secret, mutations):
         head = sock.recv(framing.HEADER.size)
         if head:
             assert framing.HEADER.unpack_from(head.ljust(framing.HEADER.size, b"\0"))[2] in (
-                framing.KIND_REPLY, framing.KIND_ERROR, framing.KIND_FATAL)
-    except (ConnectionResetError, socket.timeout):
+                framing.KIND_REPLY,
+                framing.KIND_ERROR,
+                framing.KIND_FATAL,
+            )
+    except (TimeoutError, ConnectionResetError):
         pass  # waiting for more bytes the mutated header promised, or closed: both fine
     sock.close()
     assert_still_serving(server, secret)

@@ -1,5 +1,6 @@
 """Combined index over real on-disk shards: same results as the in-RAM index, read-only,
 and refusal of missing, overlapping and foreign shards."""
+
 from __future__ import annotations
 
 import os
@@ -55,11 +56,11 @@ def test_ef_search_is_per_call(built):
     D1, I1 = ci.search(q, 10, nprobe=16, ef_search=16)
     np.testing.assert_array_equal(I1, I0)
     np.testing.assert_array_equal(D1, D0)
-    assert ci.quantizer.hnsw.efSearch == ci.default_ef   # no shared state was changed
+    assert ci.quantizer.hnsw.efSearch == ci.default_ef  # no shared state was changed
 
 
 def test_shards_are_opened_read_only_and_relative(built, tmp_path):
-    wd, x, q = built
+    wd, _x, q = built
     moved = tmp_path / "elsewhere" / "hslices"
     shutil.copytree(wd.hslice_dir, moved)
     shutil.copy(wd.trained, tmp_path / "elsewhere" / "trained.index")
@@ -82,8 +83,11 @@ def test_missing_shard_is_named(built):
 
 def test_overlapping_shards_are_named(built):
     wd, _, _ = built
-    with pytest.raises(IndexFileError, match="hslice_0000_of_0002.*hslice_0001_of_0003.*overlap"
-                       "|hslice_0000_of_0003.*hslice_0000_of_0002.*overlap"):
+    with pytest.raises(
+        IndexFileError,
+        match="hslice_0000_of_0002.*hslice_0001_of_0003.*overlap"
+        "|hslice_0000_of_0003.*hslice_0000_of_0002.*overlap",
+    ):
         CombinedIndex(wd.hslices(3) + [wd.hslice(0, 2)])
 
 

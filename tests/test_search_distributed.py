@@ -1,5 +1,6 @@
 """Distributed search over real server processes: identical to the in-process combined
 index, per-request parameters, authentication, failures named (or flagged partial)."""
+
 from __future__ import annotations
 
 import threading
@@ -51,8 +52,9 @@ def combined(built):
 @pytest.mark.parametrize("nprobe,k,chunk", [(1, 10, 2048), (8, 10, 64), (64, 100, 100)])
 def test_same_ids_and_distances_as_in_process(built, servers, combined, nprobe, k, chunk):
     _, _, secret, q = built
-    with DistributedSearchClient([s.address for s in servers], secret=secret,
-                                 chunk_rows=chunk) as client:
+    with DistributedSearchClient(
+        [s.address for s in servers], secret=secret, chunk_rows=chunk
+    ) as client:
         res = client.search(q, k, nprobe=nprobe)
     D0, I0 = combined.search(q, k, nprobe=nprobe)
     np.testing.assert_array_equal(res.I, I0)
@@ -95,8 +97,9 @@ def test_concurrent_clients_get_their_own_nprobe(built, servers, combined):
 
     def run(nprobe: int) -> None:
         try:
-            with DistributedSearchClient([s.address for s in servers], secret=secret,
-                                         chunk_rows=128) as client:
+            with DistributedSearchClient(
+                [s.address for s in servers], secret=secret, chunk_rows=128
+            ) as client:
                 for _ in range(4):
                     D, I = client.search(q, 10, nprobe=nprobe)
                     np.testing.assert_array_equal(I, expected[nprobe][1])
@@ -122,8 +125,7 @@ def test_servers_must_cover_every_list(built, servers):
     with pytest.raises(IndexFileError, match=r"lists \[21, 42\) of 64"):
         DistributedSearchClient([servers[0].address, servers[2].address], secret=secret)
     with pytest.raises(IndexFileError, match="overlap"):
-        DistributedSearchClient([s.address for s in servers] + [servers[1].address],
-                                secret=secret)
+        DistributedSearchClient([s.address for s in servers] + [servers[1].address], secret=secret)
 
 
 def test_server_killed_mid_query_is_named_or_flagged_partial(built, combined):
@@ -133,8 +135,7 @@ def test_server_killed_mid_query_is_named_or_flagged_partial(built, combined):
         for p in procs:
             p.wait(secret)
         dead = procs[1]
-        client = DistributedSearchClient([p.address for p in procs], secret=secret,
-                                         chunk_rows=50)
+        client = DistributedSearchClient([p.address for p in procs], secret=secret, chunk_rows=50)
         first_done = threading.Event()
         outcome: list = []
 

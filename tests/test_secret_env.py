@@ -6,6 +6,7 @@ also export ``DISTRIBUTED_ONDISK_SECRET``.  Whatever is exported, an explicit
 flag, so it works in such a shell.  With both variables set and no flag, the
 scripts refuse in one line naming both (which one was meant is not knowable).
 """
+
 from __future__ import annotations
 
 import os
@@ -37,21 +38,38 @@ def exported(tmp_path, monkeypatch):
 
 
 def run(*cmd, timeout=180):
-    return subprocess.run([sys.executable, *map(str, cmd)], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *map(str, cmd)],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_secret_file_flag_wins_over_the_environment(exported, tmp_path):
     path = tmp_path / "x.npy"
     np.save(path, make_clustered(2000, 8, n_clusters=50, seed=1))
-    with LocalServers(str(path), 2000, 2) as servers:   # servers get --secret-file
+    with LocalServers(str(path), 2000, 2) as servers:  # servers get --secret-file
         for a in servers.addresses:
             r = run("rpc.py", "ping", a, "--timeout", "30", "--secret-file", servers.secret_file)
             assert r.returncode == 0, r.stderr
         out = tmp_path / "c.npy"
-        r = run("distributed_kmeans.py", "--client", "--servers", " ".join(servers.addresses),
-                "--secret-file", servers.secret_file, "--k", "8", "--niter", "2",
-                "--out", out)
+        r = run(
+            "distributed_kmeans.py",
+            "--client",
+            "--servers",
+            " ".join(servers.addresses),
+            "--secret-file",
+            servers.secret_file,
+            "--k",
+            "8",
+            "--niter",
+            "2",
+            "--out",
+            out,
+        )
         assert r.returncode == 0, r.stderr
         assert np.load(out).shape == (8, 8)
         # no flag, both variables: one line naming both, before connecting
@@ -62,11 +80,37 @@ def test_secret_file_flag_wins_over_the_environment(exported, tmp_path):
 
 
 def test_benchmarks_run_with_the_variables_exported(exported, tmp_path):
-    r = run("benchmarks/bench_kmeans.py", "--n", "6000", "--d", "8", "--k", "16", "--niter", "2",
-            "--n_clusters", "200")
+    r = run(
+        "benchmarks/bench_kmeans.py",
+        "--n",
+        "6000",
+        "--d",
+        "8",
+        "--k",
+        "16",
+        "--niter",
+        "2",
+        "--n_clusters",
+        "200",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ours (RPC, reduced)" in r.stdout
-    r = run("benchmarks/bench_search.py", "--n", "6000", "--d", "8", "--nlist", "32", "--nq",
-            "50", "--nprobe", "4", "--repeat", "1", "--workdir", tmp_path / "bs")
+    r = run(
+        "benchmarks/bench_search.py",
+        "--n",
+        "6000",
+        "--d",
+        "8",
+        "--nlist",
+        "32",
+        "--nq",
+        "50",
+        "--nprobe",
+        "4",
+        "--repeat",
+        "1",
+        "--workdir",
+        tmp_path / "bs",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ours, 2 servers" in r.stdout

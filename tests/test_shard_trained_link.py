@@ -2,6 +2,7 @@
 relative to the shard, absolute path, fingerprint), the search follows the record
 wherever the files were put, --trained overrides it (checked), and a trained index that
 cannot be found, or a missing shard, is named with what was tried / which shard."""
+
 from __future__ import annotations
 
 import json
@@ -57,11 +58,14 @@ def assert_same(ci, built):
 def test_shard_manifest_records_the_trained_index_and_its_split(built):
     wd, _, _ = built
     doc = mf.load_manifest(wd.hslice(1, 3), "hslice")
-    assert doc["trained_index"] == {"path": "../trained.index", "absolute": str(wd.trained),
-                                    "fingerprint": file_fingerprint(wd.trained)}
+    assert doc["trained_index"] == {
+        "path": "../trained.index",
+        "absolute": str(wd.trained),
+        "fingerprint": file_fingerprint(wd.trained),
+    }
     assert doc["trained_fingerprint"] == file_fingerprint(wd.trained)
     assert doc["hslice"] == {"no": 1, "of": 3} and doc["nlist"] == 32
-    assert "trained_index" not in doc["params"]   # moving it keeps the shard complete
+    assert "trained_index" not in doc["params"]  # moving it keeps the shard complete
 
 
 def test_shards_moved_alone_follow_the_absolute_record(built, tmp_path):
@@ -77,12 +81,19 @@ def test_tree_moved_together_follows_the_relative_record(built, tmp_path):
     wd, _, _ = built
     t = copy_trained(wd, tmp_path / "m" / "models" / "ivf.trained")
     for j in range(3):
-        merge_hslice(MergeJob([str(wd.vslice_dir)], tmp_path / "m" / "shards" / f"part{j}.idx",
-                              nslice=3, slice_no=j, trained=t))
+        merge_hslice(
+            MergeJob(
+                [str(wd.vslice_dir)],
+                tmp_path / "m" / "shards" / f"part{j}.idx",
+                nslice=3,
+                slice_no=j,
+                trained=t,
+            )
+        )
     doc = mf.load_manifest(tmp_path / "m" / "shards" / "part0.idx", "hslice")
     assert doc["trained_index"]["path"] == "../models/ivf.trained"
     shutil.move(str(tmp_path / "m"), str(tmp_path / "moved"))
-    ci = CombinedIndex(tmp_path / "moved" / "shards")   # a directory: any shard names
+    ci = CombinedIndex(tmp_path / "moved" / "shards")  # a directory: any shard names
     assert ci.trained_path == tmp_path / "moved" / "shards" / "../models/ivf.trained"
     assert_same(ci, built)
 
@@ -94,8 +105,11 @@ def test_trained_index_in_another_folder_with_explicit_trained(built, tmp_path):
     for f in files:
         m = mf.manifest_path(f)
         doc = json.loads(m.read_text())
-        doc["trained_index"] = {"path": "nope.index", "absolute": "/nonexistent/t.index",
-                                "fingerprint": doc["trained_fingerprint"]}
+        doc["trained_index"] = {
+            "path": "nope.index",
+            "absolute": "/nonexistent/t.index",
+            "fingerprint": doc["trained_fingerprint"],
+        }
         m.write_text(json.dumps(doc))
     assert_same(CombinedIndex(files, trained=t), built)
 
@@ -103,7 +117,7 @@ def test_trained_index_in_another_folder_with_explicit_trained(built, tmp_path):
 def test_absent_trained_index_says_where_it_looked_and_what_is_needed(built, tmp_path):
     wd, _, _ = built
     files = copy_shards(wd, tmp_path / "a" / "shards")
-    (tmp_path / "a" / "trained.index").write_bytes(b"not an index")   # layout name, wrong file
+    (tmp_path / "a" / "trained.index").write_bytes(b"not an index")  # layout name, wrong file
     for f in files:
         m = mf.manifest_path(f)
         doc = json.loads(m.read_text())
@@ -114,7 +128,7 @@ def test_absent_trained_index_says_where_it_looked_and_what_is_needed(built, tmp
         CombinedIndex(files)
     msg = str(e.value)
     assert str(tmp_path / "gone" / "trained.index") in msg
-    assert str(tmp_path / "a" / "shards" / ".." / "trained.index") in msg   # the record
+    assert str(tmp_path / "a" / "shards" / ".." / "trained.index") in msg  # the record
     assert "another trained index" in msg
     assert fp in msg and "--trained" in msg and "cannot be searched without it" in msg
     qf = tmp_path / "q.npy"
@@ -122,8 +136,9 @@ def test_absent_trained_index_says_where_it_looked_and_what_is_needed(built, tmp
     r = run_script("combined_index.py", "--shards", files[0].parent, "--queries", qf)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert "cannot find the trained index" in r.stderr and fp in r.stderr
-    r = run_script("combined_index.py", "--shards", files[0].parent, "--queries", qf,
-                   "--trained", wd.trained)
+    r = run_script(
+        "combined_index.py", "--shards", files[0].parent, "--queries", qf, "--trained", wd.trained
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -138,9 +153,11 @@ def test_missing_shard_is_named_from_files_or_directory(built, tmp_path):
     wd, _, _ = built
     files = copy_shards(wd, tmp_path / "s", which=(0, 2))
     for arg in (files, files[0].parent):
-        with pytest.raises(IndexFileError,
-                           match=r"lists \[10, 21\) of 32 are in no given shard \(missing "
-                                 r"shard\(s\): h1 of 3, lists \[10, 21\)\)"):
+        with pytest.raises(
+            IndexFileError,
+            match=r"lists \[10, 21\) of 32 are in no given shard \(missing "
+            r"shard\(s\): h1 of 3, lists \[10, 21\)\)",
+        ):
             CombinedIndex(arg)
     with pytest.raises(IndexFileError, match=r"h2 of 3, lists \[21, 32\)"):
         CombinedIndex(wd.hslices(3)[:2])
@@ -151,12 +168,23 @@ def test_script_searches_shards_moved_away_from_their_trained_index(built, tmp_p
     files = copy_shards(wd, tmp_path / "x" / "y")
     qf = tmp_path / "q.npy"
     np.save(qf, q)
-    r = run_script("combined_index.py", "--shards", files[0].parent, "--queries", qf,
-                   "--k", "10", "--nprobe", "1,4", cwd=tmp_path)
+    r = run_script(
+        "combined_index.py",
+        "--shards",
+        files[0].parent,
+        "--queries",
+        qf,
+        "--k",
+        "10",
+        "--nprobe",
+        "1,4",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert "6000 vectors in 3 shard(s)" in r.stdout
-    r = run_script("combined_index.py", "--shards", files[0], files[2], "--queries", qf,
-                   cwd=tmp_path)
+    r = run_script(
+        "combined_index.py", "--shards", files[0], files[2], "--queries", qf, cwd=tmp_path
+    )
     assert r.returncode == 2 and "h1 of 3, lists [10, 21)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 

@@ -6,12 +6,14 @@ indexed rows themselves, as autofaiss measures: nothing is left out of the
 index, and a query finds itself at distance 0 (so 1-recall@1 counts finding
 the query's own row).  With ``eval_holdout`` they are the last rows of the
 inputs, which are then not indexed."""
+
 from __future__ import annotations
 
 import functools
 import logging
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -44,24 +46,40 @@ def read_global_range(files: Sequence[InputFile], a: int, b: int) -> np.ndarray:
     return np.concatenate(parts) if parts else np.empty((0, d), np.float32)
 
 
-def choose_queries(runner: Any, ctx: BuildContext, files: Sequence[InputFile], n: int,
-                   total: int, nq: int, seed: int, holdout: bool) -> tuple[np.ndarray, str]:
+def choose_queries(
+    runner: Any,
+    ctx: BuildContext,
+    files: Sequence[InputFile],
+    n: int,
+    total: int,
+    nq: int,
+    seed: int,
+    holdout: bool,
+) -> tuple[np.ndarray, str]:
     """(query vectors as the user gave them, the label naming where they come from)."""
     if holdout:
         return read_global_range(files, n, total), holdout_label(total - n)
     rows = sample_query_rows(n, nq, seed)
     if len(rows) == 0:
         return np.empty((0, next(f.d for f in files if f.rows)), np.float32), "none"
-    parts = runner.map(functools.partial(read_piece_subset, ctx, original=True),
-                       rows_by_piece(rows, ctx.pieces), desc="read queries")
-    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), \
-        sample_label(len(rows), seed)
+    parts = runner.map(
+        functools.partial(read_piece_subset, ctx, original=True),
+        rows_by_piece(rows, ctx.pieces),
+        desc="read queries",
+    )
+    return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32), sample_label(
+        len(rows), seed
+    )
 
 
-def brute_force(runner: Any, ctx: BuildContext, queries: np.ndarray, k: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    parts = runner.map(functools.partial(knn_piece, ctx, queries=queries, k=k),
-                       [p.piece_no for p in ctx.pieces], desc="ground truth")
+def brute_force(
+    runner: Any, ctx: BuildContext, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    parts = runner.map(
+        functools.partial(knn_piece, ctx, queries=queries, k=k),
+        [p.piece_no for p in ctx.pieces],
+        desc="ground truth",
+    )
     heap = faiss.ResultHeap(len(queries), k, keep_max=ctx.metric_type == "ip")
     for D, I in parts:
         heap.add_result(np.ascontiguousarray(D), np.ascontiguousarray(I))
@@ -69,14 +87,23 @@ def brute_force(runner: Any, ctx: BuildContext, queries: np.ndarray, k: int
     return heap.D, heap.I
 
 
-def measure_recall(index: Any, runner: Any, ctx: BuildContext, queries: np.ndarray,
-                   nlist: int, source: str, nprobes: Sequence[int] = NPROBES
-                   ) -> dict[str, Any]:
+def measure_recall(
+    index: Any,
+    runner: Any,
+    ctx: BuildContext,
+    queries: np.ndarray,
+    nlist: int,
+    source: str,
+    nprobes: Sequence[int] = NPROBES,
+) -> dict[str, Any]:
     """1-recall@1 and 10-recall@10 and QPS at a few nprobe (those <= nlist) on
     ``queries`` (``source``: their label, recorded with the figures)."""
     if len(queries) == 0:
-        return {"nq": 0, "queries": source,
-                "note": "no queries (eval_queries=0 or too few rows to hold out)"}
+        return {
+            "nq": 0,
+            "queries": source,
+            "note": "no queries (eval_queries=0 or too few rows to hold out)",
+        }
     t0 = time.perf_counter()
     _, gt = brute_force(runner, ctx, queries, K)
     gt_s = time.perf_counter() - t0
@@ -87,18 +114,34 @@ def measure_recall(index: Any, runner: Any, ctx: BuildContext, queries: np.ndarr
         dt = time.perf_counter() - t0
         r = recall_at(I, gt, (1, K))
         inter = intersection_recall(I, gt, K)
-        points.append({"nprobe": nprobe, "recall@1": r[1], "recall@10": r[K],
-                       f"{K}-recall@{K}": inter,
-                       "qps": len(queries) / dt if dt > 0 else None})
+        points.append(
+            {
+                "nprobe": nprobe,
+                "recall@1": r[1],
+                "recall@10": r[K],
+                f"{K}-recall@{K}": inter,
+                "qps": len(queries) / dt if dt > 0 else None,
+            }
+        )
         log.info("nprobe %d: recall@1 %.4f recall@10 %.4f", nprobe, r[1], r[K])
-    out = {"nq": len(queries), "k": K, "ground_truth_s": gt_s, "points": points,
-           "queries": source, "ground_truth": "exact, brute force over every indexed row",
-           "definitions": {"recall@r": "1-recall@r: the true nearest row is in the first r "
-                                       "results", f"{K}-recall@{K}": f"share of the true "
-                                       f"{K} nearest rows found in the first {K} results"}}
+    out = {
+        "nq": len(queries),
+        "k": K,
+        "ground_truth_s": gt_s,
+        "points": points,
+        "queries": source,
+        "ground_truth": "exact, brute force over every indexed row",
+        "definitions": {
+            "recall@r": "1-recall@r: the true nearest row is in the first r " "results",
+            f"{K}-recall@{K}": f"share of the true "
+            f"{K} nearest rows found in the first {K} results",
+        },
+    }
     if source.startswith("sample"):
-        out["note"] = ("each query is an indexed row and finds itself at distance 0 (as "
-                       "autofaiss measures): recall@1 counts finding the query's own row")
+        out["note"] = (
+            "each query is an indexed row and finds itself at distance 0 (as "
+            "autofaiss measures): recall@1 counts finding the query's own row"
+        )
     else:
         out["note"] = "the queries are not in the index"
     return out

@@ -31,12 +31,13 @@ product.  Its distances stay the augmented L2 distances
 ``|q|^2 + M^2 - 2 <q, x>`` (``M``: ``max_norm`` in the infos and metric.json);
 :func:`~distributed_ondisk.autobuild.mips.open_index` returns inner products.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import faiss
 import numpy as np
@@ -73,27 +74,33 @@ def check_index_path(index_path: Path, nb_indices: int) -> None:
     for p in index_files(index_path, nb_indices) + [parts_dir(index_path)]:
         if p.exists() and p.is_dir() != (p == parts_dir(index_path)):
             kind = "a folder" if p.is_dir() else "a file"
-            hint = (" (older versions of build_index wrote a folder at index_path: move it "
-                    "away or choose another index_path)" if p.is_dir() else "")
+            hint = (
+                " (older versions of build_index wrote a folder at index_path: move it "
+                "away or choose another index_path)"
+                if p.is_dir()
+                else ""
+            )
             raise InputError(f"index_path {index_path}: {p} is {kind}{hint}")
 
 
 def with_zero_coordinate(index: faiss.Index, d: int) -> faiss.Index:
     """``index`` (over ``d + 1`` dims) behind a transform appending a 0 coordinate."""
-    remap = faiss.RemapDimensionsTransform(d, d + 1, faiss.swig_ptr(
-        np.array(list(range(d)) + [-1], dtype=np.int32)))
+    remap = faiss.RemapDimensionsTransform(
+        d, d + 1, faiss.swig_ptr(np.array(list(range(d)) + [-1], dtype=np.int32))
+    )
     if isinstance(index, faiss.IndexPreTransform):
         index.prepend_transform(remap)
-        remap.this.disown()                   # the chain owns it now
+        remap.this.disown()  # the chain owns it now
         return index
     out = faiss.IndexPreTransform(remap, index)
-    out.own_fields = False                    # ``index`` stays owned by its Python object
+    out.own_fields = False  # ``index`` stays owned by its Python object
     out.referenced_objects = [remap, index]
     return out
 
 
-def write_faiss_index(trained: Path, shard: Path, out: Path, lists_file: Path,
-                      ip_d: Optional[int] = None) -> int:
+def write_faiss_index(
+    trained: Path, shard: Path, out: Path, lists_file: Path, ip_d: int | None = None
+) -> int:
     """Write at ``out`` the trained index searching ``shard``'s lists, naming
     ``lists_file`` (absolute); atomic.  Returns the number of vectors."""
     index = read_index(trained)
@@ -108,7 +115,7 @@ def write_faiss_index(trained: Path, shard: Path, out: Path, lists_file: Path,
     ivf = faiss.extract_index_ivf(index)
     if ivf.nlist != od.nlist or ivf.code_size != od.code_size:
         raise IndexFileError(f"{shard}: nlist/code size differ from {trained}")
-    ivf.replace_invlists(od, False)           # ``hs`` owns the lists; both live until return
+    ivf.replace_invlists(od, False)  # ``hs`` owns the lists; both live until return
     ntotal = int(sum(od.list_size(i) for i in range(od.nlist)))
     index.ntotal = ivf.ntotal = ntotal
     if ip_d is not None:
@@ -119,10 +126,16 @@ def write_faiss_index(trained: Path, shard: Path, out: Path, lists_file: Path,
     return ntotal
 
 
-def write_faiss_indexes(trained: Path, shards: Sequence[Path], index_path: Path,
-                        ip_d: Optional[int] = None) -> list[dict]:
+def write_faiss_indexes(
+    trained: Path, shards: Sequence[Path], index_path: Path, ip_d: int | None = None
+) -> list[dict]:
     """One faiss index file per shard, named as :func:`index_files` says."""
     outs = index_files(index_path, len(shards))
-    return [{"path": str(out), "lists": str(data_file(out)),
-             "vectors": write_faiss_index(trained, shard, out, data_file(out), ip_d)}
-            for shard, out in zip(shards, outs)]
+    return [
+        {
+            "path": str(out),
+            "lists": str(data_file(out)),
+            "vectors": write_faiss_index(trained, shard, out, data_file(out), ip_d),
+        }
+        for shard, out in zip(shards, outs)
+    ]

@@ -11,11 +11,13 @@ Three steps, each cheap before the next is paid for:
 * :func:`read_rows` -- rows ``[a, b)`` of one file as float32, NaN/Inf and
   wrong-length rows refused naming the file and the row.
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -28,13 +30,14 @@ FORMATS = ("npy", "parquet")
 @dataclass(frozen=True)
 class InputFile:
     """One embedding file: its URL (openable by fsspec anywhere), rows, dimension."""
+
     url: str
     rows: int
     d: int
     file_format: str
-    column: Optional[str] = None      # parquet embedding column
-    npy_offset: int = 0               # npy: byte offset of the data
-    npy_dtype: str = ""               # npy: on-disk dtype
+    column: str | None = None  # parquet embedding column
+    npy_offset: int = 0  # npy: byte offset of the data
+    npy_dtype: str = ""  # npy: on-disk dtype
 
 
 def _fs(url: str) -> tuple[Any, str]:
@@ -52,7 +55,7 @@ def check_format(file_format: str) -> str:
     return file_format
 
 
-def list_embedding_files(embeddings: Union[str, Sequence[str]], file_format: str) -> list[str]:
+def list_embedding_files(embeddings: str | Sequence[str], file_format: str) -> list[str]:
     """Sorted URLs of the ``.<file_format>`` files of the given files and folders.
 
     A folder contributes its files with that suffix (not recursively, in
@@ -66,8 +69,11 @@ def list_embedding_files(embeddings: Union[str, Sequence[str]], file_format: str
     for spec in specs:
         fs, path = _fs(str(spec))
         if fs.isdir(path):
-            names = sorted(p for p in fs.ls(path, detail=False)
-                           if p.endswith("." + file_format) and fs.isfile(p))
+            names = sorted(
+                p
+                for p in fs.ls(path, detail=False)
+                if p.endswith("." + file_format) and fs.isfile(p)
+            )
             if not names:
                 raise InputError(f"{spec}: folder holds no .{file_format} file")
         elif fs.isfile(path):
@@ -87,15 +93,20 @@ def _probe_npy(url: str) -> InputFile:
     with fs.open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
             shape, fortran, dtype = read_header(f)
         except ValueError as e:
             raise VectorFileError(f"{url}: not a .npy file ({e})") from e
         offset = f.tell()
     if len(shape) != 2 or dtype.kind != "f" or fortran:
-        raise VectorFileError(f"{url}: need a 2-d C-order floating-point matrix, got shape "
-                              f"{shape} {dtype}{' Fortran order' if fortran else ''}")
+        raise VectorFileError(
+            f"{url}: need a 2-d C-order floating-point matrix, got shape "
+            f"{shape} {dtype}{' Fortran order' if fortran else ''}"
+        )
     rows, d = int(shape[0]), int(shape[1])
     want = offset + rows * d * dtype.itemsize
     if size != want:
@@ -109,7 +120,7 @@ def _parquet(url: str) -> Any:
     fs, path = _fs(url)
     try:
         return pq.ParquetFile(fs.open(path, "rb"))
-    except Exception as e:   # pyarrow raises its own ArrowInvalid/OSError kinds
+    except Exception as e:  # pyarrow raises its own ArrowInvalid/OSError kinds
         raise VectorFileError(f"{url}: not a readable parquet file ({e})") from e
 
 
@@ -130,22 +141,34 @@ def _probe_parquet(url: str, column: str, id_columns: Sequence[str]) -> InputFil
     return InputFile(url, rows, d, "parquet", column=column)
 
 
-def probe_files(urls: Sequence[str], file_format: str, embedding_column_name: str = "embeddings",
-                id_columns: Optional[Sequence[str]] = None) -> list[InputFile]:
+def probe_files(
+    urls: Sequence[str],
+    file_format: str,
+    embedding_column_name: str = "embeddings",
+    id_columns: Sequence[str] | None = None,
+) -> list[InputFile]:
     """Rows and dimension of every file from its header; all files must agree on d."""
     check_format(file_format)
     if id_columns and file_format != "parquet":
         raise InputError("id_columns need file_format='parquet' (npy files have no columns)")
-    files = [_probe_npy(u) if file_format == "npy"
-             else _probe_parquet(u, embedding_column_name, id_columns or ()) for u in urls]
+    files = [
+        (
+            _probe_npy(u)
+            if file_format == "npy"
+            else _probe_parquet(u, embedding_column_name, id_columns or ())
+        )
+        for u in urls
+    ]
     nonempty = [f for f in files if f.rows]
     if not nonempty:
         raise InputError(f"the {len(files)} embedding file(s) hold no rows")
     ref = nonempty[0]
     for f in nonempty:
         if f.d != ref.d:
-            raise InputError(f"embedding files differ in dimension: {ref.url} has d={ref.d}, "
-                             f"{f.url} has d={f.d}")
+            raise InputError(
+                f"embedding files differ in dimension: {ref.url} has d={ref.d}, "
+                f"{f.url} has d={f.d}"
+            )
     if ref.d < 1:
         raise InputError(f"{ref.url}: embeddings have dimension 0")
     return files
@@ -196,8 +219,9 @@ def read_rows(f: InputFile, a: int, b: int) -> np.ndarray:
     lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
     if len(lengths) and (lengths != f.d).any():
         bad = int(np.flatnonzero(lengths != f.d)[0])
-        raise InputError(f"{f.url}: row {a + bad} has {int(lengths[bad])} components, "
-                         f"expected d={f.d}")
+        raise InputError(
+            f"{f.url}: row {a + bad} has {int(lengths[bad])} components, " f"expected d={f.d}"
+        )
     values = col.flatten().to_numpy(zero_copy_only=False)
     x = np.ascontiguousarray(values.reshape(b - a, f.d), dtype=np.float32)
     return _check_rows(x, f, a)

@@ -5,10 +5,12 @@ merge is I/O bound, so running pieces one at a time keeps the memory of one
 piece and gives the same results as any parallel runner: the same task
 functions run on the same plan.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from distributed_ondisk.log import Progress
 
@@ -22,7 +24,7 @@ class LocalRunner:
 
     def __init__(self, nb_workers: int = 1) -> None:
         self.nb_workers = max(1, int(nb_workers))
-        self.task_threads = 0          # faiss's default: all cores
+        self.task_threads = 0  # faiss's default: all cores
 
     def map(self, fn: Callable[[T], R], items: Sequence[T], desc: str = "tasks") -> list[R]:
         out = []

@@ -12,12 +12,13 @@ reads it and returns the right searcher.  The faiss file at ``index_path``
 appends the query's 0 coordinate itself (see ``faiss_files``), so plain faiss
 ranks by inner product too, with distances ``|q|^2 + M^2 - 2 <q, x>``.
 """
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -39,15 +40,17 @@ def augment(x: np.ndarray, max_norm: float) -> np.ndarray:
     """Rows with the extra coordinate ``sqrt(max_norm^2 - |x|^2)`` (float32)."""
     sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
     if len(sq) and sq.max() > max_norm * max_norm * (1 + 1e-6):
-        raise InputError(f"a row has norm {np.sqrt(sq.max()):.6g}, over the indexed data's "
-                         f"largest norm {max_norm:.6g}")
+        raise InputError(
+            f"a row has norm {np.sqrt(sq.max()):.6g}, over the indexed data's "
+            f"largest norm {max_norm:.6g}"
+        )
     out = np.empty((len(x), x.shape[1] + 1), dtype=np.float32)
     out[:, :-1] = x
     out[:, -1] = np.sqrt(np.maximum(max_norm * max_norm - sq, 0.0))
     return out
 
 
-def write_metric(index_dir: Path, metric_type: str, max_norm: Optional[float], d: int) -> None:
+def write_metric(index_dir: Path, metric_type: str, max_norm: float | None, d: int) -> None:
     doc = {"metric_type": metric_type, "d": d, "max_norm": max_norm}
     atomic_write_text(Path(index_dir) / METRIC_FILE, json.dumps(doc, indent=1) + "\n")
 
@@ -64,8 +67,8 @@ class InnerProductIndex:
         self.d = int(l2_index.d) - 1
         self.ntotal = l2_index.ntotal
 
-    def __getattr__(self, name: str) -> Any:      # nlist, ranges_text, ... of the L2 index
-        if name == "index":      # not set yet (copy, unpickling): no recursion through here
+    def __getattr__(self, name: str) -> Any:  # nlist, ranges_text, ... of the L2 index
+        if name == "index":  # not set yet (copy, unpickling): no recursion through here
             raise AttributeError(name)
         return getattr(self.index, name)
 
@@ -77,12 +80,12 @@ class InnerProductIndex:
         qa[:, :-1] = q
         D, I = self.index.search(qa, k, **kw)
         qn = np.einsum("ij,ij->i", q, q, dtype=np.float64)[:, None]
-        ip = ((qn + self.max_norm ** 2 - D) / 2).astype(np.float32)
+        ip = ((qn + self.max_norm**2 - D) / 2).astype(np.float32)
         ip[I < 0] = -np.inf
         return ip, I
 
 
-def parts_root(index_path: Union[str, Path]) -> Path:
+def parts_root(index_path: str | Path) -> Path:
     """The folder holding ``trained.index`` and ``hslices/`` of a build: ``index_path``'s
     ``.parts`` folder, or ``index_path`` itself when given that folder (or a folder
     written by older versions, which put everything at ``index_path``)."""
@@ -94,11 +97,13 @@ def parts_root(index_path: Union[str, Path]) -> Path:
     parts = parts_dir(p)
     if parts.is_dir():
         return parts
-    raise IndexFileError(f"{p}: no index written by build_index here (no folder {parts} "
-                         "with trained.index and hslices/)")
+    raise IndexFileError(
+        f"{p}: no index written by build_index here (no folder {parts} "
+        "with trained.index and hslices/)"
+    )
 
 
-def open_index(index_path: Union[str, Path]) -> Any:
+def open_index(index_path: str | Path) -> Any:
     """The index a ``build_index`` call wrote at ``index_path`` (all its shards, read-only):
     a CombinedIndex (L2) or an InnerProductIndex over it, as ``metric.json`` says.
 

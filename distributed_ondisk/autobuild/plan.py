@@ -5,10 +5,11 @@ into blocks.  No I/O: every rule is unit-tested on plain numbers, and the
 local and Spark builds run the *same* plan, which is what makes their
 results equal.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -18,6 +19,7 @@ from distributed_ondisk.errors import InputError
 @dataclass(frozen=True)
 class Piece:
     """Rows ``[a, b)`` of input file ``file_no``; global ids ``[start, start + b - a)``."""
+
     piece_no: int
     file_no: int
     a: int
@@ -33,8 +35,9 @@ class Piece:
         return self.start, self.start + self.rows
 
 
-def plan_pieces(file_rows: Sequence[int], rows_per_piece: int, limit: int | None = None
-                ) -> list[Piece]:
+def plan_pieces(
+    file_rows: Sequence[int], rows_per_piece: int, limit: int | None = None
+) -> list[Piece]:
     """Cut the files (in order) into pieces of at most ``rows_per_piece`` rows.
 
     Pieces never span two files (a task opens one file) and a file's rows are
@@ -81,8 +84,9 @@ def rows_by_piece(rows: np.ndarray, pieces: Sequence[Piece]) -> list[tuple[int, 
     """Sorted global rows -> ``[(piece_no, local rows within the piece's file)]``,
     in global order, pieces without any of the rows left out."""
     rows = np.asarray(rows, dtype=np.int64)
-    if rows.size and (np.any(rows[1:] <= rows[:-1]) or rows[0] < 0
-                      or rows[-1] >= pieces[-1].id_range[1]):
+    if rows.size and (
+        np.any(rows[1:] <= rows[:-1]) or rows[0] < 0 or rows[-1] >= pieces[-1].id_range[1]
+    ):
         raise InputError("rows to read must be sorted, distinct and inside the planned pieces")
     starts = np.array([p.start for p in pieces] + [pieces[-1].id_range[1]], dtype=np.int64)
     cuts = np.searchsorted(rows, starts)
@@ -99,8 +103,9 @@ def training_blocks(n_train: int, nblocks: int) -> list[tuple[int, int]]:
     return [(n_train * j // nblocks, n_train * (j + 1) // nblocks) for j in range(nblocks)]
 
 
-def rows_per_piece_for(total: int, d: int, nb_workers: int, memory_bytes: int,
-                       max_rows: int = 1 << 20) -> int:
+def rows_per_piece_for(
+    total: int, d: int, nb_workers: int, memory_bytes: int, max_rows: int = 1 << 20
+) -> int:
     """Rows per piece: enough pieces for every worker (x4, for balance), each small
     enough that a worker's float32 rows stay under an eighth of the memory."""
     by_memory = max(1, memory_bytes // (8 * 4 * d * max(1, nb_workers)))

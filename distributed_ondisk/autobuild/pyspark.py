@@ -8,10 +8,12 @@ brings back one reduced ``AssignResult`` (O(k*d)) per block, summed on the
 driver in block order.  Results come back in partition order,
 whatever the executors' scheduling, so the sums are those of the local run.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Optional, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from distributed_ondisk.errors import ClusterError, InputError
 
@@ -25,8 +27,9 @@ def active_session() -> Any:
     try:
         from pyspark.sql import SparkSession
     except ImportError as e:
-        raise InputError("distributed='pyspark' needs pyspark: pip install "
-                         "'distributed_ondisk[spark]'") from e
+        raise InputError(
+            "distributed='pyspark' needs pyspark: pip install " "'distributed_ondisk[spark]'"
+        ) from e
     session = SparkSession.getActiveSession()
     if session is None:
         log.warning("no active SparkSession: creating one with the default configuration")
@@ -37,7 +40,7 @@ def active_session() -> Any:
 class SparkRunner:
     name = "pyspark"
 
-    def __init__(self, session: Optional[Any] = None) -> None:
+    def __init__(self, session: Any | None = None) -> None:
         self.session = session or active_session()
         self.sc = self.session.sparkContext
         self.nb_workers = max(1, int(self.sc.defaultParallelism))
@@ -48,7 +51,7 @@ class SparkRunner:
         self.sc.setJobDescription(desc)
         try:
             return rdd.collect()
-        except Exception as e:   # Py4JJavaError: the task's own error is in its text
+        except Exception as e:  # Py4JJavaError: the task's own error is in its text
             inner = _task_error(e)
             if inner is not None:
                 raise inner from e
@@ -86,7 +89,7 @@ class SparkRunner:
         handle.unpersist()
 
 
-def _task_error(e: Exception) -> Optional[Exception]:
+def _task_error(e: Exception) -> Exception | None:
     """Our own error raised in a task, rebuilt from the Java exception's text so the
     caller sees the same clear message as in a local run."""
     from distributed_ondisk import errors

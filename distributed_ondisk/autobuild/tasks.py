@@ -7,13 +7,15 @@ atomically with a manifest, and a task finding its output complete skips it:
 a retried or speculative task rewrites or reuses the same file, never adds a
 second copy of its rows.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -41,15 +43,15 @@ ADD_EF_SEARCH = 64
 class BuildContext:
     files: tuple[InputFile, ...]
     pieces: tuple[Piece, ...]
-    index_dir: str                      # final: trained.index, hslices/, ids/
-    temp_dir: str                       # vslices/
+    index_dir: str  # final: trained.index, hslices/, ids/
+    temp_dir: str  # vslices/
     nb_hslices: int
     id_columns: tuple[str, ...] = ()
-    threads: int = 0                    # faiss threads per task (0: faiss's default)
-    fault: Optional[Callable[[str, int], None]] = field(default=None, compare=False)
+    threads: int = 0  # faiss threads per task (0: faiss's default)
+    fault: Callable[[str, int], None] | None = field(default=None, compare=False)
     metric_type: str = "l2"
-    max_norm: Optional[float] = None    # "ip": rows get the extra coordinate (see mips.py)
-    lists_files: tuple[str, ...] = ()   # shard j's lists file (beside the faiss file j)
+    max_norm: float | None = None  # "ip": rows get the extra coordinate (see mips.py)
+    lists_files: tuple[str, ...] = ()  # shard j's lists file (beside the faiss file j)
 
     @property
     def index_wd(self) -> Workdir:
@@ -63,7 +65,9 @@ class BuildContext:
         return self.temp_wd.vslice(piece_no, len(self.pieces))
 
     def ids_path(self, piece_no: int) -> Path:
-        return Path(self.index_dir) / "ids" / f"ids_{piece_no:05d}_of_{len(self.pieces):05d}.parquet"
+        return (
+            Path(self.index_dir) / "ids" / f"ids_{piece_no:05d}_of_{len(self.pieces):05d}.parquet"
+        )
 
     def rows(self, file_no: int, a: int, b: int) -> np.ndarray:
         """Rows ``[a, b)`` of a file as the index sees them (augmented for "ip")."""
@@ -74,21 +78,26 @@ class BuildContext:
         return self.rows(p.file_no, p.a, p.b)
 
 
-def scan_piece_keeping(ctx: BuildContext, item: tuple[int, Optional[np.ndarray]]
-                       ) -> tuple[Optional[np.ndarray], float]:
+def scan_piece_keeping(
+    ctx: BuildContext, item: tuple[int, np.ndarray | None]
+) -> tuple[np.ndarray | None, float]:
     """Read a piece once (dimensions, NaN/Inf, nulls checked); returns the rows at the
     given file-local row numbers (sorted; the k-means sample comes back with the scan,
     no second job) and the piece's largest squared norm (for "ip")."""
     piece_no, local = item
     p = ctx.pieces[piece_no]
     x = read_rows(ctx.files[p.file_no], p.a, p.b)
-    kept = None if local is None else np.ascontiguousarray(x[np.asarray(local) - p.a],
-                                                           dtype=np.float32)
+    kept = (
+        None
+        if local is None
+        else np.ascontiguousarray(x[np.asarray(local) - p.a], dtype=np.float32)
+    )
     return kept, max_sq_norm(x)
 
 
-def read_piece_subset(ctx: BuildContext, item: tuple[int, np.ndarray],
-                      original: bool = False) -> np.ndarray:
+def read_piece_subset(
+    ctx: BuildContext, item: tuple[int, np.ndarray], original: bool = False
+) -> np.ndarray:
     """Rows of one piece at file-local row numbers (sorted), as indexed (augmented for
     "ip"), or as the user gave them with ``original`` (queries)."""
     piece_no, local = item
@@ -108,9 +117,12 @@ def assign_block(block: np.ndarray, centroids: np.ndarray, threads: int = 0) -> 
 
 
 def _vslice_params(fingerprint: str, p: Piece, f: InputFile) -> dict[str, Any]:
-    return {"trained_fingerprint": fingerprint, "rows": list(p.id_range),
-            "source": {"url": f.url, "rows": [p.a, p.b], "file_rows": f.rows},
-            "keep_quantizer": False}
+    return {
+        "trained_fingerprint": fingerprint,
+        "rows": list(p.id_range),
+        "source": {"url": f.url, "rows": [p.a, p.b], "file_rows": f.rows},
+        "keep_quantizer": False,
+    }
 
 
 def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
@@ -135,13 +147,23 @@ def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
             for a in range(p.a, p.b, ADD_BLOCK_ROWS):
                 b = min(p.b, a + ADD_BLOCK_ROWS)
                 start = p.start + a - p.a
-                add_rows(index, ctx.rows(p.file_no, a, b),
-                         np.arange(start, start + b - a, dtype=np.int64))
+                add_rows(
+                    index,
+                    ctx.rows(p.file_no, a, b),
+                    np.arange(start, start + b - a, dtype=np.int64),
+                )
         if index.ntotal != p.rows:
-            raise IndexFileError(f"internal: vslice {out} got {index.ntotal} rows, "
-                                 f"expected {p.rows}")
-        write_vslice(index, out, params=params, trained_fingerprint=fingerprint,
-                     id_range=p.id_range, data=f.url)
+            raise IndexFileError(
+                f"internal: vslice {out} got {index.ntotal} rows, " f"expected {p.rows}"
+            )
+        write_vslice(
+            index,
+            out,
+            params=params,
+            trained_fingerprint=fingerprint,
+            id_range=p.id_range,
+            data=f.url,
+        )
     if ctx.fault is not None:
         ctx.fault("vslice", piece_no)
     return {"piece": piece_no, "rows": p.rows, "bytes": out.stat().st_size}
@@ -177,25 +199,38 @@ def merge_shard(ctx: BuildContext, shard_no: int) -> dict[str, Any]:
     inputs = [os.fspath(ctx.vslice_path(i)) for i in range(len(ctx.pieces))]
     out = wd.hslice(shard_no, ctx.nb_hslices)
     lists = Path(ctx.lists_files[shard_no]) if ctx.lists_files else None
-    doc = merge_hslice(MergeJob(inputs, out, invlists=lists, nslice=ctx.nb_hslices,
-                                slice_no=shard_no, trained=wd.trained,
-                                threads=max(1, ctx.threads)))
+    doc = merge_hslice(
+        MergeJob(
+            inputs,
+            out,
+            invlists=lists,
+            nslice=ctx.nb_hslices,
+            slice_no=shard_no,
+            trained=wd.trained,
+            threads=max(1, ctx.threads),
+        )
+    )
     if ctx.fault is not None:
         ctx.fault("merge", shard_no)
-    return {"shard": shard_no, "rows": int(doc["rows"]),
-            "bytes": sum(int(e["size"]) for e in doc["files"].values())}
+    return {
+        "shard": shard_no,
+        "rows": int(doc["rows"]),
+        "bytes": sum(int(e["size"]) for e in doc["files"].values()),
+    }
 
 
-def knn_piece(ctx: BuildContext, piece_no: int, queries: np.ndarray, k: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+def knn_piece(
+    ctx: BuildContext, piece_no: int, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest rows of one piece (global ids) by the build's metric on the
     original rows, for the ground truth."""
     p = ctx.pieces[piece_no]
     x = read_rows(ctx.files[p.file_no], p.a, p.b)
     ip = ctx.metric_type == "ip"
     with omp_threads(ctx.threads):
-        D, I = faiss.knn(queries, x, min(k, len(x)),
-                         metric=faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2)
+        D, I = faiss.knn(
+            queries, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT if ip else faiss.METRIC_L2
+        )
     pad = k - I.shape[1]
     if pad:
         D = np.pad(D, ((0, 0), (0, pad)), constant_values=-np.inf if ip else np.inf)
@@ -209,8 +244,10 @@ def check_vslice_set(ctx: BuildContext, expected_rows: int) -> None:
     for i, p in enumerate(ctx.pieces):
         doc = mf.verify_manifest(ctx.vslice_path(i), VSLICE_KIND, checksums=False)
         if tuple(doc["id_range"]) != p.id_range or int(doc["rows"]) != p.rows:
-            raise IndexFileError(f"{ctx.vslice_path(i)}: ids {doc['id_range']} ({doc['rows']} "
-                                 f"rows), the plan says {list(p.id_range)}")
+            raise IndexFileError(
+                f"{ctx.vslice_path(i)}: ids {doc['id_range']} ({doc['rows']} "
+                f"rows), the plan says {list(p.id_range)}"
+            )
         total += int(doc["rows"])
     if total != expected_rows:
         raise IndexFileError(f"the vslices hold {total} rows, expected {expected_rows}")
@@ -223,6 +260,7 @@ class FailOnce:
     The marker file records the first attempt, so a retried task (another
     process) succeeds: that is how the tests check that retries duplicate nothing.
     """
+
     marker_dir: str
     stage: str
     item: int
@@ -238,6 +276,6 @@ class FailOnce:
 
 def sum_assignments(parts: Sequence[AssignResult], k: int, d: int) -> AssignResult:
     total = AssignResult.empty(k, d)
-    for part in parts:                     # in block order: reproducible
+    for part in parts:  # in block order: reproducible
         total.add(part)
     return total

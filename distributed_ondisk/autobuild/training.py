@@ -16,11 +16,12 @@ blocks in block order, so every placement computes the same sums:
 The encoder (and transform) trains on the first ``encoder_rows`` sampled rows
 in both placements.
 """
+
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -46,8 +47,16 @@ log = logging.getLogger(__name__)
 class PlannedDataset:
     """All indexed rows (``n``, ``d``); holds at most the selected rows in memory."""
 
-    def __init__(self, runner: Any, ctx: BuildContext, n: int, d: int, nblocks: int = 8,
-                 on_driver: bool = True, encoder_rows: int = 1 << 16) -> None:
+    def __init__(
+        self,
+        runner: Any,
+        ctx: BuildContext,
+        n: int,
+        d: int,
+        nblocks: int = 8,
+        on_driver: bool = True,
+        encoder_rows: int = 1 << 16,
+    ) -> None:
         self.runner, self.ctx = runner, ctx
         self.n, self.d = int(n), int(d)
         self.nblocks = nblocks
@@ -55,9 +64,9 @@ class PlannedDataset:
         self.encoder_rows = encoder_rows
         # where the iterations run: this process, or the runner's workers
         self.compute = LocalRunner() if on_driver else runner
-        self._cache: Optional[tuple[np.ndarray, np.ndarray]] = None   # prefetched rows
-        self.rows: Optional[np.ndarray] = None       # global row numbers of the view
-        self.x: Optional[np.ndarray] = None          # their vectors, when held here
+        self._cache: tuple[np.ndarray, np.ndarray] | None = None  # prefetched rows
+        self.rows: np.ndarray | None = None  # global row numbers of the view
+        self.x: np.ndarray | None = None  # their vectors, when held here
         self._handle: Any = None
 
     def prefetched(self, rows: np.ndarray, x: np.ndarray) -> None:
@@ -72,15 +81,19 @@ class PlannedDataset:
             if np.array_equal(rows, crows):
                 return cx
             pos = np.searchsorted(crows, rows)
-            if len(crows) and np.all(pos < len(crows)) and np.array_equal(
-                    crows[np.minimum(pos, len(crows) - 1)], rows):
+            if (
+                len(crows)
+                and np.all(pos < len(crows))
+                and np.array_equal(crows[np.minimum(pos, len(crows) - 1)], rows)
+            ):
                 return cx[pos]
             log.info("%d rows not all prefetched: read by tasks", len(rows))
         groups = rows_by_piece(rows, self.ctx.pieces)
         if not groups:
             return np.empty((0, self.d), np.float32)
-        parts = self.runner.map(functools.partial(read_piece_subset, self.ctx), groups,
-                                desc="read training rows")
+        parts = self.runner.map(
+            functools.partial(read_piece_subset, self.ctx), groups, desc="read training rows"
+        )
         return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
     def _load(self, rows: np.ndarray) -> None:
@@ -89,11 +102,12 @@ class PlannedDataset:
         bounds = training_blocks(len(rows), self.nblocks)
         if self.on_driver:
             self.x = self.read_global(rows)
-            self._cache = None          # what k-means reads next is in self.x
+            self._cache = None  # what k-means reads next is in self.x
             self._handle = self.compute.scatter([self.x[a:b] for a, b in bounds])
         else:
             self._handle = self.runner.scatter_read(
-                functools.partial(read_rows_block, self.ctx), [rows[a:b] for a, b in bounds])
+                functools.partial(read_rows_block, self.ctx), [rows[a:b] for a, b in bounds]
+            )
 
     def _release(self) -> None:
         if self._handle is not None:
@@ -101,7 +115,7 @@ class PlannedDataset:
         self._handle, self.rows, self.x = None, None, None
 
     def _ensure_loaded(self) -> None:
-        if self._handle is None:   # the view is every row: small enough (n <= k * max_points)
+        if self._handle is None:  # the view is every row: small enough (n <= k * max_points)
             self._load(np.arange(self.n, dtype=np.int64))
 
     def count(self) -> int:
@@ -110,7 +124,7 @@ class PlannedDataset:
     def dim(self) -> int:
         return self.d
 
-    def select(self, indices: Optional[np.ndarray]) -> int:
+    def select(self, indices: np.ndarray | None) -> int:
         if indices is None:
             self._release()
         else:
@@ -133,8 +147,7 @@ class PlannedDataset:
             return self.x[:m]
         return self.read_global(self.rows[:m])
 
-    def assign_to(self, centroids: np.ndarray,
-                  weights: Optional[np.ndarray] = None) -> AssignResult:
+    def assign_to(self, centroids: np.ndarray, weights: np.ndarray | None = None) -> AssignResult:
         if weights is not None:
             raise InputError("weighted k-means is not supported by build_index")
         c = check_centroids(centroids, self.d)
@@ -146,8 +159,9 @@ class PlannedDataset:
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise InputError("perform_search is not used by build_index's k-means loop")
 
-    def assign_full(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign_full(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise InputError("assign_full is not used by build_index's k-means loop")
 
     def close(self) -> None:

@@ -12,10 +12,11 @@ and one distance per row: 12 bytes per vector per iteration).
 This module imports numpy only: the GPU (torch) backend uses it on machines
 without faiss.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -41,20 +42,22 @@ class AssignResult:
     last bits, as one shard holding all rows). ``search_s`` is the time the
     producer spent, for the per-iteration log.
     """
+
     sums: np.ndarray
     counts: np.ndarray
     objective: float
     search_s: float = 0.0
 
     @staticmethod
-    def empty(k: int, d: int) -> "AssignResult":
+    def empty(k: int, d: int) -> AssignResult:
         return AssignResult(np.zeros((k, d), np.float64), np.zeros(k, np.int64), 0.0)
 
-    def add(self, other: "AssignResult") -> "AssignResult":
+    def add(self, other: AssignResult) -> AssignResult:
         """In-place sum (shards are always added in the same order: reproducible)."""
         if other.sums.shape != self.sums.shape:
-            raise InputError(f"cannot add assignments of shapes {other.sums.shape} and "
-                             f"{self.sums.shape}")
+            raise InputError(
+                f"cannot add assignments of shapes {other.sums.shape} and " f"{self.sums.shape}"
+            )
         self.sums += other.sums
         self.counts += other.counts
         self.objective += float(other.objective)
@@ -80,14 +83,16 @@ class DatasetAssign(Protocol):
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(D, I), each (count(), 1): squared distance to and id of the nearest centroid."""
 
-    def assign_to(self, centroids: np.ndarray,
-                  weights: Optional[np.ndarray] = None) -> AssignResult: ...
+    def assign_to(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> AssignResult: ...
 
-    def assign_full(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign_full(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """faiss's (I, D, float32 sums) triple, for :class:`FaissCompatAssign`."""
 
-    def select(self, indices: Optional[np.ndarray]) -> int:
+    def select(self, indices: np.ndarray | None) -> int:
         """Restrict the view to these sorted row numbers (None: all rows); returns count()."""
 
 
@@ -98,8 +103,7 @@ def check_centroids(centroids: np.ndarray, d: int, where: str = "") -> np.ndarra
     return c
 
 
-def check_weights(weights: Optional[np.ndarray], n: int, where: str = ""
-                  ) -> Optional[np.ndarray]:
+def check_weights(weights: np.ndarray | None, n: int, where: str = "") -> np.ndarray | None:
     if weights is None:
         return None
     w = np.ascontiguousarray(weights, dtype=np.float32).ravel()
@@ -111,16 +115,18 @@ def check_weights(weights: Optional[np.ndarray], n: int, where: str = ""
 def check_indices(indices: np.ndarray, n: int, where: str = "") -> np.ndarray:
     idx = np.asarray(indices)
     if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
-        raise InputError(f"row indices{where} must be a 1-d integer array, got "
-                         f"{idx.dtype} {idx.shape}")
+        raise InputError(
+            f"row indices{where} must be a 1-d integer array, got " f"{idx.dtype} {idx.shape}"
+        )
     if idx.size > n:
         # A subset is never larger than the view; more indices (repeats) would let
         # a small request make the server materialise any number of rows.
         raise InputError(f"row indices{where}: {idx.size} indices for a view of {n} rows")
     idx = idx.astype(np.int64, copy=False)
     if idx.size and (idx.min() < 0 or idx.max() >= n):
-        raise InputError(f"row indices{where} out of range [0, {n}): "
-                         f"min {idx.min()}, max {idx.max()}")
+        raise InputError(
+            f"row indices{where} out of range [0, {n}): " f"min {idx.min()}, max {idx.max()}"
+        )
     return idx
 
 

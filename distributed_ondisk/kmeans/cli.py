@@ -1,13 +1,15 @@
 """``distributed_kmeans.py``: k-means in process, as a server of a slice, as the
 client of several servers, or the ``--test`` levels.  Flags keep the meaning
 they have in faiss's classic ``distributed_kmeans.py``."""
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -33,20 +35,35 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--k", type=int, default=None, help="number of centroids")
     g.add_argument("--niter", "--maxiter", dest="niter", type=int, default=25)
     g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--max_points_per_centroid", type=int, default=256,
-                   help="subsample to k * this many training vectors (as faiss)")
+    g.add_argument(
+        "--max_points_per_centroid",
+        type=int,
+        default=256,
+        help="subsample to k * this many training vectors (as faiss)",
+    )
     g = p.add_argument_group("compute")
-    g.add_argument("--gpu", type=int, default=None,
-                   help="-2: CPU only, -1: all GPUs, i: GPU i (default: GPUs if present)")
-    g.add_argument("--backend", choices=("auto", "faiss", "torch"), default="auto",
-                   help="auto: faiss GPU, else torch CUDA, else faiss CPU; torch: the torch "
-                        "backend only (with --gpu -2 on torch's CPU device; needs the "
-                        "[torch] extra)")
+    g.add_argument(
+        "--gpu",
+        type=int,
+        default=None,
+        help="-2: CPU only, -1: all GPUs, i: GPU i (default: GPUs if present)",
+    )
+    g.add_argument(
+        "--backend",
+        choices=("auto", "faiss", "torch"),
+        default="auto",
+        help="auto: faiss GPU, else torch CUDA, else faiss CPU; torch: the torch "
+        "backend only (with --gpu -2 on torch's CPU device; needs the "
+        "[torch] extra)",
+    )
     g.add_argument("--nt", type=int, default=None, help="CPU threads (default: all cores)")
     g = p.add_argument_group("server mode")
     g.add_argument("--server", action="store_true", help="serve the [i0, i1) slice")
-    g.add_argument("--host", default=None,
-                   help="interface to listen on (default: all; loopback with --insecure)")
+    g.add_argument(
+        "--host",
+        default=None,
+        help="interface to listen on (default: all; loopback with --insecure)",
+    )
     g.add_argument("--port", type=int, default=12345)
     g.add_argument("--when_ready", metavar="FILE", help="write host:port here once listening")
     g.add_argument("--ipv4", action="store_true", help="listen on IPv4 only")
@@ -54,20 +71,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--client", action="store_true", help="run the loop over --servers")
     g.add_argument("--servers", default="", help='"host1:port1 host2:port2 ..." ([v6]:port ok)')
     g.add_argument("--servers_file", help="file listing host:port, whitespace separated")
-    g.add_argument("--wait_servers", type=float, default=300.0,
-                   help="seconds to wait for all servers to answer")
-    g.add_argument("--timeout", type=float, default=3600.0,
-                   help="seconds a server may take to answer one call")
+    g.add_argument(
+        "--wait_servers",
+        type=float,
+        default=300.0,
+        help="seconds to wait for all servers to answer",
+    )
+    g.add_argument(
+        "--timeout", type=float, default=3600.0, help="seconds a server may take to answer one call"
+    )
     g = p.add_argument_group("output")
     g.add_argument("--out", help="centroids file (.npy, .fvecs, ...), written atomically")
     g.add_argument("--checkpoint", help="checkpoint file (.npz) written after every iteration")
     g.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    g.add_argument("--store_each_iteration", action="store_true",
-                   help="rewrite --out after every iteration; checkpoint next to it")
+    g.add_argument(
+        "--store_each_iteration",
+        action="store_true",
+        help="rewrite --out after every iteration; checkpoint next to it",
+    )
     g = p.add_argument_group("self-test")
-    g.add_argument("--test", default=None, metavar="LEVELS",
-                   help="comma-separated levels: 0 faiss.Kmeans, 1 this loop in process, "
-                        "2 in-process shards, 3 local servers over RPC")
+    g.add_argument(
+        "--test",
+        default=None,
+        metavar="LEVELS",
+        help="comma-separated levels: 0 faiss.Kmeans, 1 this loop in process, "
+        "2 in-process shards, 3 local servers over RPC",
+    )
     g.add_argument("--nservers", type=int, default=2, help="shards/servers of --test 2 and 3")
     add_secret_args(p)
     return p
@@ -82,7 +111,7 @@ def read_servers(args: argparse.Namespace) -> list[str]:
             raise InputError(f"cannot read --servers_file {args.servers_file}: {e}") from e
     servers = text.split()
     if not servers:
-        raise InputError("--client needs --servers \"host:port ...\" or --servers_file")
+        raise InputError('--client needs --servers "host:port ..." or --servers_file')
     return servers
 
 
@@ -92,7 +121,7 @@ def _source(args: argparse.Namespace) -> RowSource:
     return RowSource(args.indata, args.i0, args.i1)
 
 
-def _checkpoint_path(args: argparse.Namespace) -> Optional[str]:
+def _checkpoint_path(args: argparse.Namespace) -> str | None:
     if args.checkpoint:
         return args.checkpoint
     if args.store_each_iteration:
@@ -105,6 +134,7 @@ def _checkpoint_path(args: argparse.Namespace) -> Optional[str]:
 def write_centroids(path: str, centroids: np.ndarray) -> None:
     """Atomic write of the centroids (also used after every iteration)."""
     from distributed_ondisk.vectors import write_vectors
+
     write_vectors(path, centroids)
 
 
@@ -112,26 +142,32 @@ def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
     if args.k is None:
         raise InputError("--k is required")
     cfg = KMeansConfig(args.k, args.niter, args.seed, args.max_points_per_centroid)
-    each = ((lambda it, c: write_centroids(args.out, c))
-            if args.store_each_iteration else None)
+    each = (lambda it, c: write_centroids(args.out, c)) if args.store_each_iteration else None
     checkpoint = _checkpoint_path(args)
     # A killed earlier run may have left temporaries of these outputs: a rerun removes
     # them (only these files' own, since parallel jobs may write next to them).
     for path in (args.out, checkpoint):
         if path:
             remove_stale_for(path)
-    res = train_kmeans(data, cfg, checkpoint=checkpoint, resume=args.resume,
-                       on_iteration=each)
+    res = train_kmeans(data, cfg, checkpoint=checkpoint, resume=args.resume, on_iteration=each)
     if args.out:
         write_centroids(args.out, res.centroids)
         # Written last: its presence says the run finished (the pipeline skips on it),
         # and it carries the objective into the pipeline's report.
-        write_manifest(args.out, "centroids", {"centroids": args.out}, k=cfg.k,
-                       d=int(res.centroids.shape[1]), niter=cfg.niter, seed=cfg.seed,
-                       max_points_per_centroid=cfg.max_points_per_centroid,
-                       objective=float(res.objective))
-        log.info("wrote %d centroids to %s (objective %.6g)", len(res.centroids), args.out,
-                 res.objective)
+        write_manifest(
+            args.out,
+            "centroids",
+            {"centroids": args.out},
+            k=cfg.k,
+            d=int(res.centroids.shape[1]),
+            niter=cfg.niter,
+            seed=cfg.seed,
+            max_points_per_centroid=cfg.max_points_per_centroid,
+            objective=float(res.objective),
+        )
+        log.info(
+            "wrote %d centroids to %s (objective %.6g)", len(res.centroids), args.out, res.objective
+        )
     else:
         log.warning("no --out: centroids not saved (objective %.6g)", res.objective)
     return res
@@ -142,15 +178,21 @@ def main_server(args: argparse.Namespace) -> int:
     from distributed_ondisk.kmeans.remote import serve_dataset
 
     secret = secret_from_args(args)
-    backend = choose_backend(args.gpu, args.backend)   # a missing torch/GPU: before the scan
+    backend = choose_backend(args.gpu, args.backend)  # a missing torch/GPU: before the scan
     source = _source(args)
     log.info("checking %s for NaN/Inf", source.describe())
     source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
     ds = build_dataset(backend, source, args.nt)
-    host = args.host or ("127.0.0.1" if secret is None
-                         else ("0.0.0.0" if args.ipv4 else "::"))
-    serve_dataset(ds, host=host, port=args.port, secret=secret, insecure=secret is None,
-                  when_ready=args.when_ready, name=f"kmeans[{source.describe()}]")
+    host = args.host or ("127.0.0.1" if secret is None else ("0.0.0.0" if args.ipv4 else "::"))
+    serve_dataset(
+        ds,
+        host=host,
+        port=args.port,
+        secret=secret,
+        insecure=secret is None,
+        when_ready=args.when_ready,
+        name=f"kmeans[{source.describe()}]",
+    )
     return 0
 
 
@@ -159,8 +201,12 @@ def main_client(args: argparse.Namespace) -> int:
 
     if args.k is None:
         raise InputError("--k is required")
-    data = connect_servers(read_servers(args), secret=secret_from_args(args),
-                           wait_s=args.wait_servers, timeout=args.timeout)
+    data = connect_servers(
+        read_servers(args),
+        secret=secret_from_args(args),
+        wait_s=args.wait_servers,
+        timeout=args.timeout,
+    )
     try:
         run_loop(args, data)
     finally:
@@ -173,6 +219,7 @@ def main_args(args: argparse.Namespace) -> int:
         raise InputError("--server and --client exclude each other")
     if args.test is not None:
         from distributed_ondisk.kmeans.testlevels import run_test_levels
+
         return run_test_levels(args)
     if args.server:
         return main_server(args)
@@ -186,14 +233,14 @@ def main_args(args: argparse.Namespace) -> int:
         raise InputError("--k is required")
     try:
         KMeansConfig(args.k, args.niter, args.seed, args.max_points_per_centroid).validate(source.n)
-    except InputError as e:   # name the data: "k > n" is about this file
+    except InputError as e:  # name the data: "k > n" is about this file
         raise InputError(f"{source.describe()}: {e}") from e
     source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
     run_loop(args, build_dataset(backend, source, args.nt))
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run_main(build_parser(), main_args, argv)
 
 

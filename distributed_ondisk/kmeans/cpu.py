@@ -7,11 +7,12 @@ docs/FAISS_FACTS.md), and a Python loop over vectors is out of
 the question.  Block sums are added in float64 so that splitting the rows
 across servers only changes the last bits.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -27,12 +28,21 @@ from distributed_ondisk.kmeans.source import RowSource
 
 log = logging.getLogger(__name__)
 
-RPC_METHODS = ("count", "dim", "get_subset", "perform_search", "assign_to", "assign_full",
-               "select", "describe")
+RPC_METHODS = (
+    "count",
+    "dim",
+    "get_subset",
+    "perform_search",
+    "assign_to",
+    "assign_full",
+    "select",
+    "describe",
+)
 
 
-def onehot_sums(I: np.ndarray, x: np.ndarray, k: int,
-                weights: Optional[np.ndarray] = None) -> np.ndarray:
+def onehot_sums(
+    I: np.ndarray, x: np.ndarray, k: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     """float64 (k, d): sum of the rows of ``x`` (times ``weights``) assigned to each centroid.
 
     The product runs in float32 (3x faster than converting the block to float64;
@@ -49,10 +59,10 @@ def onehot_sums(I: np.ndarray, x: np.ndarray, k: int,
 class LocalView:
     """All rows of a :class:`RowSource`, or a selected subset held in RAM."""
 
-    def __init__(self, source: RowSource, block_rows: Optional[int] = None) -> None:
+    def __init__(self, source: RowSource, block_rows: int | None = None) -> None:
         self.source = source
         self.block_rows = block_rows or block_rows_for(source.d)
-        self.selected: Optional[np.ndarray] = None   # float32 rows of the subset
+        self.selected: np.ndarray | None = None  # float32 rows of the subset
 
     def count(self) -> int:
         return self.source.n if self.selected is None else len(self.selected)
@@ -63,7 +73,7 @@ class LocalView:
             yield from self.source.blocks(self.block_rows)
             return
         for a in range(0, len(selected), self.block_rows):
-            yield a, selected[a:a + self.block_rows]
+            yield a, selected[a : a + self.block_rows]
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         selected = self.selected
@@ -72,7 +82,7 @@ class LocalView:
             return selected[idx]
         return self.source.take(idx)
 
-    def select(self, indices: Optional[np.ndarray]) -> int:
+    def select(self, indices: np.ndarray | None) -> int:
         if indices is None:
             self.selected = None
         else:
@@ -87,13 +97,15 @@ class CPUAssign:
     RPC_METHODS = RPC_METHODS
     backend = "cpu"
 
-    def __init__(self, source: RowSource, nthreads: Optional[int] = None,
-                 block_rows: Optional[int] = None) -> None:
+    def __init__(
+        self, source: RowSource, nthreads: int | None = None, block_rows: int | None = None
+    ) -> None:
         self.view = LocalView(source, block_rows)
         self.source = source
         self.nthreads = nthreads
         if nthreads:
             import faiss
+
             faiss.omp_set_num_threads(int(nthreads))
 
     def count(self) -> int:
@@ -103,17 +115,23 @@ class CPUAssign:
         return self.source.d
 
     def describe(self) -> dict:
-        return {"backend": self.backend, "source": self.source.describe(),
-                "n": self.source.n, "d": self.source.d, "count": self.count()}
+        return {
+            "backend": self.backend,
+            "source": self.source.describe(),
+            "n": self.source.n,
+            "d": self.source.d,
+            "count": self.count(),
+        }
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         return self.view.get_subset(indices)
 
-    def select(self, indices: Optional[np.ndarray]) -> int:
+    def select(self, indices: np.ndarray | None) -> int:
         return self.view.select(indices)
 
-    def _searcher(self, centroids: np.ndarray
-                  ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def _searcher(
+        self, centroids: np.ndarray
+    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         """A function block -> (D, I) for these centroids (set up once per call)."""
         import faiss
 
@@ -126,6 +144,7 @@ class CPUAssign:
         def search(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             D, I = faiss.knn(xb, centroids, 1)
             return D.ravel(), I.ravel()
+
         return search
 
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,8 +157,7 @@ class CPUAssign:
             Is.append(I)
         return np.concatenate(Ds)[:, None], np.concatenate(Is)[:, None]
 
-    def assign_to(self, centroids: np.ndarray,
-                  weights: Optional[np.ndarray] = None) -> AssignResult:
+    def assign_to(self, centroids: np.ndarray, weights: np.ndarray | None = None) -> AssignResult:
         """Reduced assignment: sums of the rows (times ``weights``, as faiss.contrib does;
         counts and objective are unweighted) per nearest centroid."""
         t0 = time.perf_counter()
@@ -150,14 +168,15 @@ class CPUAssign:
         search = self._searcher(c)
         for a, xb in self.view.blocks():
             D, I = search(xb)
-            res.sums += onehot_sums(I, xb, k, None if w is None else w[a:a + len(xb)])
+            res.sums += onehot_sums(I, xb, k, None if w is None else w[a : a + len(xb)])
             res.counts += np.bincount(I, minlength=k)
             res.objective += float(D.sum(dtype=np.float64))
         res.search_s = time.perf_counter() - t0
         return res
 
-    def assign_full(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign_full(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """faiss.contrib's triple (I, D, float32 sums), one pass."""
         c = check_centroids(centroids, self.dim())
         w = check_weights(weights, self.count())
@@ -167,7 +186,7 @@ class CPUAssign:
         search = self._searcher(c)
         for a, xb in self.view.blocks():
             D, I = search(xb)
-            sums += onehot_sums(I, xb, k, None if w is None else w[a:a + len(xb)])
+            sums += onehot_sums(I, xb, k, None if w is None else w[a : a + len(xb)])
             Ds.append(D)
             Is.append(I)
         return np.concatenate(Is), np.concatenate(Ds), sums.astype(np.float32)

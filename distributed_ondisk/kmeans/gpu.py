@@ -13,11 +13,13 @@
 
 Nothing here imports faiss at module level: the torch path works without it.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -38,8 +40,13 @@ class FaissGPUAssign(CPUAssign):
 
     backend = "faiss-gpu"
 
-    def __init__(self, source: RowSource, gpu: int = 0, nthreads: Optional[int] = None,
-                 block_rows: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        source: RowSource,
+        gpu: int = 0,
+        nthreads: int | None = None,
+        block_rows: int | None = None,
+    ) -> None:
         import faiss
 
         super().__init__(source, nthreads, block_rows)
@@ -50,14 +57,16 @@ class FaissGPUAssign(CPUAssign):
         else:
             self.index = faiss.index_cpu_to_all_gpus(flat)
 
-    def _searcher(self, centroids: np.ndarray
-                  ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    def _searcher(
+        self, centroids: np.ndarray
+    ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
         self.index.reset()
         self.index.add(centroids)
 
         def search(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             D, I = self.index.search(xb, 1)
             return D.ravel(), I.ravel()
+
         return search
 
 
@@ -67,9 +76,15 @@ class TorchAssign:
     RPC_METHODS = RPC_METHODS
     backend = "torch"
 
-    def __init__(self, source: RowSource, device: str = "cuda:0", dtype: Any = None,
-                 block_rows: Optional[int] = None, resident: Optional[bool] = None,
-                 nthreads: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        source: RowSource,
+        device: str = "cuda:0",
+        dtype: Any = None,
+        block_rows: int | None = None,
+        resident: bool | None = None,
+        nthreads: int | None = None,
+    ) -> None:
         import torch
 
         torch.backends.cuda.matmul.allow_tf32 = False
@@ -80,9 +95,9 @@ class TorchAssign:
         self.dtype = dtype or torch.float32
         self.view = LocalView(source, block_rows)
         self.resident = resident
-        self.nthreads = nthreads              # CPU device only: torch's intra-op threads
-        self._blocks: Optional[list] = None   # [(start, x on device, |x|^2)] when resident
-        self._generation = 0                  # bumped by select(): stale passes keep nothing
+        self.nthreads = nthreads  # CPU device only: torch's intra-op threads
+        self._blocks: list | None = None  # [(start, x on device, |x|^2)] when resident
+        self._generation = 0  # bumped by select(): stale passes keep nothing
 
     # -- data on the device ----------------------------------------------------
     def _fits(self) -> bool:
@@ -121,15 +136,20 @@ class TorchAssign:
         return self.source.d
 
     def describe(self) -> dict:
-        return {"backend": f"{self.backend}:{self.device}", "source": self.source.describe(),
-                "n": self.source.n, "d": self.source.d, "count": self.count()}
+        return {
+            "backend": f"{self.backend}:{self.device}",
+            "source": self.source.describe(),
+            "n": self.source.n,
+            "d": self.source.d,
+            "count": self.count(),
+        }
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         return self.view.get_subset(indices)
 
-    def select(self, indices: Optional[np.ndarray]) -> int:
+    def select(self, indices: np.ndarray | None) -> int:
         if indices is None and self.view.selected is None:
-            return self.count()          # nothing changes: keep the resident copy
+            return self.count()  # nothing changes: keep the resident copy
         self._generation += 1
         self._blocks = None
         return self.view.select(indices)
@@ -140,9 +160,9 @@ class TorchAssign:
         step = max(1, DIST_BLOCK_BYTES // (4 * c.shape[0]))
         Ds, Is = [], []
         for r in range(0, x.shape[0], step):
-            dist = torch.addmm(cn, x[r:r + step], c.T, beta=1, alpha=-2)
+            dist = torch.addmm(cn, x[r : r + step], c.T, beta=1, alpha=-2)
             val, idx = dist.min(dim=1)
-            Ds.append(val + xn[r:r + step])
+            Ds.append(val + xn[r : r + step])
             Is.append(idx)
         return torch.cat(Ds), torch.cat(Is)
 
@@ -152,8 +172,9 @@ class TorchAssign:
             # from a connection thread, and servers sharing a machine must not each
             # take every core.
             self.torch.set_num_threads(int(self.nthreads))
-        c = self.torch.from_numpy(check_centroids(centroids, self.dim())).to(self.device,
-                                                                               self.dtype)
+        c = self.torch.from_numpy(check_centroids(centroids, self.dim())).to(
+            self.device, self.dtype
+        )
         return c, (c * c).sum(1)
 
     def bare_search(self, centroids: np.ndarray) -> None:
@@ -176,7 +197,7 @@ class TorchAssign:
             Is.append(I.cpu().numpy())
         return np.concatenate(Ds)[:, None], np.concatenate(Is)[:, None]
 
-    def _reduce(self, centroids: np.ndarray, weights: Optional[np.ndarray], keep_ids: bool):
+    def _reduce(self, centroids: np.ndarray, weights: np.ndarray | None, keep_ids: bool):
         torch = self.torch
         c, cn = self._centroids(centroids)
         w = check_weights(weights, self.count())
@@ -189,8 +210,10 @@ class TorchAssign:
             D, I = self._nearest(x, xn, c, cn)
             rows = x.to(torch.float64)
             if w is not None:
-                rows = rows * torch.from_numpy(w[a:a + len(x)]).to(self.device,
-                                                                   torch.float64)[:, None]
+                rows = (
+                    rows
+                    * torch.from_numpy(w[a : a + len(x)]).to(self.device, torch.float64)[:, None]
+                )
             sums.index_add_(0, I, rows)
             counts += torch.bincount(I, minlength=k)
             obj += D.sum(dtype=torch.float64)
@@ -199,16 +222,19 @@ class TorchAssign:
                 dists.append(D.float().cpu().numpy())
         return sums, counts, obj, ids, dists
 
-    def assign_to(self, centroids: np.ndarray,
-                  weights: Optional[np.ndarray] = None) -> AssignResult:
+    def assign_to(self, centroids: np.ndarray, weights: np.ndarray | None = None) -> AssignResult:
         t0 = time.perf_counter()
         sums, counts, obj, _, _ = self._reduce(centroids, weights, False)
-        return AssignResult(sums.cpu().numpy(), counts.cpu().numpy(), float(obj.item()),
-                            time.perf_counter() - t0)
+        return AssignResult(
+            sums.cpu().numpy(), counts.cpu().numpy(), float(obj.item()), time.perf_counter() - t0
+        )
 
-    def assign_full(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign_full(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sums, _, _, ids, dists = self._reduce(centroids, weights, True)
-        return (np.concatenate([np.empty(0, np.int64)] + ids),
-                np.concatenate([np.empty(0, np.float32)] + dists),
-                sums.cpu().numpy().astype(np.float32))
+        return (
+            np.concatenate([np.empty(0, np.int64)] + ids),
+            np.concatenate([np.empty(0, np.float32)] + dists),
+            sums.cpu().numpy().astype(np.float32),
+        )

@@ -4,16 +4,18 @@ Each server serves one contiguous slice of a vector file on 127.0.0.1, port 0;
 readiness = its ``--when_ready`` file appears and it answers ``ping``.  The
 servers are always stopped at exit (SIGTERM, then SIGKILL), even on failure.
 """
+
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -23,16 +25,25 @@ from distributed_ondisk.rpc import generate_secret, load_secret, wait_ready, wri
 
 def slice_bounds(n: int, nservers: int) -> list[tuple[int, int]]:
     cuts = np.linspace(0, n, nservers + 1).astype(np.int64)
-    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:])]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
 
 
 class LocalServers:
     """``with LocalServers(path, n, nservers) as s: s.addresses, s.secret``."""
 
-    def __init__(self, indata: str, n: int, nservers: int, *, nthreads: Optional[int] = 1,
-                 gpu: Optional[int] = -2, secret_file: Optional[str] = None,
-                 insecure: bool = False, start_timeout: float = 120.0,
-                 extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        indata: str,
+        n: int,
+        nservers: int,
+        *,
+        nthreads: int | None = 1,
+        gpu: int | None = -2,
+        secret_file: str | None = None,
+        insecure: bool = False,
+        start_timeout: float = 120.0,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.indata, self.n, self.nservers = str(indata), n, nservers
         self.nthreads, self.gpu = nthreads, gpu
         self.insecure = insecure
@@ -51,10 +62,24 @@ class LocalServers:
         self.addresses: list[str] = []
 
     def _command(self, i: int, i0: int, i1: int) -> list[str]:
-        cmd = [sys.executable, "-m", "distributed_ondisk.kmeans.cli", "--server",
-               "--indata", self.indata, "--i0", str(i0), "--i1", str(i1),
-               "--host", "127.0.0.1", "--port", "0",
-               "--when_ready", str(self.dir / f"ready.{i}")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "distributed_ondisk.kmeans.cli",
+            "--server",
+            "--indata",
+            self.indata,
+            "--i0",
+            str(i0),
+            "--i1",
+            str(i1),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--when_ready",
+            str(self.dir / f"ready.{i}"),
+        ]
         if self.nthreads:
             cmd += ["--nt", str(self.nthreads)]
         if self.gpu is not None:
@@ -68,26 +93,32 @@ class LocalServers:
         except OSError:
             return ""
 
-    def start(self) -> "LocalServers":
+    def start(self) -> LocalServers:
         env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"))
         for i, (i0, i1) in enumerate(slice_bounds(self.n, self.nservers)):
             with open(self.dir / f"server.{i}.log", "wb") as log:
-                self.procs.append(subprocess.Popen(self._command(i, i0, i1), stdout=log,
-                                                   stderr=subprocess.STDOUT, env=env))
+                self.procs.append(
+                    subprocess.Popen(
+                        self._command(i, i0, i1), stdout=log, stderr=subprocess.STDOUT, env=env
+                    )
+                )
         deadline = time.monotonic() + self.start_timeout
         for i, proc in enumerate(self.procs):
             ready = self.dir / f"ready.{i}"
             while not ready.exists():
                 if proc.poll() is not None:
-                    raise RPCTimeout(f"local k-means server {i} exited with status "
-                                     f"{proc.returncode} before listening:\n{self.log_tail(i)}")
+                    raise RPCTimeout(
+                        f"local k-means server {i} exited with status "
+                        f"{proc.returncode} before listening:\n{self.log_tail(i)}"
+                    )
                 if time.monotonic() > deadline:
-                    raise RPCTimeout(f"local k-means server {i} not listening after "
-                                     f"{self.start_timeout} s:\n{self.log_tail(i)}")
+                    raise RPCTimeout(
+                        f"local k-means server {i} not listening after "
+                        f"{self.start_timeout} s:\n{self.log_tail(i)}"
+                    )
                 time.sleep(0.02)
             address = ready.read_text().strip()
-            wait_ready(address, secret=self.secret,
-                       timeout=max(deadline - time.monotonic(), 0.1))
+            wait_ready(address, secret=self.secret, timeout=max(deadline - time.monotonic(), 0.1))
             self.addresses.append(address)
         return self
 
@@ -104,7 +135,7 @@ class LocalServers:
         self.procs = []
         self._tmp.cleanup()
 
-    def __enter__(self) -> "LocalServers":
+    def __enter__(self) -> LocalServers:
         try:
             return self.start()
         except BaseException:

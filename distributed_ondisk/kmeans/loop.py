@@ -8,6 +8,7 @@ numbers from one seeded generator, so the result does not depend on how the
 rows are split across servers; the generator's state is checkpointed with the
 centroids, so a resumed run is bit-identical to an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,8 @@ import hashlib
 import logging
 import os
 import time
-from typing import Callable, Optional, Union
+from collections.abc import Callable
+from typing import Union
 
 import numpy as np
 
@@ -46,19 +48,21 @@ class KMeansConfig:
         if self.k < 1:
             raise InputError(f"k must be >= 1, got {self.k}")
         if self.k > n:
-            raise InputError(f"k={self.k} is larger than the number of vectors ({n}): "
-                             f"need k <= {n}")
+            raise InputError(
+                f"k={self.k} is larger than the number of vectors ({n}): " f"need k <= {n}"
+            )
         if self.niter < 0:
             raise InputError(f"niter must be >= 0, got {self.niter}")
         if self.max_points_per_centroid < 1:
-            raise InputError(f"max_points_per_centroid must be >= 1, got "
-                             f"{self.max_points_per_centroid}")
+            raise InputError(
+                f"max_points_per_centroid must be >= 1, got " f"{self.max_points_per_centroid}"
+            )
 
 
 @dataclasses.dataclass
 class KMeansResult:
-    centroids: np.ndarray          # float32 (k, d)
-    stats: list                    # one dict per iteration
+    centroids: np.ndarray  # float32 (k, d)
+    stats: list  # one dict per iteration
     n_train: int
 
     @property
@@ -74,8 +78,9 @@ def data_fingerprint(data: DatasetAssign, n: int, d: int) -> str:
     return h.hexdigest()[:32]
 
 
-def split_empty_clusters(centroids: np.ndarray, counts: np.ndarray,
-                         rng: np.random.Generator) -> int:
+def split_empty_clusters(
+    centroids: np.ndarray, counts: np.ndarray, rng: np.random.Generator
+) -> int:
     """Give every empty cluster half of a large one (chosen with probability
     proportional to size - 1), the two centroids pushed apart by +-SPLIT_EPS
     relative.  Modifies ``centroids`` and ``counts``; returns the number of splits."""
@@ -92,7 +97,7 @@ def split_empty_clusters(centroids: np.ndarray, counts: np.ndarray,
             raise InputError("cannot fill empty clusters: no cluster has 2 or more points")
         take = min(nnz, len(empty))
         donors = rng.choice(k, size=take, p=weights / weights.sum())
-        for ci, cj in zip(empty[:take], donors):   # a loop over empty clusters, not vectors
+        for ci, cj in zip(empty[:take], donors):  # a loop over empty clusters, not vectors
             c = centroids[cj].copy()
             centroids[ci] = c * fac
             centroids[cj] = c / fac
@@ -103,7 +108,7 @@ def split_empty_clusters(centroids: np.ndarray, counts: np.ndarray,
     return nsplit
 
 
-def _sample(n: int, cfg: KMeansConfig, rng: np.random.Generator) -> Optional[np.ndarray]:
+def _sample(n: int, cfg: KMeansConfig, rng: np.random.Generator) -> np.ndarray | None:
     limit = cfg.k * cfg.max_points_per_centroid
     if n <= limit:
         return None
@@ -111,22 +116,33 @@ def _sample(n: int, cfg: KMeansConfig, rng: np.random.Generator) -> Optional[np.
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def train_kmeans(data: DatasetAssign, cfg: KMeansConfig, *,
-                 checkpoint: Optional[PathLike] = None, resume: bool = False,
-                 on_iteration: Optional[Callable[[int, np.ndarray], None]] = None
-                 ) -> KMeansResult:
+def train_kmeans(
+    data: DatasetAssign,
+    cfg: KMeansConfig,
+    *,
+    checkpoint: PathLike | None = None,
+    resume: bool = False,
+    on_iteration: Callable[[int, np.ndarray], None] | None = None,
+) -> KMeansResult:
     """Cluster ``data`` into ``cfg.k`` centroids; see the module docstring."""
     data.select(None)  # a server may still hold the sample of an earlier run
     n, d = int(data.count()), int(data.dim())
     cfg.validate(n)
     if resume and checkpoint is None:
-        raise InputError("--resume needs a checkpoint file (--checkpoint or --store_each_iteration)")
+        raise InputError(
+            "--resume needs a checkpoint file (--checkpoint or --store_each_iteration)"
+        )
     rng = np.random.Generator(np.random.PCG64(cfg.seed))
     sample = _sample(n, cfg, rng)
-    meta = {"d": d, "n": n, "k": cfg.k, "seed": cfg.seed,
-            "max_points_per_centroid": cfg.max_points_per_centroid,
-            "n_train": n if sample is None else len(sample),
-            "data_fingerprint": data_fingerprint(data, n, d)}
+    meta = {
+        "d": d,
+        "n": n,
+        "k": cfg.k,
+        "seed": cfg.seed,
+        "max_points_per_centroid": cfg.max_points_per_centroid,
+        "n_train": n if sample is None else len(sample),
+        "data_fingerprint": data_fingerprint(data, n, d),
+    }
     ckpt = None
     if resume and os.path.exists(checkpoint):  # type: ignore[arg-type]
         ckpt = load_checkpoint(checkpoint)  # type: ignore[arg-type]
@@ -135,13 +151,20 @@ def train_kmeans(data: DatasetAssign, cfg: KMeansConfig, *,
         log.warning("no checkpoint at %s yet: starting from the beginning", checkpoint)
     n_train = meta["n_train"]
     if sample is not None:
-        log.info("sampling %d of %d vectors (max_points_per_centroid=%d)", n_train, n,
-                 cfg.max_points_per_centroid)
+        log.info(
+            "sampling %d of %d vectors (max_points_per_centroid=%d)",
+            n_train,
+            n,
+            cfg.max_points_per_centroid,
+        )
         if data.select(sample) != n_train:
             raise RPCError(f"the shards hold {data.count()} selected rows, expected {n_train}")
     if n_train < 39 * cfg.k:
-        log.warning("only %d training points for %d centroids (faiss suggests >= 39 per "
-                    "centroid)", n_train, cfg.k)
+        log.warning(
+            "only %d training points for %d centroids (faiss suggests >= 39 per " "centroid)",
+            n_train,
+            cfg.k,
+        )
     init = rng.choice(n_train, size=cfg.k, replace=False)
     centroids = np.ascontiguousarray(data.get_subset(init), np.float32)
     stats: list = []
@@ -150,8 +173,14 @@ def train_kmeans(data: DatasetAssign, cfg: KMeansConfig, *,
         centroids, start, stats = ckpt.centroids.copy(), ckpt.iteration, list(ckpt.stats)
         rng.bit_generator.state = ckpt.rng_state
         log.info("resuming from %s after iteration %d", checkpoint, start)
-    log.info("clustering %d points in %dD to %d clusters, %d iterations, seed %d",
-             n_train, d, cfg.k, cfg.niter, cfg.seed)
+    log.info(
+        "clustering %d points in %dD to %d clusters, %d iterations, seed %d",
+        n_train,
+        d,
+        cfg.k,
+        cfg.niter,
+        cfg.seed,
+    )
     t_start = time.perf_counter()
     with Progress(max(cfg.niter - start, 0), "k-means", unit="iter") as progress:
         for it in range(start, cfg.niter):
@@ -163,22 +192,39 @@ def train_kmeans(data: DatasetAssign, cfg: KMeansConfig, *,
             t_search = time.perf_counter() - t0
             counts = np.asarray(res.counts, np.int64).copy()
             if int(counts.sum()) != n_train:
-                raise RPCError(f"iteration {it + 1}: the shards assigned {int(counts.sum())} "
-                               f"rows, expected {n_train}")
-            centroids = (np.asarray(res.sums, np.float64)
-                         / np.maximum(counts, 1)[:, None]).astype(np.float32)
+                raise RPCError(
+                    f"iteration {it + 1}: the shards assigned {int(counts.sum())} "
+                    f"rows, expected {n_train}"
+                )
+            centroids = (np.asarray(res.sums, np.float64) / np.maximum(counts, 1)[:, None]).astype(
+                np.float32
+            )
             imbalance = imbalance_factor(counts)
             nsplit = split_empty_clusters(centroids, counts, rng)
-            s = {"iteration": it, "obj": float(res.objective), "imbalance": imbalance,
-                 "nsplit": nsplit, "search_s": t_search,
-                 "time_s": time.perf_counter() - t0}
+            s = {
+                "iteration": it,
+                "obj": float(res.objective),
+                "imbalance": imbalance,
+                "nsplit": nsplit,
+                "search_s": t_search,
+                "time_s": time.perf_counter() - t0,
+            }
             stats.append(s)
-            log.info("iteration %d (%.2f s, search %.2f s, total %.1f s): objective=%.6g "
-                     "imbalance=%.3f nsplit=%d", it, s["time_s"], t_search,
-                     time.perf_counter() - t_start, s["obj"], imbalance, nsplit)
+            log.info(
+                "iteration %d (%.2f s, search %.2f s, total %.1f s): objective=%.6g "
+                "imbalance=%.3f nsplit=%d",
+                it,
+                s["time_s"],
+                t_search,
+                time.perf_counter() - t_start,
+                s["obj"],
+                imbalance,
+                nsplit,
+            )
             if checkpoint is not None:
-                save_checkpoint(checkpoint, Checkpoint(centroids, it + 1,
-                                                       rng.bit_generator.state, meta, stats))
+                save_checkpoint(
+                    checkpoint, Checkpoint(centroids, it + 1, rng.bit_generator.state, meta, stats)
+                )
             if on_iteration is not None:
                 on_iteration(it, centroids)
             progress.update(1)

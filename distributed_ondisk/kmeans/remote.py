@@ -6,11 +6,13 @@ the reduced assignment (k*d float64 sums + k int64 counts + the objective),
 so both directions stay under 8*k*(d+1) bytes + a small header whatever the
 number of vectors it holds.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,17 +37,23 @@ class RemoteAssign:
     """A ``DatasetAssign`` served at ``address``; ``bytes_sent`` / ``bytes_received``
     count the payload of every call (``last_call_bytes`` the latest one)."""
 
-    def __init__(self, address: str, *, secret: Optional[bytes],
-                 timeout: Optional[float] = DEFAULT_CALL_TIMEOUT,
-                 connect_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        secret: bytes | None,
+        timeout: float | None = DEFAULT_CALL_TIMEOUT,
+        connect_timeout: float = 30.0,
+    ) -> None:
         self.name = address
-        self.client = Client(address, secret=secret, timeout=timeout,
-                             connect_timeout=connect_timeout)
+        self.client = Client(
+            address, secret=secret, timeout=timeout, connect_timeout=connect_timeout
+        )
         self.bytes_sent = 0
         self.bytes_received = 0
         self.last_call_bytes = (0, 0)
-        self._dim: Optional[int] = None
-        self._count: Optional[int] = None
+        self._dim: int | None = None
+        self._count: int | None = None
 
     def _call(self, method: str, *args: Any) -> Any:
         sent = message_bytes((method, args, {}))
@@ -72,7 +80,7 @@ class RemoteAssign:
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         return self._call("get_subset", np.ascontiguousarray(indices, np.int64))
 
-    def select(self, indices: Optional[np.ndarray]) -> int:
+    def select(self, indices: np.ndarray | None) -> int:
         arg = None if indices is None else np.ascontiguousarray(indices, np.int64)
         self._count = int(self._call("select", arg))
         return self._count
@@ -80,15 +88,15 @@ class RemoteAssign:
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self._call("perform_search", check_centroids(centroids, self.dim()))
 
-    def assign_to(self, centroids: np.ndarray,
-                  weights: Optional[np.ndarray] = None) -> AssignResult:
+    def assign_to(self, centroids: np.ndarray, weights: np.ndarray | None = None) -> AssignResult:
         res = self._call("assign_to", check_centroids(centroids, self.dim()), weights)
         if not isinstance(res, AssignResult):
             raise RPCError(f"{self.name} answered assign_to with a {type(res).__name__}")
         return res
 
-    def assign_full(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign_full(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self._call("assign_full", check_centroids(centroids, self.dim()), weights)
 
     def close(self) -> None:
@@ -98,9 +106,13 @@ class RemoteAssign:
         return f"RemoteAssign({self.name!r})"
 
 
-def connect_servers(addresses: Sequence[str], *, secret: Optional[bytes],
-                    wait_s: float = 300.0, timeout: Optional[float] = DEFAULT_CALL_TIMEOUT
-                    ) -> ShardedAssign:
+def connect_servers(
+    addresses: Sequence[str],
+    *,
+    secret: bytes | None,
+    wait_s: float = 300.0,
+    timeout: float | None = DEFAULT_CALL_TIMEOUT,
+) -> ShardedAssign:
     """Wait (at most ``wait_s`` in all) until every server answers, then stack them in order.
 
     An unreachable server is named in the RPCTimeout; servers whose dimensions
@@ -121,16 +133,25 @@ def connect_servers(addresses: Sequence[str], *, secret: Optional[bytes],
         raise
 
 
-def serve_dataset(ds: Any, *, host: str, port: int, secret: Optional[bytes],
-                  insecure: bool = False, when_ready: Optional[str] = None,
-                  name: str = "kmeans") -> None:
+def serve_dataset(
+    ds: Any,
+    *,
+    host: str,
+    port: int,
+    secret: bytes | None,
+    insecure: bool = False,
+    when_ready: str | None = None,
+    name: str = "kmeans",
+) -> None:
     """Serve ``ds`` until SIGTERM/SIGINT; once listening, write "host:port" to
     ``when_ready`` (atomically: a launcher that sees the file can use it)."""
-    server = Server(ds, host=host, port=port, secret=secret, allow_insecure_loopback=insecure,
-                    name=name).start()
+    server = Server(
+        ds, host=host, port=port, secret=secret, allow_insecure_loopback=insecure, name=name
+    ).start()
     address = server.address
     if host in ("", "0.0.0.0", "::"):
         import socket
+
         address = f"{socket.getfqdn()}:{server.port}"
     if when_ready:
         atomic_write_text(when_ready, address + "\n")

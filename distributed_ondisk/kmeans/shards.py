@@ -5,11 +5,13 @@ Row numbers of the stack are global: a sorted global selection maps to each
 shard's local selection, so the same seed picks the same vectors whatever the
 number of shards.  Reduced results are added in shard order (reproducible).
 """
+
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -35,8 +37,16 @@ class ShardedAssign:
     """Stack of datasets; calls them in parallel threads when ``parallel`` (remote
     shards), one after the other otherwise (in-process shards already use all cores)."""
 
-    RPC_METHODS = ("count", "dim", "get_subset", "perform_search", "assign_to", "assign_full",
-                   "select", "describe")
+    RPC_METHODS = (
+        "count",
+        "dim",
+        "get_subset",
+        "perform_search",
+        "assign_to",
+        "assign_full",
+        "select",
+        "describe",
+    )
 
     def __init__(self, shards: Sequence[DatasetAssign], parallel: bool = True) -> None:
         if not shards:
@@ -47,8 +57,10 @@ class ShardedAssign:
         dims = self._map(lambda s: int(s.dim()))
         if len(set(dims)) != 1:
             detail = ", ".join(f"{shard_name(s)}: d={d}" for s, d in zip(self.shards, dims))
-            raise InputError(f"the shards' vectors differ in dimension ({detail}); every "
-                             "server must serve the same dimension")
+            raise InputError(
+                f"the shards' vectors differ in dimension ({detail}); every "
+                "server must serve the same dimension"
+            )
         self.d = dims[0]
         self._refresh_counts()
 
@@ -65,8 +77,12 @@ class ShardedAssign:
         return int(self.offsets[-1])
 
     def describe(self) -> dict:
-        return {"backend": "sharded", "shards": [shard_name(s) for s in self.shards],
-                "d": self.d, "count": self.count()}
+        return {
+            "backend": "sharded",
+            "shards": [shard_name(s) for s in self.shards],
+            "d": self.d,
+            "count": self.count(),
+        }
 
     def dim(self) -> int:
         return self.d
@@ -81,31 +97,36 @@ class ShardedAssign:
                 out[mine] = s.get_subset(idx[mine] - self.offsets[j])
         return out
 
-    def select(self, indices: Optional[np.ndarray]) -> int:
+    def select(self, indices: np.ndarray | None) -> int:
         if indices is None:
             self._map(lambda s: s.select(None))
         else:
             idx = check_selection(indices, self.count())
             cuts = np.searchsorted(idx, self.offsets)
-            parts = {id(s): idx[cuts[j]:cuts[j + 1]] - self.offsets[j]
-                     for j, s in enumerate(self.shards)}
+            parts = {
+                id(s): idx[cuts[j] : cuts[j + 1]] - self.offsets[j]
+                for j, s in enumerate(self.shards)
+            }
             self._map(lambda s: s.select(parts[id(s)]))
         self._refresh_counts()
         return self.count()
 
-    def _split(self, weights: Optional[np.ndarray]) -> dict[int, Optional[np.ndarray]]:
+    def _split(self, weights: np.ndarray | None) -> dict[int, np.ndarray | None]:
         w = check_weights(weights, self.count())
-        return {id(s): None if w is None else w[self.offsets[j]:self.offsets[j + 1]]
-                for j, s in enumerate(self.shards)}
+        return {
+            id(s): None if w is None else w[self.offsets[j] : self.offsets[j + 1]]
+            for j, s in enumerate(self.shards)
+        }
 
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c = check_centroids(centroids, self.d)
         parts = self._map(lambda s: s.perform_search(c))
-        return (np.concatenate([np.asarray(D).reshape(-1, 1) for D, _ in parts]),
-                np.concatenate([np.asarray(I).reshape(-1, 1) for _, I in parts]))
+        return (
+            np.concatenate([np.asarray(D).reshape(-1, 1) for D, _ in parts]),
+            np.concatenate([np.asarray(I).reshape(-1, 1) for _, I in parts]),
+        )
 
-    def assign_to(self, centroids: np.ndarray,
-                  weights: Optional[np.ndarray] = None) -> AssignResult:
+    def assign_to(self, centroids: np.ndarray, weights: np.ndarray | None = None) -> AssignResult:
         c = check_centroids(centroids, self.d)
         w = self._split(weights)
         parts = self._map(lambda s: s.assign_to(c, w[id(s)]))
@@ -114,16 +135,20 @@ class ShardedAssign:
             total.add(p)
         return total
 
-    def assign_full(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign_full(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         c = check_centroids(centroids, self.d)
         w = self._split(weights)
         parts = self._map(lambda s: s.assign_full(c, w[id(s)]))
         sums = np.zeros((len(c), self.d), np.float64)
         for _, _, s in parts:
             sums += s
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                sums.astype(np.float32))
+        return (
+            np.concatenate([p[0] for p in parts]),
+            np.concatenate([p[1] for p in parts]),
+            sums.astype(np.float32),
+        )
 
     def close(self) -> None:
         if self._pool is not None:
@@ -156,6 +181,7 @@ class FaissCompatAssign:
     def perform_search(self, centroids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return self.ds.perform_search(centroids)
 
-    def assign_to(self, centroids: np.ndarray, weights: Optional[np.ndarray] = None
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def assign_to(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.ds.assign_full(centroids, weights)

@@ -5,10 +5,12 @@ Backends (CPU, torch, faiss GPU) read through this so that they never hold
 more than one block of a file in RAM unless they choose to (a GPU keeps its
 slice resident).  numpy only.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterator, Optional, Union
+from collections.abc import Iterator
+from typing import Union
 
 import numpy as np
 
@@ -20,10 +22,16 @@ PathLike = Union[str, "os.PathLike[str]"]
 class RowSource:
     """A read-only row range of vectors; ``name`` says where they come from."""
 
-    def __init__(self, data: Union[np.ndarray, PathLike, object], i0: int = 0,
-                 i1: Optional[int] = None, name: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        data: np.ndarray | PathLike | object,
+        i0: int = 0,
+        i1: int | None = None,
+        name: str | None = None,
+    ) -> None:
         if isinstance(data, (str, os.PathLike)):
             from distributed_ondisk.vectors import open_vectors
+
             data = open_vectors(data)
         self._file = None if isinstance(data, np.ndarray) else data
         if self._file is None:
@@ -38,13 +46,15 @@ class RowSource:
             self.name = name or str(self._file.path)
         i1 = total if i1 is None else int(i1)
         if not 0 <= i0 <= i1 <= total:
-            raise InputError(f"{self.name}: row range [{i0}, {i1}) is invalid: it has "
-                             f"{total} rows (need 0 <= i0 <= i1 <= {total})")
+            raise InputError(
+                f"{self.name}: row range [{i0}, {i1}) is invalid: it has "
+                f"{total} rows (need 0 <= i0 <= i1 <= {total})"
+            )
         self.i0, self.i1 = int(i0), i1
         self.n = i1 - i0
-        self._resident: Optional[np.ndarray] = None   # float32 rows kept by check_finite
+        self._resident: np.ndarray | None = None  # float32 rows kept by check_finite
 
-    def subrange(self, a: int, b: int) -> "RowSource":
+    def subrange(self, a: int, b: int) -> RowSource:
         """Local rows ``[a, b)`` of this range, same data."""
         data = self._array if self._file is None else self._file
         return RowSource(data, self.i0 + a, self.i0 + b, name=self.name)
@@ -62,16 +72,15 @@ class RowSource:
         """``(local start row, float32 C-contiguous block)`` covering the range once."""
         if self._resident is not None:
             for a in range(0, self.n, block_rows):
-                yield a, self._resident[a:a + block_rows]
+                yield a, self._resident[a : a + block_rows]
             return
         if self._file is not None:
-            for start, block in self._file.iter_blocks(self.i0, self.i1,
-                                                       block_rows=block_rows):
+            for start, block in self._file.iter_blocks(self.i0, self.i1, block_rows=block_rows):
                 yield start - self.i0, block
             return
         for a in range(0, self.n, block_rows):
             b = min(self.n, a + block_rows)
-            raw = self._array[self.i0 + a:self.i0 + b]
+            raw = self._array[self.i0 + a : self.i0 + b]
             block = np.ascontiguousarray(raw, dtype=np.float32)
             yield a, self._checked(block, self.i0 + a)
 
@@ -102,7 +111,7 @@ class RowSource:
         rows = np.empty((self.n, self.d), np.float32) if keep else None
         for a, block in self.blocks(block_rows):
             if rows is not None:
-                rows[a:a + len(block)] = block
+                rows[a : a + len(block)] = block
         if rows is not None:
             self._resident = rows
 

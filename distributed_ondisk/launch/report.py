@@ -15,14 +15,16 @@ task's start to the last task's end (what a person waiting for it sees).
 ``queries`` says where the recall's queries came from ("file PATH", "sample of N
 indexed rows, seed S" or "N held-out rows", see :mod:`distributed_ondisk.launch.prepare`).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.cli import add_logging_args, run_main
@@ -34,15 +36,17 @@ def timings_dir(wd: Workdir) -> Path:
     return wd.root / "timings"
 
 
-def record_timing(wd: Workdir, stage: str, start: float, end: float,
-                  task: Optional[str] = None) -> Path:
+def record_timing(
+    wd: Workdir, stage: str, start: float, end: float, task: str | None = None
+) -> Path:
     if not stage.replace("_", "").isalnum():
         raise InputError(f"stage name {stage!r}: letters, digits and _ only")
     name = f"{stage}.{task}.json" if task not in (None, "") else f"{stage}.json"
     path = timings_dir(wd) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({"stage": stage, "task": task, "start": start,
-                                        "end": end}) + "\n")
+    atomic_write_text(
+        path, json.dumps({"stage": stage, "task": task, "start": start, "end": end}) + "\n"
+    )
     return path
 
 
@@ -55,7 +59,7 @@ def collect_timings(wd: Workdir) -> dict[str, float]:
     return {stage: round(hi - lo, 3) for stage, (lo, hi) in spans.items()}
 
 
-def kmeans_objective(wd: Workdir) -> Optional[float]:
+def kmeans_objective(wd: Workdir) -> float | None:
     """The final objective, from the manifest distributed_kmeans.py writes next to the centroids."""
     side = Workdir.manifest(wd.centroids)
     if not side.is_file():
@@ -69,12 +73,17 @@ def search_points(path: Path) -> list[dict[str, Any]]:
     out = []
     for p in json.loads(path.read_text("utf-8")):
         rec = p.get("recall") or {}
-        out.append({"variant": p["variant"], "nprobe": int(p["nprobe"]),
-                    "recall_at_1": rec.get("1", rec.get(1)),
-                    "recall_at_10": rec.get("10", rec.get(10)),
-                    "recall_at_100": rec.get("100", rec.get(100)),
-                    "10_recall_at_10": p.get("recall_10_at_10"),
-                    "qps": float(p["qps"])})
+        out.append(
+            {
+                "variant": p["variant"],
+                "nprobe": int(p["nprobe"]),
+                "recall_at_1": rec.get("1", rec.get(1)),
+                "recall_at_10": rec.get("10", rec.get(10)),
+                "recall_at_100": rec.get("100", rec.get(100)),
+                "10_recall_at_10": p.get("recall_10_at_10"),
+                "qps": float(p["qps"]),
+            }
+        )
     return out
 
 
@@ -82,10 +91,16 @@ def write_report(wd: Workdir, nlist: int) -> dict[str, Any]:
     dataset = json.loads((wd.root / "dataset.json").read_text("utf-8"))
     from distributed_ondisk.launch.prepare import query_source
 
-    report = {"n": int(dataset["n_db"]), "d": int(dataset["d"]), "nlist": int(nlist),
-              "nq": int(dataset["nq"]), "queries": query_source(dataset),
-              "kmeans_objective": kmeans_objective(wd),
-              "timings_s": collect_timings(wd), "search": search_points(wd.search_report)}
+    report = {
+        "n": int(dataset["n_db"]),
+        "d": int(dataset["d"]),
+        "nlist": int(nlist),
+        "nq": int(dataset["nq"]),
+        "queries": query_source(dataset),
+        "kmeans_objective": kmeans_objective(wd),
+        "timings_s": collect_timings(wd),
+        "search": search_points(wd.search_report),
+    }
     atomic_write_text(wd.report, json.dumps(report, indent=1) + "\n")
     return report
 
@@ -115,7 +130,7 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run_main(build_parser(), _main, argv)
 
 

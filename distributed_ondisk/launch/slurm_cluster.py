@@ -13,6 +13,7 @@ Concurrent users (two pytest processes) each hold a lease file; ``stop`` stops
 the daemons only when no live lease remains and the cluster was started by
 this module, so a cluster someone started by hand is left running.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -37,8 +38,19 @@ INSTALLER = REPO_ROOT / "scripts" / "install_system_deps.bash"
 DEFAULT_DIR = Path("/var/tmp/distributed_ondisk_slurm")
 CLIENT_COMMANDS = ("sinfo", "srun", "sbatch", "squeue", "scontrol", "scancel")
 DAEMONS = ("slurmctld", "slurmd", "munged")
-FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL",
-                          "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL", "DEADLINE"})
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+    }
+)
 # The script waits at most 60 s for the node to become idle; leave it room.
 START_TIMEOUT_S = 150.0
 STOP_TIMEOUT_S = 90.0
@@ -61,12 +73,17 @@ def slurm_unavailable_reason() -> str | None:
     if not hasattr(os, "geteuid") or os.uname().sysname != "Linux":
         return "the single-node Slurm cluster needs Linux"
     if os.geteuid() != 0:
-        return (f"not root (uid {os.geteuid()}): slurmd and munged must run as root "
-                f"to start the single-node Slurm cluster")
+        return (
+            f"not root (uid {os.geteuid()}): slurmd and munged must run as root "
+            f"to start the single-node Slurm cluster"
+        )
     missing = [c for c in CLIENT_COMMANDS + DAEMONS + ("flock", "runuser") if _which(c) is None]
     if missing:
-        how = (f"run `bash {INSTALLER.relative_to(REPO_ROOT)}` (installs slurm-wlm and munge)"
-               if shutil.which("apt-get") else "and there is no apt-get to install slurm-wlm/munge")
+        how = (
+            f"run `bash {INSTALLER.relative_to(REPO_ROOT)}` (installs slurm-wlm and munge)"
+            if shutil.which("apt-get")
+            else "and there is no apt-get to install slurm-wlm/munge"
+        )
         return f"Slurm/munge commands not installed: {', '.join(missing)}; {how}"
     return None
 
@@ -97,32 +114,50 @@ class SlurmCluster:
     def env(self) -> dict[str, str]:
         return _clean_env(self.conf)
 
-    def run(self, args: Sequence[str], timeout_s: float = 120.0,
-            cwd: str | os.PathLike[str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self,
+        args: Sequence[str],
+        timeout_s: float = 120.0,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> subprocess.CompletedProcess[str]:
         """Run a Slurm command (or anything) against this cluster; a non-zero
         exit or a timeout raises ClusterError with the command and its output."""
         try:
-            proc = subprocess.run(list(args), env=self.env, cwd=cwd, capture_output=True,
-                                  text=True, timeout=timeout_s, check=False)
+            proc = subprocess.run(
+                list(args),
+                env=self.env,
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
         except subprocess.TimeoutExpired as exc:
-            raise ClusterError(f"{' '.join(args)!r} did not finish within {timeout_s:g} s "
-                               f"(output so far: {exc.stdout!r} {exc.stderr!r})") from exc
+            raise ClusterError(
+                f"{' '.join(args)!r} did not finish within {timeout_s:g} s "
+                f"(output so far: {exc.stdout!r} {exc.stderr!r})"
+            ) from exc
         if proc.returncode != 0:
-            raise ClusterError(f"{' '.join(args)!r} exited {proc.returncode}: "
-                               f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+            raise ClusterError(
+                f"{' '.join(args)!r} exited {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-2000:]}"
+            )
         return proc
 
     def job_states(self, job_id: str) -> list[str]:
         """JobState of the job, one entry per task of an array job."""
         out = self.run(["scontrol", "show", "job", "-o", job_id]).stdout
-        states = [f.split("=", 1)[1] for line in out.splitlines()
-                  for f in line.split() if f.startswith("JobState=")]
+        states = [
+            f.split("=", 1)[1]
+            for line in out.splitlines()
+            for f in line.split()
+            if f.startswith("JobState=")
+        ]
         if not states:
             raise ClusterError(f"scontrol shows no state for job {job_id}: {out!r}")
         return states
 
-    def wait_for_job(self, job_id: str, timeout_s: float = 300.0,
-                     poll_s: float = 0.2) -> list[str]:
+    def wait_for_job(self, job_id: str, timeout_s: float = 300.0, poll_s: float = 0.2) -> list[str]:
         """Poll until every task of the job has ended; return their states.
         Faster than ``sbatch --wait``, whose polling interval grows to 10 s."""
         deadline = time.monotonic() + timeout_s
@@ -131,8 +166,9 @@ class SlurmCluster:
             if all(state in FINAL_STATES for state in states):
                 return states
             if time.monotonic() > deadline:
-                raise ClusterError(f"job {job_id} not finished after {timeout_s:g} s "
-                                   f"(states {states})")
+                raise ClusterError(
+                    f"job {job_id} not finished after {timeout_s:g} s " f"(states {states})"
+                )
             time.sleep(poll_s)
 
     def stop(self) -> None:
@@ -186,20 +222,31 @@ def _live_leases(directory: Path) -> list[Path]:
     return live
 
 
-def _script(action: str, directory: Path, timeout_s: float,
-            check: bool = True) -> subprocess.CompletedProcess[str]:
+def _script(
+    action: str, directory: Path, timeout_s: float, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, SLURM_TEST_DIR=str(directory))
     env["PATH"] = env.get("PATH", "/usr/bin:/bin") + ":/usr/sbin:/sbin"
     cmd = ["bash", str(SCRIPT), action]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                              timeout=timeout_s, check=False, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            cmd,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"`{' '.join(cmd)}` did not finish within {timeout_s:g} s; "
-                           f"stderr so far: {exc.stderr!r}") from exc
+        raise ClusterError(
+            f"`{' '.join(cmd)}` did not finish within {timeout_s:g} s; "
+            f"stderr so far: {exc.stderr!r}"
+        ) from exc
     if check and proc.returncode != 0:
-        raise ClusterError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n"
-                           f"{proc.stderr.strip()[-4000:]}")
+        raise ClusterError(
+            f"`{' '.join(cmd)}` failed (exit {proc.returncode}):\n" f"{proc.stderr.strip()[-4000:]}"
+        )
     return proc
 
 
@@ -229,16 +276,22 @@ def ensure_slurm_cluster(directory: Path | None = None) -> SlurmCluster:
                 _script("stop", directory, STOP_TIMEOUT_S, check=False)
                 raise
             (directory / "managed").touch()
-            log.info("Slurm test cluster idle after %.1f s (%s)", time.monotonic() - t0,
-                     directory)
+            log.info("Slurm test cluster idle after %.1f s (%s)", time.monotonic() - t0, directory)
         info = _parse_env_lines(status.stdout)
         try:
-            cluster = SlurmCluster(conf=Path(info["SLURM_CONF"]), directory=directory,
-                                   node=info["SLURM_NODE"], cpus=int(info["SLURM_CPUS"]),
-                                   partition=info["SLURM_PARTITION"], started_here=started_here)
+            cluster = SlurmCluster(
+                conf=Path(info["SLURM_CONF"]),
+                directory=directory,
+                node=info["SLURM_NODE"],
+                cpus=int(info["SLURM_CPUS"]),
+                partition=info["SLURM_PARTITION"],
+                started_here=started_here,
+            )
         except (KeyError, ValueError) as exc:
-            raise ClusterError(f"{SCRIPT} printed no usable SLURM_CONF/SLURM_NODE/SLURM_CPUS/"
-                               f"SLURM_PARTITION lines: {status.stdout!r}") from exc
+            raise ClusterError(
+                f"{SCRIPT} printed no usable SLURM_CONF/SLURM_NODE/SLURM_CPUS/"
+                f"SLURM_PARTITION lines: {status.stdout!r}"
+            ) from exc
         leases = directory / "leases"
         leases.mkdir(exist_ok=True)
         cluster._lease = leases / f"{os.getpid()}.{uuid.uuid4().hex}.lease"

@@ -9,12 +9,14 @@ instead of failing), and only then mapped read-only.  Shards are opened with
 ``IO_FLAG_READ_ONLY`` only: adding ``IO_FLAG_MMAP`` makes faiss 1.15 crash on
 ``get_ids`` of on-disk lists.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import faiss
 import numpy as np
@@ -34,14 +36,15 @@ class Hslice:
     index: faiss.Index
     invlists: faiss.OnDiskInvertedLists
     list_range: tuple[int, int]
-    manifest: Optional[dict[str, Any]]
+    manifest: dict[str, Any] | None
 
 
 def open_hslice(path: PathLike, *, require_manifest: bool = True) -> Hslice:
     """Read one shard read-only with its lists file memory-mapped."""
     p = Path(path)
-    doc = mf.load_manifest(p, "hslice") if require_manifest or mf.manifest_path(p).exists() \
-        else None
+    doc = (
+        mf.load_manifest(p, "hslice") if require_manifest or mf.manifest_path(p).exists() else None
+    )
     index = read_index(p, faiss.IO_FLAG_READ_ONLY | faiss.IO_FLAG_SKIP_IVF_DATA)
     ivf = faiss.extract_index_ivf(index)
     od = faiss.downcast_InvertedLists(ivf.invlists)
@@ -79,15 +82,16 @@ def open_hslices(trained: PathLike, hslices: Sequence[PathLike]) -> faiss.Index:
     if not shards:
         raise IndexFileError("no shards given")
     parts: list[faiss.InvertedLists] = []
-    matched: dict[str, bool] = {}    # once per fingerprint (a content check is not free)
+    matched: dict[str, bool] = {}  # once per fingerprint (a content check is not free)
     pos, ntotal = 0, 0
     for s in shards:
         want = s.manifest["trained_fingerprint"]
         if want not in matched:
             matched[want] = fingerprint_matches(index, fingerprint, want)
         if not matched[want]:
-            raise IndexFileError(f"{s.path} was built from a different trained index than "
-                                 f"{trained}")
+            raise IndexFileError(
+                f"{s.path} was built from a different trained index than " f"{trained}"
+            )
         a, b = s.list_range
         if a < pos:
             raise IndexFileError(f"{s.path}: lists [{a}, {b}) overlap another shard")
@@ -112,14 +116,15 @@ def open_hslices(trained: PathLike, hslices: Sequence[PathLike]) -> faiss.Index:
 KIND = "hslice"
 
 
-
 def _relative_invlists_name(index_path: Path, invlists_path: Path) -> str:
-    return os.path.relpath(os.path.abspath(invlists_path), os.path.dirname(os.path.abspath(index_path)))
+    return os.path.relpath(
+        os.path.abspath(invlists_path), os.path.dirname(os.path.abspath(index_path))
+    )
 
 
-
-def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
-                       sizes: np.ndarray) -> None:
+def write_hslice_index(
+    template: Path, out: Path, invlists_path: Path, l0: int, sizes: np.ndarray
+) -> None:
     """Write the shard's index file: the slice structure with on-disk lists pointing
     (relatively) at ``invlists_path``, lists outside [l0, l1) empty."""
     from distributed_ondisk.ondisk.indexfile import placeholder_quantizer
@@ -127,12 +132,13 @@ def write_hslice_index(template: Path, out: Path, invlists_path: Path, l0: int,
     index = read_index(template, faiss.IO_FLAG_MMAP)
     ivf = faiss.extract_index_ivf(index)
     full = np.zeros(ivf.nlist, dtype=np.uint64)
-    full[l0:l0 + len(sizes)] = sizes
-    od = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size,
-                                   _relative_invlists_name(out, invlists_path))
+    full[l0 : l0 + len(sizes)] = sizes
+    od = faiss.OnDiskInvertedLists(
+        ivf.nlist, ivf.code_size, _relative_invlists_name(out, invlists_path)
+    )
     od.set_all_lists_sizes(faiss.swig_ptr(full))
     od.totsize = int(full.sum()) * (ivf.code_size + IDX_BYTES)
-    ivf.replace_invlists(od, True)   # frees the slice's mapping
+    ivf.replace_invlists(od, True)  # frees the slice's mapping
     od.this.disown()
     index.ntotal = ivf.ntotal = int(full.sum())
     # lists only: the trained index holds the coarse quantizer once for all shards

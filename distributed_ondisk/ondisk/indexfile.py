@@ -11,12 +11,14 @@
 * the per-list (size, offset) table of a memory-mapped slice, read without a
   Python call per list.
 """
+
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import os
-from typing import Iterator, Union
+from collections.abc import Iterator
+from typing import Union
 
 import faiss
 import numpy as np

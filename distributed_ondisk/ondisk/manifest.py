@@ -13,6 +13,7 @@ sha256 (1.8 GB/s): a shard's digest is computed while it is written and the
 merge verifies slices as it streams them, and neither may cost more than the
 write itself.
 """
+
 from __future__ import annotations
 
 import base64
@@ -21,9 +22,10 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import xxhash
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 MANIFEST_SUFFIX = ".manifest.json"
-FORMAT_VERSION = 2      # 2: XXH3-128 digests (1 had sha256)
+FORMAT_VERSION = 2  # 2: XXH3-128 digests (1 had sha256)
 DIGEST = "xxh3_128"
 _HASH_BUF = 8 << 20
 
@@ -78,8 +80,11 @@ def file_digest(path: PathLike) -> str:
 def encode_counts(counts: np.ndarray) -> dict[str, Any]:
     """Per-list counts, compact enough for millions of lists (zlib + base64 of uint64)."""
     arr = np.ascontiguousarray(counts, dtype="<u8")
-    return {"n": int(arr.size), "total": int(arr.sum()),
-            "zlib_b64_u64": base64.b64encode(zlib.compress(arr.tobytes(), 6)).decode("ascii")}
+    return {
+        "n": int(arr.size),
+        "total": int(arr.sum()),
+        "zlib_b64_u64": base64.b64encode(zlib.compress(arr.tobytes(), 6)).decode("ascii"),
+    }
 
 
 def decode_counts(enc: Mapping[str, Any]) -> np.ndarray:
@@ -92,16 +97,22 @@ def decode_counts(enc: Mapping[str, Any]) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-def describe_file(path: PathLike, relative_to: Path,
-                  digest: Optional[str] = None) -> dict[str, Any]:
+def describe_file(path: PathLike, relative_to: Path, digest: str | None = None) -> dict[str, Any]:
     p = Path(path)
-    return {"name": os.path.relpath(os.path.abspath(p), os.path.abspath(relative_to)),
-            "size": p.stat().st_size, DIGEST: digest or file_digest(p)}
+    return {
+        "name": os.path.relpath(os.path.abspath(p), os.path.abspath(relative_to)),
+        "size": p.stat().st_size,
+        DIGEST: digest or file_digest(p),
+    }
 
 
-def write_manifest(output: PathLike, kind: str, files: Mapping[str, PathLike],
-                   known_digests: Optional[Mapping[str, str]] = None,
-                   **fields: Any) -> dict[str, Any]:
+def write_manifest(
+    output: PathLike,
+    kind: str,
+    files: Mapping[str, PathLike],
+    known_digests: Mapping[str, str] | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
     """Write the manifest of ``output``; ``files`` maps a role ("index", "invlists") to a path.
 
     ``known_digests`` gives digests computed while writing, to skip re-reading big files.
@@ -109,33 +120,43 @@ def write_manifest(output: PathLike, kind: str, files: Mapping[str, PathLike],
     """
     out = Path(output)
     base = out.parent
-    doc: dict[str, Any] = {"format": FORMAT_VERSION, "kind": kind, "tool": tool_version(),
-                           "files": {role: describe_file(p, base, (known_digests or {}).get(role))
-                                     for role, p in files.items()}}
+    doc: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "kind": kind,
+        "tool": tool_version(),
+        "files": {
+            role: describe_file(p, base, (known_digests or {}).get(role))
+            for role, p in files.items()
+        },
+    }
     doc.update(fields)
     atomic_write_text(manifest_path(out), json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return doc
 
 
-def load_manifest(output: PathLike, kind: Optional[str] = None) -> dict[str, Any]:
+def load_manifest(output: PathLike, kind: str | None = None) -> dict[str, Any]:
     mp = manifest_path(output)
     try:
         doc = json.loads(mp.read_text("utf-8"))
     except FileNotFoundError as e:
-        raise IndexFileError(f"{output}: no manifest {mp.name} (not written by this tool, "
-                             "or its writer did not finish)") from e
+        raise IndexFileError(
+            f"{output}: no manifest {mp.name} (not written by this tool, "
+            "or its writer did not finish)"
+        ) from e
     except (OSError, ValueError) as e:
         raise IndexFileError(f"{mp}: unreadable manifest: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
         raise IndexFileError(f"{mp}: not a manifest of format {FORMAT_VERSION}")
     if kind is not None and doc.get("kind") != kind:
-        raise IndexFileError(f"{output}: manifest says it is a {doc.get('kind')!r}, "
-                             f"expected a {kind!r}")
+        raise IndexFileError(
+            f"{output}: manifest says it is a {doc.get('kind')!r}, " f"expected a {kind!r}"
+        )
     return doc
 
 
-def verify_manifest(output: PathLike, kind: Optional[str] = None, *, checksums: bool = True,
-                    threads: int = 1) -> dict[str, Any]:
+def verify_manifest(
+    output: PathLike, kind: str | None = None, *, checksums: bool = True, threads: int = 1
+) -> dict[str, Any]:
     """Load the manifest of ``output`` and check that its files exist with the recorded
     sizes (and digests unless ``checksums=False``); IndexFileError naming the file otherwise."""
     doc = load_manifest(output, kind)
@@ -148,16 +169,20 @@ def verify_manifest(output: PathLike, kind: Optional[str] = None, *, checksums: 
         except OSError as e:
             raise IndexFileError(f"{output}: its {role} file {p} is missing or unreadable") from e
         if size != ent["size"]:
-            raise IndexFileError(f"{output}: {role} file {p} has {size} bytes, "
-                                 f"manifest says {ent['size']} (truncated or rewritten?)")
+            raise IndexFileError(
+                f"{output}: {role} file {p} has {size} bytes, "
+                f"manifest says {ent['size']} (truncated or rewritten?)"
+            )
     if checksums:
         paths = [base / ent["name"] for _, ent in entries]
         with ThreadPoolExecutor(max(1, threads)) as ex:
             sums = list(ex.map(file_digest, paths))
         for (role, ent), p, s in zip(entries, paths, sums):
             if s != ent.get(DIGEST):
-                raise IndexFileError(f"{output}: {role} file {p} checksum differs from its "
-                                     "manifest (corrupted or rewritten)")
+                raise IndexFileError(
+                    f"{output}: {role} file {p} checksum differs from its "
+                    "manifest (corrupted or rewritten)"
+                )
     return doc
 
 
@@ -168,7 +193,7 @@ def verify_many(outputs: Iterable[PathLike], kind: str, threads: int = 1) -> lis
         return list(ex.map(lambda o: verify_manifest(o, kind), outs))
 
 
-def is_complete(output: PathLike, kind: str, params: Optional[Mapping[str, Any]] = None) -> bool:
+def is_complete(output: PathLike, kind: str, params: Mapping[str, Any] | None = None) -> bool:
     """True when ``output`` and its manifest verify, and (if given) were made with ``params``.
 
     Raises IndexFileError when the piece is complete but was made with other
@@ -182,8 +207,10 @@ def is_complete(output: PathLike, kind: str, params: Optional[Mapping[str, Any]]
         log.info("rebuilding %s: %s", output, e)
         return False
     if params is not None and doc.get("params") != json.loads(json.dumps(dict(params))):
-        raise IndexFileError(f"{output} exists and is complete but was built with other "
-                             f"parameters ({doc.get('params')}); use --force to rebuild it")
+        raise IndexFileError(
+            f"{output} exists and is complete but was built with other "
+            f"parameters ({doc.get('params')}); use --force to rebuild it"
+        )
     return True
 
 
@@ -193,8 +220,11 @@ def trained_link(trained: PathLike, fingerprint: str, part: PathLike) -> dict[st
     leads to it), its absolute path when written (for parts moved alone) and its
     fingerprint (what a found file must match)."""
     t = os.path.abspath(trained)
-    return {"path": os.path.relpath(t, os.path.dirname(os.path.abspath(part))),
-            "absolute": t, "fingerprint": fingerprint}
+    return {
+        "path": os.path.relpath(t, os.path.dirname(os.path.abspath(part))),
+        "absolute": t,
+        "fingerprint": fingerprint,
+    }
 
 
 def linked_trained_paths(doc: Mapping[str, Any], part: PathLike) -> list[Path]:

@@ -9,13 +9,15 @@ The trained index is identified by its *fingerprint*, the sha256 of its file:
 every slice and shard records it, and the merge and the search refuse parts
 whose fingerprints differ.
 """
+
 from __future__ import annotations
 
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import faiss
 import numpy as np
@@ -27,10 +29,6 @@ from distributed_ondisk.ondisk.indexfile import ivf_of, structure_digest
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 KIND = "trained_index"
-
-
-
-
 
 
 def fingerprint_bytes(data: bytes | np.ndarray) -> str:
@@ -52,8 +50,10 @@ def content_fingerprint(index: faiss.Index) -> str:
     ivf = ivf_of(index, "trained index")
     q = ivf.quantizer
     if q.ntotal != ivf.nlist:
-        raise IndexFileError(f"coarse quantizer holds {q.ntotal} centroids, nlist is "
-                             f"{ivf.nlist}: no content fingerprint")
+        raise IndexFileError(
+            f"coarse quantizer holds {q.ntotal} centroids, nlist is "
+            f"{ivf.nlist}: no content fingerprint"
+        )
     try:
         centroids = q.reconstruct_n(0, q.ntotal)
     except RuntimeError as e:
@@ -107,8 +107,10 @@ def load_trained_index(path: PathLike) -> tuple[faiss.Index, str]:
     if index.ntotal != 0:
         raise IndexFileError(f"{p}: trained index must be empty, holds {index.ntotal} vectors")
     if ivf.quantizer.ntotal != ivf.nlist:
-        raise IndexFileError(f"{p}: coarse quantizer holds {ivf.quantizer.ntotal} centroids, "
-                             f"nlist is {ivf.nlist}")
+        raise IndexFileError(
+            f"{p}: coarse quantizer holds {ivf.quantizer.ntotal} centroids, "
+            f"nlist is {ivf.nlist}"
+        )
     return index, fp
 
 
@@ -124,7 +126,7 @@ def file_fingerprint(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def find_trained(candidates: Sequence[PathLike], wanted: str) -> tuple[Optional[Path], list[str]]:
+def find_trained(candidates: Sequence[PathLike], wanted: str) -> tuple[Path | None, list[str]]:
     """The first candidate file that is the trained index ``wanted`` (a fingerprint),
     and, for error messages, each candidate tried before it with why it was not."""
     tried: list[str] = []
@@ -167,12 +169,3 @@ def load_centroids(path: PathLike) -> np.ndarray:
         bad = int(np.flatnonzero(~np.isfinite(c).all(axis=1))[0])
         raise VectorFileError(f"{path}: centroid {bad} has NaN or infinite components")
     return c
-
-
-
-
-
-
-
-
-

@@ -1,10 +1,11 @@
 """Row-exact pre-transforms: a row's transformed bytes depend only on the row and on its
 global position, never on the block it was read in (so slices are byte-identical
 however a range is cut)."""
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import faiss
 import numpy as np
@@ -13,12 +14,10 @@ from threadpoolctl import ThreadpoolController
 log = logging.getLogger(__name__)
 
 
-CHUNK_ROWS = 256   # rows per fixed-shape product (a 256 x d tile stays in L2 cache)
+CHUNK_ROWS = 256  # rows per fixed-shape product (a 256 x d tile stays in L2 cache)
 
 
-
-_blas: Optional[ThreadpoolController] = None
-
+_blas: ThreadpoolController | None = None
 
 
 def _one_blas_thread() -> Any:
@@ -28,7 +27,6 @@ def _one_blas_thread() -> Any:
     if _blas is None:
         _blas = ThreadpoolController()
     return _blas.limit(limits=1, user_api="blas")
-
 
 
 class _RowExactLinear:
@@ -46,8 +44,7 @@ class _RowExactLinear:
     """
 
     def __init__(self, lt: faiss.LinearTransform) -> None:
-        self.at = np.ascontiguousarray(
-            faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T)
+        self.at = np.ascontiguousarray(faiss.vector_to_array(lt.A).reshape(lt.d_out, lt.d_in).T)
         self.bias = faiss.vector_to_array(lt.b) if lt.have_bias else None
         self.buf = np.zeros((CHUNK_ROWS, lt.d_in), dtype=np.float32)
         self.prod = np.empty((CHUNK_ROWS, lt.d_out), dtype=np.float32)
@@ -59,20 +56,20 @@ class _RowExactLinear:
             while i < len(x):
                 pos = (first_row + i) % CHUNK_ROWS
                 take = min(len(x) - i, CHUNK_ROWS - pos)
-                if take < CHUNK_ROWS:      # a full chunk overwrites every row
+                if take < CHUNK_ROWS:  # a full chunk overwrites every row
                     self.buf[:] = 0
-                self.buf[pos:pos + take] = x[i:i + take]
+                self.buf[pos : pos + take] = x[i : i + take]
                 np.matmul(self.buf, self.at, out=self.prod)
-                y[i:i + take] = self.prod[pos:pos + take]
+                y[i : i + take] = self.prod[pos : pos + take]
                 i += take
         if self.bias is not None:
-            y += self.bias           # elementwise: row-exact
+            y += self.bias  # elementwise: row-exact
         return y
 
 
-
-def transform_rows(index: faiss.Index, x: np.ndarray,
-                   first_row: int = 0) -> tuple[faiss.Index, np.ndarray]:
+def transform_rows(
+    index: faiss.Index, x: np.ndarray, first_row: int = 0
+) -> tuple[faiss.Index, np.ndarray]:
     """(index to add to, vectors to add): the pre-transforms applied row-exactly
     (see :class:`_RowExactLinear`); ``first_row`` is the global number of ``x[0]``."""
     index = faiss.downcast_index(index)
@@ -83,7 +80,9 @@ def transform_rows(index: faiss.Index, x: np.ndarray,
         if isinstance(vt, faiss.LinearTransform):
             x = _RowExactLinear(vt)(x, first_row)
         else:
-            log.warning("%s is not linear: applied by faiss, bytes may depend on block size",
-                        type(vt).__name__)
+            log.warning(
+                "%s is not linear: applied by faiss, bytes may depend on block size",
+                type(vt).__name__,
+            )
             x = vt.apply(x)
     return faiss.downcast_index(index.index), x

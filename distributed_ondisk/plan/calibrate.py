@@ -8,13 +8,14 @@ rate of :class:`~distributed_ondisk.plan.rates.Rates` at the measured shape.
 The best of ``repeat`` runs is kept: on a shared machine the best run is the
 one least disturbed by others.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -35,6 +36,7 @@ def best_time(fn: Callable[[], object], repeat: int) -> float:
 
 def threads_in_use() -> int:
     import faiss
+
     return int(faiss.omp_get_max_threads())
 
 
@@ -53,6 +55,7 @@ def measure_assign(d: int, k: int = 1024, n: int = 60000, repeat: int = 2) -> fl
 
 def _trained(x: np.ndarray, nlist: int, encoder: str = "SQ6", sample_rows: int = 20000):
     from distributed_ondisk.stages.train import TrainedIndexConfig, build_trained_index
+
     cent = x[np.random.default_rng(1).choice(len(x), nlist, replace=False)]
     return build_trained_index(cent, x[:sample_rows], TrainedIndexConfig(encoder=encoder))
 
@@ -71,11 +74,13 @@ def measure_hnsw_build(d: int, nlist: int = 4096, repeat: int = 1) -> float:
         q = faiss.IndexHNSWFlat(d, cfg.hnsw_m)
         q.hnsw.efConstruction = cfg.ef_construction
         q.add(x)
+
     return nlist / best_time(build, repeat) / threads_in_use()
 
 
-def measure_train(d: int, nlist: int = 1024, rows: tuple[int, int] = (10000, 40000),
-                  repeat: int = 2) -> float:
+def measure_train(
+    d: int, nlist: int = 1024, rows: tuple[int, int] = (10000, 40000), repeat: int = 2
+) -> float:
     """Sample rows per second per core of the trained index's encoder training
     (the slope between two sample sizes: the HNSW build cancels out)."""
     from distributed_ondisk.datasets import make_clustered
@@ -98,16 +103,18 @@ def measure_add(d: int, nlist: int = 1024, n: int = 40000, repeat: int = 2) -> f
         index = _trained(x, nlist)
         t0 = time.perf_counter()
         add_rows(index, x, ids)
-        add.t = time.perf_counter() - t0      # type: ignore[attr-defined]
+        add.t = time.perf_counter() - t0  # type: ignore[attr-defined]
+
     best = float("inf")
     for _ in range(max(1, repeat)):
         add()
-        best = min(best, add.t)               # type: ignore[attr-defined]
+        best = min(best, add.t)  # type: ignore[attr-defined]
     return n / best / threads_in_use()
 
 
-def measure_merge(d: int, nlist: int = 1024, n: int = 200000, repeat: int = 2
-                  ) -> tuple[float, float]:
+def measure_merge(
+    d: int, nlist: int = 1024, n: int = 200000, repeat: int = 2
+) -> tuple[float, float]:
     """(MB/s of lists written, fixed seconds per job) of ``merge_hslice`` from 2 vslices."""
     from distributed_ondisk.datasets import make_clustered
     from distributed_ondisk.stages.merge import MergeJob, merge_hslice
@@ -126,11 +133,16 @@ def measure_merge(d: int, nlist: int = 1024, n: int = 200000, repeat: int = 2
         del x
         out = wd.hslice(0, 1)
         # all lists, then an eighth of them: MB/s from the slope, the rest is per-job cost
-        t_all = best_time(lambda: merge_hslice(MergeJob([str(wd.vslice_dir)], out,
-                                                        force=True)), repeat)
+        t_all = best_time(
+            lambda: merge_hslice(MergeJob([str(wd.vslice_dir)], out, force=True)), repeat
+        )
         part = wd.hslice(0, 8)
-        t_part = best_time(lambda: merge_hslice(MergeJob([str(wd.vslice_dir)], part, nslice=8,
-                                                         slice_no=0, force=True)), repeat)
+        t_part = best_time(
+            lambda: merge_hslice(
+                MergeJob([str(wd.vslice_dir)], part, nslice=8, slice_no=0, force=True)
+            ),
+            repeat,
+        )
         nbytes = n * (code_size("SQ6", d) + 8)
         mbps = nbytes * 7 / 8 / max(t_all - t_part, 1e-6) / 1e6
         return mbps, max(t_part - nbytes / 8 / (mbps * 1e6), 0.0)
@@ -157,9 +169,14 @@ def measure_rpc(nbytes: int = 64 << 20, repeat: int = 3) -> float:
             return nbytes / best_time(lambda: client.call("blob"), repeat) / 1e6
 
 
-def measure_search(d: int, nlist: int = 1024, n: int = 100000, nq: int = 2000,
-                   nprobes: tuple[int, ...] = (1, 16, 64), repeat: int = 2
-                   ) -> tuple[float, float, dict[int, float]]:
+def measure_search(
+    d: int,
+    nlist: int = 1024,
+    n: int = 100000,
+    nq: int = 2000,
+    nprobes: tuple[int, ...] = (1, 16, 64),
+    repeat: int = 2,
+) -> tuple[float, float, dict[int, float]]:
     """(quantization us per query, scan ns per code, QPS per core by nprobe) on an
     in-RAM IVF<nlist>_HNSW32,SQ6 (the same scan code as the on-disk lists)."""
     import faiss
@@ -190,8 +207,9 @@ def measure_search(d: int, nlist: int = 1024, n: int = 100000, nq: int = 2000,
     return quant_us, max(slope, 1e-3) * 1e3, qps
 
 
-def calibrate(d: int = 64, quick: bool = False, base: Rates = DEFAULT_RATES,
-              out: Optional[os.PathLike] = None) -> tuple[Rates, dict]:
+def calibrate(
+    d: int = 64, quick: bool = False, base: Rates = DEFAULT_RATES, out: os.PathLike | None = None
+) -> tuple[Rates, dict]:
     """Measure every rate (about a minute; ``quick``: a few seconds less accurate)."""
     import platform
 
@@ -207,36 +225,55 @@ def calibrate(d: int = 64, quick: bool = False, base: Rates = DEFAULT_RATES,
     train = measure_train(d, nlist=nlist, repeat=rep)
     merge, merge_job = measure_merge(d, nlist=nlist, n=int(400000 * scale), repeat=rep)
     rpc = measure_rpc(repeat=rep + 1)
-    quant_us, scan_ns, qps = measure_search(d, nlist=nlist, n=int(100000 * scale),
-                                            nq=int(2000 * scale), repeat=rep)
+    quant_us, scan_ns, qps = measure_search(
+        d, nlist=nlist, n=int(100000 * scale), nq=int(2000 * scale), repeat=rep
+    )
     rates = base.replace(
-        assign_gflops_per_core=assign, add_vps_per_core=add, add_ref_nlist=nlist,
-        add_ref_d=d, hnsw_build_vps_per_core=hnsw, hnsw_ref_nlist=int(4096 * scale),
-        hnsw_ref_d=d, train_vps_per_core=train, merge_mbps=merge, merge_job_s=merge_job, rpc_mbps=rpc, quant_us_per_query=quant_us,
-        scan_ns_per_code=scan_ns, search_ref_nlist=nlist, search_ref_d=d,
+        assign_gflops_per_core=assign,
+        add_vps_per_core=add,
+        add_ref_nlist=nlist,
+        add_ref_d=d,
+        hnsw_build_vps_per_core=hnsw,
+        hnsw_ref_nlist=int(4096 * scale),
+        hnsw_ref_d=d,
+        train_vps_per_core=train,
+        merge_mbps=merge,
+        merge_job_s=merge_job,
+        rpc_mbps=rpc,
+        quant_us_per_query=quant_us,
+        scan_ns_per_code=scan_ns,
+        search_ref_nlist=nlist,
+        search_ref_d=d,
         search_ref_code_size=code_size("SQ6", d),
         source=f"calibrated on {platform.node()} ({os.cpu_count()} cores, "
-               f"faiss {faiss.__version__}, {time.strftime('%Y-%m-%d %H:%M')})")
-    info = {"seconds": time.perf_counter() - t0, "threads": threads_in_use(),
-            "search_qps_per_core": {str(k): v for k, v in qps.items()}}
+        f"faiss {faiss.__version__}, {time.strftime('%Y-%m-%d %H:%M')})",
+    )
+    info = {
+        "seconds": time.perf_counter() - t0,
+        "threads": threads_in_use(),
+        "search_qps_per_core": {str(k): v for k, v in qps.items()},
+    }
     if out is not None:
         from distributed_ondisk.plan.rates import save_rates
+
         save_rates(rates, out)
     return rates, info
 
 
 def describe(rates: Rates, info: dict) -> str:
     qps = ", ".join(f"nprobe {k}: {v:,.0f}" for k, v in info["search_qps_per_core"].items())
-    return "\n".join([
-        f"calibration ({info['seconds']:.0f} s, {info['threads']} threads): {rates.source}",
-        f"  k-means assignment + sums  {rates.assign_gflops_per_core:8.1f} GFLOP/s per core",
-        f"  HNSW32 build               {rates.hnsw_build_vps_per_core:8.0f} centroids/s per core",
-        f"  add to IVF{rates.add_ref_nlist}_HNSW32,SQ6  {rates.add_vps_per_core:8.0f} vectors/s "
-        f"per core (d={rates.add_ref_d})",
-        f"  encoder training           {rates.train_vps_per_core:8.0f} sample rows/s per core",
-        f"  merge                      {rates.merge_mbps:8.0f} MB/s per process "
-        f"+ {rates.merge_job_s:.2f} s per job",
-        f"  RPC (one connection)       {rates.rpc_mbps:8.0f} MB/s",
-        f"  search per core            {qps} QPS (quantize {rates.quant_us_per_query:.0f} us, "
-        f"scan {rates.scan_ns_per_code:.1f} ns/code)",
-    ])
+    return "\n".join(
+        [
+            f"calibration ({info['seconds']:.0f} s, {info['threads']} threads): {rates.source}",
+            f"  k-means assignment + sums  {rates.assign_gflops_per_core:8.1f} GFLOP/s per core",
+            f"  HNSW32 build               {rates.hnsw_build_vps_per_core:8.0f} centroids/s per core",
+            f"  add to IVF{rates.add_ref_nlist}_HNSW32,SQ6  {rates.add_vps_per_core:8.0f} vectors/s "
+            f"per core (d={rates.add_ref_d})",
+            f"  encoder training           {rates.train_vps_per_core:8.0f} sample rows/s per core",
+            f"  merge                      {rates.merge_mbps:8.0f} MB/s per process "
+            f"+ {rates.merge_job_s:.2f} s per job",
+            f"  RPC (one connection)       {rates.rpc_mbps:8.0f} MB/s",
+            f"  search per core            {qps} QPS (quantize {rates.quant_us_per_query:.0f} us, "
+            f"scan {rates.scan_ns_per_code:.1f} ns/code)",
+        ]
+    )

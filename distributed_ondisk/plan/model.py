@@ -21,12 +21,12 @@ What each stage costs is read off the code that runs it:
 * search (``search/client.py``, ``server.py``): the client quantizes (transform +
   HNSW) once per query and sends each server only its probed lists; servers scan.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
 import re
-from typing import Optional
 
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.plan.rates import DEFAULT_RATES, Rates
@@ -37,12 +37,20 @@ ID_BYTES = 8
 KMEANS_BLOCK_BYTES = 64 << 20
 VSLICE_BLOCK_ROWS = 65536
 MERGE_BATCH_BYTES = 2 << 20
-LIST_GROWTH = 1.5             # faiss ArrayInvertedLists capacity / size, on average
-RAM_USABLE = 0.8              # share of a node's RAM a plan may use
+LIST_GROWTH = 1.5  # faiss ArrayInvertedLists capacity / size, on average
+RAM_USABLE = 0.8  # share of a node's RAM a plan may use
 DISK_USABLE = 0.9
-HNSW_BYTES_PER_NODE = 32 * 2 * 4 * 1.1 + 16   # level-0 links (2*M ids) + upper levels, levels
-FORMAT_BYTES = {"fvecs": (4, 4), "bvecs": (1, 4), "ivecs": (4, 4), "npy": (4, 0),
-                "fbin": (4, 0), "u8bin": (1, 0), "i8bin": (1, 0), "ibin": (4, 0)}
+HNSW_BYTES_PER_NODE = 32 * 2 * 4 * 1.1 + 16  # level-0 links (2*M ids) + upper levels, levels
+FORMAT_BYTES = {
+    "fvecs": (4, 4),
+    "bvecs": (1, 4),
+    "ivecs": (4, 4),
+    "npy": (4, 0),
+    "fbin": (4, 0),
+    "u8bin": (1, 0),
+    "i8bin": (1, 0),
+    "ibin": (4, 0),
+}
 
 
 def code_size(encoder: str, d: int) -> int:
@@ -64,17 +72,26 @@ class Workload:
     nlist: int = 1 << 20
     encoder: str = "SQ6"
     niter: int = 20
-    n_train: Optional[int] = None        # rows given to k-means (default: all n)
+    n_train: int | None = None  # rows given to k-means (default: all n)
     max_points_per_centroid: int = 256
-    train_rows: int = 200_000            # sample for the trained index (encoder training)
+    train_rows: int = 200_000  # sample for the trained index (encoder training)
     nq: int = 10_000
     nprobe: int = 64
     k: int = 100
     ef_search: int = 128
 
     def validate(self) -> None:
-        for name in ("n", "d", "nlist", "nq", "nprobe", "k", "max_points_per_centroid",
-                     "train_rows", "ef_search"):
+        for name in (
+            "n",
+            "d",
+            "nlist",
+            "nq",
+            "nprobe",
+            "k",
+            "max_points_per_centroid",
+            "train_rows",
+            "ef_search",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.niter < 0:
@@ -82,8 +99,10 @@ class Workload:
         if self.fmt not in FORMAT_BYTES:
             raise InputError(f"file format {self.fmt!r}: expected one of {', '.join(FORMAT_BYTES)}")
         if self.nlist > self.kmeans_rows:
-            raise InputError(f"nlist={self.nlist} centroids need at least as many k-means "
-                             f"training rows, got {self.kmeans_rows}")
+            raise InputError(
+                f"nlist={self.nlist} centroids need at least as many k-means "
+                f"training rows, got {self.kmeans_rows}"
+            )
         code_size(self.encoder, self.d)
 
     @property
@@ -111,17 +130,19 @@ class Workload:
 @dataclasses.dataclass(frozen=True)
 class Cluster:
     nodes: int = 1
-    cores: int = 32                       # per node
-    gpus: int = 0                         # per node
-    ram_gb: float = 256.0                 # per node
-    disk_gb: float = 4000.0               # local disk per node (hslices live there)
-    net_gbps: float = 25.0                # per node NIC, gigabits/s
-    remote: bool = True                   # False: k-means in one process (no RPC)
+    cores: int = 32  # per node
+    gpus: int = 0  # per node
+    ram_gb: float = 256.0  # per node
+    disk_gb: float = 4000.0  # local disk per node (hslices live there)
+    net_gbps: float = 25.0  # per node NIC, gigabits/s
+    remote: bool = True  # False: k-means in one process (no RPC)
 
     def validate(self) -> None:
         if self.nodes < 1 or self.cores < 1 or self.gpus < 0:
-            raise InputError(f"need nodes >= 1, cores >= 1, gpus >= 0; got {self.nodes}, "
-                             f"{self.cores}, {self.gpus}")
+            raise InputError(
+                f"need nodes >= 1, cores >= 1, gpus >= 0; got {self.nodes}, "
+                f"{self.cores}, {self.gpus}"
+            )
         if self.ram_gb <= 0 or self.disk_gb <= 0 or self.net_gbps <= 0:
             raise InputError("RAM, disk and network bandwidth must be positive")
 
@@ -133,19 +154,20 @@ class Cluster:
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Parallel layout; None = let the planner choose."""
-    kmeans_servers: Optional[int] = None
-    nvslices: Optional[int] = None
-    nhslices: Optional[int] = None
-    search_servers: Optional[int] = None
+
+    kmeans_servers: int | None = None
+    nvslices: int | None = None
+    nhslices: int | None = None
+    search_servers: int | None = None
 
 
 @dataclasses.dataclass
 class StageCost:
     name: str
-    procs: int                  # processes working in parallel
+    procs: int  # processes working in parallel
     bytes_read: float
-    net_out: float              # bytes sent by the coordinating process (client)
-    net_in: float               # bytes received by it
+    net_out: float  # bytes sent by the coordinating process (client)
+    net_in: float  # bytes received by it
     ram_per_proc: float
     disk_written: float
     wall_s: float
@@ -158,7 +180,7 @@ class StageCost:
 class Plan:
     workload: Workload
     cluster: Cluster
-    settings: Settings          # resolved: no None left
+    settings: Settings  # resolved: no None left
     rates: Rates
     stages: list[StageCost]
     flags: list[str]
@@ -211,7 +233,7 @@ def kmeans_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
     out_iter = servers * k * d * 4 if c.remote else 0.0
     in_iter = servers * reply if c.remote else 0.0
     comm = 0.0
-    if c.remote:   # the client's NIC carries every server's centroids and reply
+    if c.remote:  # the client's NIC carries every server's centroids and reply
         comm = max(out_iter, in_iter) / c.net_Bps + in_iter / (r.rpc_mbps * MB)
     reduce = servers * reply / (r.reduce_mbps * MB) if servers > 1 else 0.0
     it = compute + comm + reduce
@@ -226,30 +248,46 @@ def kmeans_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
     server_ram = held + 2 * KMEANS_BLOCK_BYTES + k * d * (4 + 8 + 12) + 16 * k
     client_ram = (servers + 1) * reply + 2 * k * d * 4 if c.remote else server_ram
     first_read = n_train * w.row_bytes
-    s = StageCost("k-means", servers, first_read + w.niter * read_iter, w.niter * out_iter,
-                  w.niter * in_iter, max(server_ram, client_ram), 0.0,
-                  w.niter * it + first_read / (r.disk_read_mbps * MB * servers),
-                  detail=(f"{servers} server(s), {n_train:,} rows, per iteration {it:.2f} s "
-                          f"(assign {compute:.2f}, network {comm:.2f}, client reduce "
-                          f"{reduce:.2f}); client in {gib(in_iter)}/iter, client RAM "
-                          f"{gib(client_ram)}, server RAM {gib(server_ram)}"))
+    s = StageCost(
+        "k-means",
+        servers,
+        first_read + w.niter * read_iter,
+        w.niter * out_iter,
+        w.niter * in_iter,
+        max(server_ram, client_ram),
+        0.0,
+        w.niter * it + first_read / (r.disk_read_mbps * MB * servers),
+        detail=(
+            f"{servers} server(s), {n_train:,} rows, per iteration {it:.2f} s "
+            f"(assign {compute:.2f}, network {comm:.2f}, client reduce "
+            f"{reduce:.2f}); client in {gib(in_iter)}/iter, client RAM "
+            f"{gib(client_ram)}, server RAM {gib(server_ram)}"
+        ),
+    )
     s.extra.update(iter_s=it, compute_s=compute, comm_s=comm + reduce)
     if c.remote and comm + reduce > compute:
-        s.flags.append(f"k-means is network-bound: the client receives {servers} x "
-                       f"{gib(reply)} = {gib(in_iter)} per iteration ({comm + reduce:.1f} s vs "
-                       f"{compute:.1f} s of assignment); fewer servers per client, float32 sums "
-                       "or a reduction tree would cut it")
+        s.flags.append(
+            f"k-means is network-bound: the client receives {servers} x "
+            f"{gib(reply)} = {gib(in_iter)} per iteration ({comm + reduce:.1f} s vs "
+            f"{compute:.1f} s of assignment); fewer servers per client, float32 sums "
+            "or a reduction tree would cut it"
+        )
     if client_ram > RAM_USABLE * c.ram_gb * GB:
-        s.flags.append(f"CANNOT FIT: the k-means client holds {servers} replies of "
-                       f"{gib(reply)} = {gib(client_ram)} > {RAM_USABLE:.0%} of {c.ram_gb:g} GB")
+        s.flags.append(
+            f"CANNOT FIT: the k-means client holds {servers} replies of "
+            f"{gib(reply)} = {gib(client_ram)} > {RAM_USABLE:.0%} of {c.ram_gb:g} GB"
+        )
     if server_ram > RAM_USABLE * c.ram_gb * GB:
         s.flags.append(f"CANNOT FIT: a k-means server needs {gib(server_ram)} of RAM")
     if not resident:
-        s.flags.append("k-means: a GPU's slice does not fit in GPU memory; rows cross PCIe "
-                       "every iteration")
+        s.flags.append(
+            "k-means: a GPU's slice does not fit in GPU memory; rows cross PCIe " "every iteration"
+        )
     if disk_iter:
-        s.flags.append(f"k-means: the {gib(slice_bytes)} slice per server is not cached in RAM; "
-                       f"it is read from disk every iteration ({disk_iter:.1f} s)")
+        s.flags.append(
+            f"k-means: the {gib(slice_bytes)} slice per server is not cached in RAM; "
+            f"it is read from disk every iteration ({disk_iter:.1f} s)"
+        )
     return s
 
 
@@ -266,19 +304,34 @@ def encoder_train_rows(w: Workload, rows: int) -> int:
 
 def trained_index_cost(w: Workload, c: Cluster, r: Rates) -> StageCost:
     rows = min(w.train_rows, w.n)
-    per_vec = (w.d / r.hnsw_ref_d) * _log_ratio(w.nlist, r.hnsw_ref_nlist) \
-        / r.hnsw_build_vps_per_core
+    per_vec = (
+        (w.d / r.hnsw_ref_d) * _log_ratio(w.nlist, r.hnsw_ref_nlist) / r.hnsw_build_vps_per_core
+    )
     build = w.nlist * per_vec / c.cores
     read = rows * w.row_bytes + w.nlist * w.d * 4
     # the encoder trains on residuals: every sample row is assigned through the HNSW
     # quantizer (as costly as an add); the rotation is one small matrix product
-    residuals = (encoder_train_rows(w, rows) * (w.d / r.add_ref_d) * _log_ratio(w.nlist, r.add_ref_nlist)
-                 / r.train_vps_per_core / c.cores)
+    residuals = (
+        encoder_train_rows(w, rows)
+        * (w.d / r.add_ref_d)
+        * _log_ratio(w.nlist, r.add_ref_nlist)
+        / r.train_vps_per_core
+        / c.cores
+    )
     t = build + residuals + read / (r.disk_read_mbps * MB)
     ram = 3 * rows * w.d * 4 + 2 * quantizer_bytes(w)
-    s = StageCost("trained index", 1, read, 0, 0, ram, quantizer_bytes(w) + w.d * w.d * 4, t,
-                  detail=f"HNSW32 over {w.nlist:,} centroids on {c.cores} cores: {build:.0f} s, "
-                         f"encoder trained on {encoder_train_rows(w, rows):,} residuals: {residuals:.0f} s")
+    s = StageCost(
+        "trained index",
+        1,
+        read,
+        0,
+        0,
+        ram,
+        quantizer_bytes(w) + w.d * w.d * 4,
+        t,
+        detail=f"HNSW32 over {w.nlist:,} centroids on {c.cores} cores: {build:.0f} s, "
+        f"encoder trained on {encoder_train_rows(w, rows):,} residuals: {residuals:.0f} s",
+    )
     if ram > RAM_USABLE * c.ram_gb * GB:
         s.flags.append(f"CANNOT FIT: the trained index build needs {gib(ram)}")
     return s
@@ -289,8 +342,12 @@ def add_s_per_vec(w: Workload, r: Rates) -> float:
 
 
 def vslice_ram(w: Workload, rows: float) -> float:
-    return (rows * w.entry_bytes * LIST_GROWTH + 2 * quantizer_bytes(w)
-            + 3 * VSLICE_BLOCK_ROWS * w.d * 4 + 16 * w.nlist)
+    return (
+        rows * w.entry_bytes * LIST_GROWTH
+        + 2 * quantizer_bytes(w)
+        + 3 * VSLICE_BLOCK_ROWS * w.d * 4
+        + 16 * w.nlist
+    )
 
 
 def vslices_cost(w: Workload, c: Cluster, r: Rates, nv: int) -> StageCost:
@@ -301,13 +358,23 @@ def vslices_cost(w: Workload, c: Cluster, r: Rates, nv: int) -> StageCost:
     write = rows * w.entry_bytes / (r.disk_write_mbps * MB)
     per = add + read + write
     ram = vslice_ram(w, rows)
-    s = StageCost("vslices", min(nv, c.nodes), w.n * w.row_bytes, 0, 0, ram,
-                  w.index_bytes + nv * w.nlist * 16, waves * per,
-                  detail=f"{nv} x {rows:,} rows, {waves} wave(s) of {per:.0f} s "
-                         f"(add {add:.0f} s on {c.cores} cores)")
+    s = StageCost(
+        "vslices",
+        min(nv, c.nodes),
+        w.n * w.row_bytes,
+        0,
+        0,
+        ram,
+        w.index_bytes + nv * w.nlist * 16,
+        waves * per,
+        detail=f"{nv} x {rows:,} rows, {waves} wave(s) of {per:.0f} s "
+        f"(add {add:.0f} s on {c.cores} cores)",
+    )
     if ram > RAM_USABLE * c.ram_gb * GB:
-        s.flags.append(f"CANNOT FIT: a vslice of {rows:,} rows needs {gib(ram)} of RAM "
-                       f"(> {RAM_USABLE:.0%} of {c.ram_gb:g} GB): use more vslices")
+        s.flags.append(
+            f"CANNOT FIT: a vslice of {rows:,} rows needs {gib(ram)} of RAM "
+            f"(> {RAM_USABLE:.0%} of {c.ram_gb:g} GB): use more vslices"
+        )
     return s
 
 
@@ -320,17 +387,30 @@ def merge_cost(w: Workload, c: Cluster, r: Rates, nv: int, nh: int) -> StageCost
     waves = math.ceil(nh / c.nodes)
     per = r.merge_job_s + per_bytes / (r.merge_mbps * MB)
     ram = merge_ram(w, nv)
-    s = StageCost("merge (hslices)", min(nh, c.nodes), w.index_bytes, 0, 0, ram,
-                  w.index_bytes, waves * per,
-                  detail=f"{nh} hslices of {gib(per_bytes)} from {nv} vslices, {waves} wave(s)")
+    s = StageCost(
+        "merge (hslices)",
+        min(nh, c.nodes),
+        w.index_bytes,
+        0,
+        0,
+        ram,
+        w.index_bytes,
+        waves * per,
+        detail=f"{nh} hslices of {gib(per_bytes)} from {nv} vslices, {waves} wave(s)",
+    )
     if ram > RAM_USABLE * c.ram_gb * GB:
         s.flags.append(f"CANNOT FIT: a merge job holds {nv} list tables: {gib(ram)}")
     return s
 
 
 def search_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
-    quant = (r.quant_us_per_query * 1e-6 * (w.d / r.search_ref_d) * (w.ef_search / 128)
-             * _log_ratio(w.nlist, r.search_ref_nlist))
+    quant = (
+        r.quant_us_per_query
+        * 1e-6
+        * (w.d / r.search_ref_d)
+        * (w.ef_search / 128)
+        * _log_ratio(w.nlist, r.search_ref_nlist)
+    )
     scanned = w.nprobe * w.n / w.nlist
     scan = scanned * r.scan_ns_per_code * 1e-9 * (w.code_size / r.search_ref_code_size)
     client_cores = c.cores
@@ -338,29 +418,40 @@ def search_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
     per_server_bytes = w.index_bytes / servers
     cached = per_server_bytes <= RAM_USABLE * c.ram_gb * GB - quantizer_bytes(w)
     io = 0.0
-    if not cached:   # lists come from disk: nprobe random reads of one list each
+    if not cached:  # lists come from disk: nprobe random reads of one list each
         io = w.nprobe * (w.n / w.nlist) * w.entry_bytes / (r.disk_read_mbps * MB)
-    qps = min(client_cores / quant, server_cores / scan,
-              servers / io if io else float("inf"))
+    qps = min(client_cores / quant, server_cores / scan, servers / io if io else float("inf"))
     touched = min(servers, w.nprobe)
     out = w.nq * (touched * w.d * 4 + w.nprobe * 8)
     inn = w.nq * touched * w.k * 12
     qps = min(qps, c.net_Bps / max((out + inn) / w.nq, 1))
-    if not c.remote:   # one process: quantization and scan share the cores
+    if not c.remote:  # one process: quantization and scan share the cores
         qps = c.cores / (quant + scan + io)
     ram = quantizer_bytes(w) + 16 * w.nlist + (per_server_bytes if cached else 0)
-    s = StageCost(f"search (nprobe {w.nprobe})", servers, w.nq * w.nprobe * (w.n / w.nlist)
-                  * w.entry_bytes, out, inn, ram, 0.0, w.nq / qps,
-                  detail=f"{qps:,.0f} QPS; {scanned:,.0f} codes/query; quantize "
-                         f"{quant * 1e6:.0f} us/query on the client; "
-                         f"{gib(per_server_bytes)} of lists per server")
+    s = StageCost(
+        f"search (nprobe {w.nprobe})",
+        servers,
+        w.nq * w.nprobe * (w.n / w.nlist) * w.entry_bytes,
+        out,
+        inn,
+        ram,
+        0.0,
+        w.nq / qps,
+        detail=f"{qps:,.0f} QPS; {scanned:,.0f} codes/query; quantize "
+        f"{quant * 1e6:.0f} us/query on the client; "
+        f"{gib(per_server_bytes)} of lists per server",
+    )
     s.extra["qps"] = qps
     if not cached:
-        s.flags.append(f"search: {gib(per_server_bytes)} of lists per server exceed its RAM: "
-                       "every probe reads from disk; more search servers keep lists cached")
+        s.flags.append(
+            f"search: {gib(per_server_bytes)} of lists per server exceed its RAM: "
+            "every probe reads from disk; more search servers keep lists cached"
+        )
     if per_server_bytes > DISK_USABLE * c.disk_gb * GB:
-        s.flags.append(f"CANNOT FIT: {gib(per_server_bytes)} of hslices per search server on "
-                       f"a {c.disk_gb:g} GB disk")
+        s.flags.append(
+            f"CANNOT FIT: {gib(per_server_bytes)} of hslices per search server on "
+            f"a {c.disk_gb:g} GB disk"
+        )
     return s
 
 
@@ -373,7 +464,7 @@ def suggest_kmeans_servers(w: Workload, c: Cluster, r: Rates) -> int:
     """
     if not c.remote:
         return 1
-    cands = sorted({c.nodes, *(2 ** i for i in range(c.nodes.bit_length()) if 2 ** i <= c.nodes)})
+    cands = sorted({c.nodes, *(2**i for i in range(c.nodes.bit_length()) if 2**i <= c.nodes)})
     costs = [(kmeans_cost(w, c, r, s), s) for s in cands]
     fits = [(k.extra["iter_s"], s) for k, s in costs if not any("CANNOT" in f for f in k.flags)]
     return min(fits)[1] if fits else 1
@@ -400,8 +491,9 @@ def suggest(w: Workload, c: Cluster, given: Settings, r: Rates = DEFAULT_RATES) 
     return Settings(ks, nv, nh, ss)
 
 
-def make_plan(w: Workload, c: Cluster, given: Settings = Settings(),
-              rates: Rates = DEFAULT_RATES) -> Plan:
+def make_plan(
+    w: Workload, c: Cluster, given: Settings = Settings(), rates: Rates = DEFAULT_RATES
+) -> Plan:
     w.validate()
     c.validate()
     st = suggest(w, c, given, rates)
@@ -410,16 +502,21 @@ def make_plan(w: Workload, c: Cluster, given: Settings = Settings(),
             raise InputError(f"{name} must be >= 1, got {getattr(st, name)}")
     if st.nhslices > w.nlist:
         raise InputError(f"{st.nhslices} hslices for only {w.nlist} inverted lists")
-    stages = [kmeans_cost(w, c, rates, st.kmeans_servers),
-              trained_index_cost(w, c, rates),
-              vslices_cost(w, c, rates, st.nvslices),
-              merge_cost(w, c, rates, st.nvslices, st.nhslices),
-              search_cost(w, c, rates, st.search_servers)]
+    stages = [
+        kmeans_cost(w, c, rates, st.kmeans_servers),
+        trained_index_cost(w, c, rates),
+        vslices_cost(w, c, rates, st.nvslices),
+        merge_cost(w, c, rates, st.nvslices, st.nhslices),
+        search_cost(w, c, rates, st.search_servers),
+    ]
     flags = [f for s in stages for f in s.flags]
     if st.search_servers > c.nodes:
-        flags.append(f"{st.search_servers} search servers on {c.nodes} nodes: "
-                     "the index needs more nodes")
+        flags.append(
+            f"{st.search_servers} search servers on {c.nodes} nodes: " "the index needs more nodes"
+        )
     if w.index_bytes + w.n * w.row_bytes > DISK_USABLE * c.disk_gb * GB * c.nodes:
-        flags.append(f"CANNOT FIT: data + index {gib(w.index_bytes + w.n * w.row_bytes)} "
-                     f"exceed the cluster's disks")
+        flags.append(
+            f"CANNOT FIT: data + index {gib(w.index_bytes + w.n * w.row_bytes)} "
+            f"exceed the cluster's disks"
+        )
     return Plan(w, c, st, rates, stages, flags)

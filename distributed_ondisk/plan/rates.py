@@ -8,13 +8,14 @@ Zen 4 machine (docs/FAISS_FACTS.md) rounded down; the GPU figure is the torch
 backend's exact assignment + sums, 1M x 96 vs k=4096 in ~32 ms on one H100.
 ``plan --calibrate`` replaces them by measurements of the machine it runs on.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.errors import InputError
@@ -26,9 +27,9 @@ ENV_CALIBRATION = "DISTRIBUTED_ONDISK_CALIBRATION"
 class Rates:
     # k-means: exact assignment + per-centroid sums, counted as 2*n*k*d flop
     assign_gflops_per_core: float = 50.0
-    gpu_assign_gflops: float = 2.0 * 1e6 * 4096 * 96 / 0.032 / 1e9   # H100, torch backend
+    gpu_assign_gflops: float = 2.0 * 1e6 * 4096 * 96 / 0.032 / 1e9  # H100, torch backend
     gpu_mem_gb: float = 80.0
-    pcie_gbs: float = 20.0               # host -> GPU when a slice is not resident
+    pcie_gbs: float = 20.0  # host -> GPU when a slice is not resident
     # vslices: add to IVF<nlist>_HNSW32,<SQ> (transform + HNSW assignment + encoding)
     add_vps_per_core: float = 12000.0
     add_ref_nlist: int = 16384
@@ -41,7 +42,7 @@ class Rates:
     train_vps_per_core: float = 40000.0
     # merge: bytes of lists written per second by one merge process (read + write)
     merge_mbps: float = 600.0
-    merge_job_s: float = 0.5             # fixed cost of one merge job (checks, manifests, fsync)
+    merge_job_s: float = 0.5  # fixed cost of one merge job (checks, manifests, fsync)
     # RPC: payload MB/s of one connection (framing + socket), large arrays
     rpc_mbps: float = 1500.0
     # client side of k-means: float64 replies added per second (memory-bound)
@@ -57,7 +58,7 @@ class Rates:
     disk_write_mbps: float = 1000.0
     source: str = "defaults (typical CPU node, H100 for GPU figures)"
 
-    def replace(self, **kw: Any) -> "Rates":
+    def replace(self, **kw: Any) -> Rates:
         return dataclasses.replace(self, **kw)
 
 
@@ -72,14 +73,14 @@ def default_path() -> Path:
     return Path(base) / "distributed_ondisk" / "calibration.json"
 
 
-def save_rates(rates: Rates, path: Optional[os.PathLike] = None) -> Path:
+def save_rates(rates: Rates, path: os.PathLike | None = None) -> Path:
     p = Path(path) if path else default_path()
     p.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(p, json.dumps(dataclasses.asdict(rates), indent=1) + "\n")
     return p
 
 
-def load_rates(path: Optional[os.PathLike] = None, *, missing_ok: bool = True) -> Rates:
+def load_rates(path: os.PathLike | None = None, *, missing_ok: bool = True) -> Rates:
     """Rates from a calibration JSON; the defaults when there is none (and ``missing_ok``).
 
     Unknown keys are refused (a file from another tool), missing keys keep

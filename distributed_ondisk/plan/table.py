@@ -1,4 +1,5 @@
 """The readable table of a :class:`~distributed_ondisk.plan.model.Plan`."""
+
 from __future__ import annotations
 
 from distributed_ondisk.plan.model import Plan
@@ -37,19 +38,38 @@ def format_plan(p: Plan, markdown: bool = False) -> str:
         f"settings: kmeans_servers={st.kmeans_servers} nvslices={st.nvslices} "
         f"nhslices={st.nhslices} search_servers={st.search_servers}",
     ]
-    cols = ("stage", "procs", "read", "client out", "client in", "RAM/proc", "disk written",
-            "wall time")
-    rows = [(s.name, str(s.procs), human_bytes(s.bytes_read), human_bytes(s.net_out),
-             human_bytes(s.net_in), human_bytes(s.ram_per_proc), human_bytes(s.disk_written),
-             human_time(s.wall_s)) for s in p.stages]
+    cols = (
+        "stage",
+        "procs",
+        "read",
+        "client out",
+        "client in",
+        "RAM/proc",
+        "disk written",
+        "wall time",
+    )
+    rows = [
+        (
+            s.name,
+            str(s.procs),
+            human_bytes(s.bytes_read),
+            human_bytes(s.net_out),
+            human_bytes(s.net_in),
+            human_bytes(s.ram_per_proc),
+            human_bytes(s.disk_written),
+            human_time(s.wall_s),
+        )
+        for s in p.stages
+    ]
     rows.append(("build total", "", "", "", "", "", "", human_time(p.build_s)))
     if markdown:
         table = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
         table += ["| " + " | ".join(r) + " |" for r in rows]
     else:
         widths = [max(len(r[i]) for r in (cols, *rows)) for i in range(len(cols))]
-        line = lambda r: "  ".join(v.ljust(wd) if i == 0 else v.rjust(wd)  # noqa: E731
-                                   for i, (v, wd) in enumerate(zip(r, widths)))
+        line = lambda r: "  ".join(
+            v.ljust(wd) if i == 0 else v.rjust(wd) for i, (v, wd) in enumerate(zip(r, widths))
+        )
         table = [line(cols), "  ".join("-" * wd for wd in widths)] + [line(r) for r in rows]
     b = p.bottleneck
     tail = [f"bottleneck: {b.name} ({human_time(b.wall_s)} of {human_time(p.build_s)} build)"]

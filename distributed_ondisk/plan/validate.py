@@ -8,6 +8,7 @@ each stage, and compare with :func:`~distributed_ondisk.plan.model.make_plan`
 for a 1-node cluster of this machine's threads.  Calibrating next to the
 measurement keeps both under the same load when other work shares the cores.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,7 +16,6 @@ import logging
 import tempfile
 import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -84,32 +84,62 @@ def measure(size: Size, root: Path, seed: int = 0) -> dict[str, float]:
     def kmeans() -> None:
         res = train_kmeans(CPUAssign(RowSource(data)), KMeansConfig(size.nlist, size.niter, seed))
         np.save(wd.centroids, res.centroids)
+
     t["k-means"] = _timed(kmeans)
-    t["trained index"] = _timed(lambda: make_trained_index(
-        wd.centroids, data, wd.trained, i0=0, i1=min(size.n, 200_000)))
-    t["vslices"] = _timed(lambda: [make_vslice(VsliceJob(
-        wd.trained, data, wd.vslice(i, size.nvslices), nslice=size.nvslices, slice_no=i))
-        for i in range(size.nvslices)])
-    t["merge (hslices)"] = _timed(lambda: [merge_hslice(MergeJob(
-        [str(wd.vslice_dir)], wd.hslice(j, size.nhslices), nslice=size.nhslices, slice_no=j))
-        for j in range(size.nhslices)])
+    t["trained index"] = _timed(
+        lambda: make_trained_index(wd.centroids, data, wd.trained, i0=0, i1=min(size.n, 200_000))
+    )
+    t["vslices"] = _timed(
+        lambda: [
+            make_vslice(
+                VsliceJob(
+                    wd.trained, data, wd.vslice(i, size.nvslices), nslice=size.nvslices, slice_no=i
+                )
+            )
+            for i in range(size.nvslices)
+        ]
+    )
+    t["merge (hslices)"] = _timed(
+        lambda: [
+            merge_hslice(
+                MergeJob(
+                    [str(wd.vslice_dir)],
+                    wd.hslice(j, size.nhslices),
+                    nslice=size.nhslices,
+                    slice_no=j,
+                )
+            )
+            for j in range(size.nhslices)
+        ]
+    )
     q = make_queries(size.nq, size.d, n_clusters=100, seed=seed)
-    index = CombinedIndex([wd.hslice(j, size.nhslices) for j in range(size.nhslices)],
-                          trained=wd.trained)
+    index = CombinedIndex(
+        [wd.hslice(j, size.nhslices) for j in range(size.nhslices)], trained=wd.trained
+    )
     t["search"] = _timed(lambda: index.search(q, 10, nprobe=size.nprobe))
     return t
 
 
 def predict(size: Size, rates: Rates, threads: int) -> dict[str, float]:
-    w = Workload(n=size.n, d=size.d, fmt="fvecs", nlist=size.nlist, niter=size.niter,
-                 train_rows=200_000, nq=size.nq, nprobe=size.nprobe, k=10)
+    w = Workload(
+        n=size.n,
+        d=size.d,
+        fmt="fvecs",
+        nlist=size.nlist,
+        niter=size.niter,
+        train_rows=200_000,
+        nq=size.nq,
+        nprobe=size.nprobe,
+        k=10,
+    )
     c = Cluster(nodes=1, cores=threads, ram_gb=16, disk_gb=100, remote=False)
     p = make_plan(w, c, Settings(1, size.nvslices, size.nhslices, 1), rates)
     return {name: s.wall_s for name, s in zip(STAGES, p.stages)}
 
 
-def validate(sizes=DEFAULT_SIZES, workroot: Optional[Path] = None, quick_cal: bool = True
-             ) -> tuple[list[Row], list[Rates]]:
+def validate(
+    sizes=DEFAULT_SIZES, workroot: Path | None = None, quick_cal: bool = True
+) -> tuple[list[Row], list[Rates]]:
     rows: list[Row] = []
     cals: list[Rates] = []
     with tempfile.TemporaryDirectory(prefix="plan-validate-", dir=workroot) as tmp:
@@ -119,15 +149,22 @@ def validate(sizes=DEFAULT_SIZES, workroot: Optional[Path] = None, quick_cal: bo
             measured = measure(size, Path(tmp) / f"s{i}")
             predicted = predict(size, rates, threads_in_use())
             rows += [Row(size, st, predicted[st], measured[st]) for st in STAGES]
-            log.info("size %d: %s", size.n, {s: (round(predicted[s], 2), round(measured[s], 2))
-                                              for s in STAGES})
+            log.info(
+                "size %d: %s",
+                size.n,
+                {s: (round(predicted[s], 2), round(measured[s], 2)) for s in STAGES},
+            )
     return rows, cals
 
 
 def format_rows(rows: list[Row]) -> str:
-    out = ["| n | d | nlist | stage | predicted s | measured s | predicted/measured |",
-           "|---:|---:|---:|---|---:|---:|---:|"]
+    out = [
+        "| n | d | nlist | stage | predicted s | measured s | predicted/measured |",
+        "|---:|---:|---:|---|---:|---:|---:|",
+    ]
     for r in rows:
-        out.append(f"| {r.size.n:,} | {r.size.d} | {r.size.nlist} | {r.stage} | "
-                   f"{r.predicted_s:.2f} | {r.measured_s:.2f} | {r.ratio:.2f} |")
+        out.append(
+            f"| {r.size.n:,} | {r.size.d} | {r.size.nlist} | {r.stage} | "
+            f"{r.predicted_s:.2f} | {r.measured_s:.2f} | {r.ratio:.2f} |"
+        )
     return "\n".join(out)

@@ -1,4 +1,5 @@
 """Addresses as one string: "host:port", "[v6addr]:port"."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -18,11 +19,14 @@ def parse_address(address: str) -> tuple[str, int]:
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or not host:
-            raise InputError(f"bad address {address!r}: expected HOST:PORT, e.g. "
-                             f"127.0.0.1:12345")
+            raise InputError(
+                f"bad address {address!r}: expected HOST:PORT, e.g. " f"127.0.0.1:12345"
+            )
         if ":" in host:
-            raise InputError(f"bad address {address!r}: write IPv6 addresses in brackets, "
-                             f"e.g. [{host}]:{port_text}")
+            raise InputError(
+                f"bad address {address!r}: write IPv6 addresses in brackets, "
+                f"e.g. [{host}]:{port_text}"
+            )
     try:
         port = int(port_text)
     except ValueError:

@@ -1,9 +1,10 @@
 """`rpc.py` subcommands: keygen, ping, methods, serve-echo."""
+
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from distributed_ondisk.cli import add_logging_args, run_main
 from distributed_ondisk.rpc.client import Client, wait_ready
@@ -14,9 +15,12 @@ from distributed_ondisk.rpc.server import DEFAULT_IDLE_TIMEOUT, DEFAULT_SEND_TIM
 
 
 def _add_encryption_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-encryption", action="store_true",
-                   help="authenticate but do not encrypt (both sides must say so; also "
-                        "DISTRIBUTED_ONDISK_RPC_PLAINTEXT=1)")
+    p.add_argument(
+        "--no-encryption",
+        action="store_true",
+        help="authenticate but do not encrypt (both sides must say so; also "
+        "DISTRIBUTED_ONDISK_RPC_PLAINTEXT=1)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,17 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
     add_secret_args(p)
     _add_encryption_arg(p)
     g = p.add_argument_group("server limits")
-    g.add_argument("--handshake-timeout", type=float, default=DEFAULT_PREAUTH_TIMEOUT,
-                   help="seconds an unauthenticated connection may take to authenticate")
-    g.add_argument("--max-pending", type=int, default=DEFAULT_MAX_PENDING,
-                   help="unauthenticated connections held at once (the stalest is dropped)")
+    g.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=DEFAULT_PREAUTH_TIMEOUT,
+        help="seconds an unauthenticated connection may take to authenticate",
+    )
+    g.add_argument(
+        "--max-pending",
+        type=int,
+        default=DEFAULT_MAX_PENDING,
+        help="unauthenticated connections held at once (the stalest is dropped)",
+    )
     g.add_argument("--max-connections", type=int, default=1000)
-    g.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT,
-                   help="seconds an authenticated connection may send nothing")
-    g.add_argument("--send-timeout", type=float, default=DEFAULT_SEND_TIMEOUT,
-                   help="seconds (plus 1 per 10 MB) a reply may take to be taken")
-    g.add_argument("--debug-errors", action="store_true",
-                   help="send full tracebacks to peers (default: type and message only)")
+    g.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=DEFAULT_IDLE_TIMEOUT,
+        help="seconds an authenticated connection may send nothing",
+    )
+    g.add_argument(
+        "--send-timeout",
+        type=float,
+        default=DEFAULT_SEND_TIMEOUT,
+        help="seconds (plus 1 per 10 MB) a reply may take to be taken",
+    )
+    g.add_argument(
+        "--debug-errors",
+        action="store_true",
+        help="send full tracebacks to peers (default: type and message only)",
+    )
     return parser
 
 
@@ -67,28 +90,44 @@ def main_args(args: argparse.Namespace) -> int:
         return 0
     secret = secret_from_args(args)
     if args.command == "ping":
-        wait_ready(args.address, secret=secret, timeout=args.timeout,
-                   encrypt=False if args.no_encryption else None)
+        wait_ready(
+            args.address,
+            secret=secret,
+            timeout=args.timeout,
+            encrypt=False if args.no_encryption else None,
+        )
         return 0
     if args.command == "methods":
-        with Client(args.address, secret=secret, timeout=args.timeout,
-                    connect_timeout=args.timeout,
-                    encrypt=False if args.no_encryption else None) as client:
+        with Client(
+            args.address,
+            secret=secret,
+            timeout=args.timeout,
+            connect_timeout=args.timeout,
+            encrypt=False if args.no_encryption else None,
+        ) as client:
             print("\n".join(client.methods()))
         return 0
-    server = Server(EchoService(), host=args.host, port=args.port, secret=secret,
-                    allow_insecure_loopback=args.insecure, name="echo",
-                    encrypt=False if args.no_encryption else None,
-                    handshake_timeout=args.handshake_timeout, max_pending=args.max_pending,
-                    max_connections=args.max_connections, idle_timeout=args.idle_timeout,
-                    send_timeout=args.send_timeout,
-                    debug_errors=True if args.debug_errors else None).start()
+    server = Server(
+        EchoService(),
+        host=args.host,
+        port=args.port,
+        secret=secret,
+        allow_insecure_loopback=args.insecure,
+        name="echo",
+        encrypt=False if args.no_encryption else None,
+        handshake_timeout=args.handshake_timeout,
+        max_pending=args.max_pending,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        send_timeout=args.send_timeout,
+        debug_errors=True if args.debug_errors else None,
+    ).start()
     print(server.address, flush=True)  # launch scripts and tests read the actual port
     server.serve_forever()
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     return run_main(build_parser(), main_args, argv)
 
 

@@ -10,6 +10,7 @@ request is sent, and replaced: nothing was in flight on it.  With a secret,
 traffic is encrypted unless ``encrypt=False`` (or DISTRIBUTED_ONDISK_RPC_PLAINTEXT=1);
 both sides must agree.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,7 +18,8 @@ import logging
 import socket
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 from distributed_ondisk.errors import (
     AuthenticationError,
@@ -39,10 +41,16 @@ log = logging.getLogger(__name__)
 
 
 class Client:
-    def __init__(self, address: str, *, secret: Optional[bytes],
-                 timeout: Optional[float] = 600, connect_timeout: float = 30,
-                 max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
-                 encrypt: Optional[bool] = None) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        secret: bytes | None,
+        timeout: float | None = 600,
+        connect_timeout: float = 30,
+        max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
+        encrypt: bool | None = None,
+    ) -> None:
         self.host, self.port = parse_address(address)
         self.address = address
         self.secret = check_secret(secret, "Client(secret=...)") if secret else None
@@ -51,7 +59,7 @@ class Client:
         self.max_message_bytes = max_message_bytes
         self.encrypt = encryption_default(encrypt)
         self._lock = threading.Lock()
-        self._chan: Optional[Channel] = None
+        self._chan: Channel | None = None
         self._next_id = 0
         with self._lock:
             self._connect()
@@ -59,22 +67,25 @@ class Client:
     def _connect(self) -> None:
         try:
             sock = socket.create_connection((self.host, self.port), timeout=self.connect_timeout)
-        except socket.timeout as e:
-            raise RPCTimeout(f"connecting to {self.address} timed out after "
-                             f"{self.connect_timeout} s") from e
+        except TimeoutError as e:
+            raise RPCTimeout(
+                f"connecting to {self.address} timed out after " f"{self.connect_timeout} s"
+            ) from e
         except OSError as e:
             raise ConnectionLost(f"cannot connect to {self.address}: {e.strerror or e}") from e
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            chan = client_handshake(sock, self.secret, self.address, self.connect_timeout,
-                                    encrypt=self.encrypt)
+            chan = client_handshake(
+                sock, self.secret, self.address, self.connect_timeout, encrypt=self.encrypt
+            )
         except BaseException as e:
             sock.close()
             if isinstance(e, socket.timeout):
                 raise RPCTimeout(f"handshake with {self.address} timed out") from e
             if isinstance(e, ConnectionLost):
-                raise ConnectionLost(f"{self.address} closed the connection during the "
-                                     f"handshake") from e
+                raise ConnectionLost(
+                    f"{self.address} closed the connection during the " f"handshake"
+                ) from e
             if isinstance(e, OSError):
                 raise ConnectionLost(f"handshake with {self.address} failed: {e}") from e
             raise
@@ -86,19 +97,20 @@ class Client:
         """Call ``method`` on the server with the client's default timeout."""
         return self.call_with_timeout(self.timeout, method, *args, **kwargs)
 
-    def call_with_timeout(self, timeout: Optional[float], method: str, *args: Any,
-                          **kwargs: Any) -> Any:
+    def call_with_timeout(
+        self, timeout: float | None, method: str, *args: Any, **kwargs: Any
+    ) -> Any:
         """Call ``method``; RPCTimeout if the reply has not come within ``timeout`` s."""
         with self._lock:
             self._next_id += 1
             request_id = self._next_id
-            views = framing.encode_message(framing.KIND_REQUEST, request_id,
-                                           (method, args, kwargs))
+            views = framing.encode_message(framing.KIND_REQUEST, request_id, (method, args, kwargs))
             if self._chan is not None and self._chan.pending():
                 # Nothing is owed to us between calls: the server closed it (idle) or
                 # the stream is out of step.  Either way no request is lost: reconnect.
-                log.debug("connection to %s closed by the server while idle; reconnecting",
-                          self.address)
+                log.debug(
+                    "connection to %s closed by the server while idle; reconnecting", self.address
+                )
                 self._drop()
             if self._chan is None:
                 self._connect()
@@ -110,15 +122,18 @@ class Client:
             try:
                 framing.send_views(chan, views, deadline)
                 kind, reply_id, reply = framing.recv_message(
-                    chan, max_bytes=self.max_message_bytes, deadline=deadline)
+                    chan, max_bytes=self.max_message_bytes, deadline=deadline
+                )
             except RPCTimeout as e:
                 self._drop()
-                raise RPCTimeout(f"call {method}() to {self.address} timed out after "
-                                 f"{timeout} s") from e
+                raise RPCTimeout(
+                    f"call {method}() to {self.address} timed out after " f"{timeout} s"
+                ) from e
             except ConnectionLost as e:
                 self._drop()
-                raise ConnectionLost(f"connection to {self.address} lost during {method}(): "
-                                     f"{e}") from e
+                raise ConnectionLost(
+                    f"connection to {self.address} lost during {method}(): " f"{e}"
+                ) from e
             except (ForbiddenError, ProtocolError) as e:
                 self._drop()
                 raise type(e)(f"reply of {self.address} to {method}() refused: {e}") from e
@@ -127,15 +142,16 @@ class Client:
                 raise
             if reply_id != request_id and kind != framing.KIND_FATAL:
                 self._drop()
-                raise ProtocolError(f"{self.address} answered request {reply_id}, expected "
-                                    f"{request_id}")
+                raise ProtocolError(
+                    f"{self.address} answered request {reply_id}, expected " f"{request_id}"
+                )
             if kind == framing.KIND_REPLY:
                 return reply
             if kind == framing.KIND_FATAL:
                 self._drop()
             raise _remote_error(reply, self.address)
 
-    def proxy(self) -> "_Proxy":
+    def proxy(self) -> _Proxy:
         """An object whose attributes call the server's methods."""
         return _Proxy(self)
 
@@ -151,7 +167,7 @@ class Client:
         with self._lock:
             self._drop()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -175,15 +191,14 @@ class _Proxy:
 
 
 def _remote_error(reply: Any, address: str) -> RemoteError:
-    if (isinstance(reply, tuple) and len(reply) == 3
-            and all(isinstance(x, str) for x in reply)):
+    if isinstance(reply, tuple) and len(reply) == 3 and all(isinstance(x, str) for x in reply):
         return RemoteError(reply[0], reply[1], reply[2], server=address)
-    return RemoteError("ProtocolError", f"malformed error reply {reply!r:.200}", "",
-                       server=address)
+    return RemoteError("ProtocolError", f"malformed error reply {reply!r:.200}", "", server=address)
 
 
-def wait_ready(address: str, *, secret: Optional[bytes], timeout: float = 60.0,
-               encrypt: Optional[bool] = None) -> None:
+def wait_ready(
+    address: str, *, secret: bytes | None, timeout: float = 60.0, encrypt: bool | None = None
+) -> None:
     """Poll ``ping`` until the server at ``address`` answers; RPCTimeout otherwise.
 
     A wrong or missing secret fails at once (AuthenticationError): waiting would not fix it.
@@ -193,9 +208,13 @@ def wait_ready(address: str, *, secret: Optional[bytes], timeout: float = 60.0,
     while True:
         remaining = deadline - time.monotonic()
         try:
-            with Client(address, secret=secret, timeout=max(remaining, 0.1),
-                        connect_timeout=max(min(remaining, 5.0), 0.1),
-                        encrypt=encrypt) as client:
+            with Client(
+                address,
+                secret=secret,
+                timeout=max(remaining, 0.1),
+                connect_timeout=max(min(remaining, 5.0), 0.1),
+                encrypt=encrypt,
+            ) as client:
                 client.call("ping")
                 return
         except AuthenticationError:
@@ -203,7 +222,8 @@ def wait_ready(address: str, *, secret: Optional[bytes], timeout: float = 60.0,
         except (RPCError, OSError) as e:
             last = str(e)
         if time.monotonic() + delay > deadline:
-            raise RPCTimeout(f"no server answered at {address} within {timeout} s "
-                             f"(last error: {last})")
+            raise RPCTimeout(
+                f"no server answered at {address} within {timeout} s " f"(last error: {last})"
+            )
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)

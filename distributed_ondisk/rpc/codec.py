@@ -20,23 +20,25 @@ Encoder and decoder stay in one module (~390 lines) on purpose: every tag is
 written and read side by side, and a change to one without the other is the
 bug this layout makes visible.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
 from distributed_ondisk.errors import ForbiddenError, ProtocolError
 from distributed_ondisk.rpc import wire_dtypes
 
-FORMAT = 1                 # first byte of every encoded message
-MAX_DEPTH = 64             # containers inside containers
+FORMAT = 1  # first byte of every encoded message
+MAX_DEPTH = 64  # containers inside containers
 MAX_NDIM = 32
 MAX_DIM = 1 << 40
-MAX_MAP_ITEMS = 1 << 14    # dict/set entries: bounds the cost of crafted hash collisions
-COST_SLACK = 32 << 20      # decoded Python objects may cost the message size plus this
+MAX_MAP_ITEMS = 1 << 14  # dict/set entries: bounds the cost of crafted hash collisions
+COST_SLACK = 32 << 20  # decoded Python objects may cost the message size plus this
 # Rough CPython costs (bytes) charged per decoded object: generous, so that the
 # budget bounds real memory.
 _C_SLOT, _C_SCALAR, _C_VAR, _C_ENTRY = 16, 48, 80, 120
@@ -60,13 +62,18 @@ def register_message_type(cls: type) -> type:
     registered, so the set of types a peer can make us build stays ours.
     """
     module = getattr(cls, "__module__", "")
-    if not isinstance(cls, type) or not (module == "distributed_ondisk"
-                                         or module.startswith("distributed_ondisk.")):
-        raise ForbiddenError(f"only classes from distributed_ondisk.* can travel over RPC, "
-                             f"not {module}.{getattr(cls, '__qualname__', cls)!s}")
+    if not isinstance(cls, type) or not (
+        module == "distributed_ondisk" or module.startswith("distributed_ondisk.")
+    ):
+        raise ForbiddenError(
+            f"only classes from distributed_ondisk.* can travel over RPC, "
+            f"not {module}.{getattr(cls, '__qualname__', cls)!s}"
+        )
     if not dataclasses.is_dataclass(cls):
-        raise ForbiddenError(f"{_type_name(cls)} is not a dataclass: only dataclasses can be "
-                             f"registered as RPC message types")
+        raise ForbiddenError(
+            f"{_type_name(cls)} is not a dataclass: only dataclasses can be "
+            f"registered as RPC message types"
+        )
     _registered[_type_name(cls)] = cls
     return cls
 
@@ -156,8 +163,10 @@ class _Encoder:
 
     def array(self, a: np.ndarray, depth: int) -> None:
         if type(a) is not np.ndarray and not isinstance(a, np.memmap):
-            raise ProtocolError(f"cannot serialise the array subclass {type(a).__name__} for "
-                                f"RPC (send a plain numpy array)")
+            raise ProtocolError(
+                f"cannot serialise the array subclass {type(a).__name__} for "
+                f"RPC (send a plain numpy array)"
+            )
         desc = wire_dtypes.describe(a.dtype)
         order = "C"
         if not a.flags.c_contiguous:
@@ -182,8 +191,10 @@ class _Encoder:
 
 
 def _too_big(data: Any) -> bytes:
-    raise ProtocolError(f"a string or bytes value of {len(data)} bytes is too large for one "
-                        f"RPC value (send a numpy array)")
+    raise ProtocolError(
+        f"a string or bytes value of {len(data)} bytes is too large for one "
+        f"RPC value (send a numpy array)"
+    )
 
 
 def dumps(obj: Any, inband_below: int = 0) -> tuple[bytes, list[memoryview]]:
@@ -207,27 +218,32 @@ class _Decoder:
     def charge(self, cost: int) -> None:
         self.budget -= cost
         if self.budget < 0:
-            raise ProtocolError(f"message of {len(self.mv)} bytes decodes to more than "
-                                f"{len(self.mv) + COST_SLACK} bytes of Python objects "
-                                f"(send numpy arrays for bulk data)")
+            raise ProtocolError(
+                f"message of {len(self.mv)} bytes decodes to more than "
+                f"{len(self.mv) + COST_SLACK} bytes of Python objects "
+                f"(send numpy arrays for bulk data)"
+            )
 
     def take(self, n: int) -> memoryview:
         if n > len(self.mv) - self.pos:
-            raise ProtocolError(f"truncated message: {n} bytes needed, "
-                                f"{len(self.mv) - self.pos} left")
-        view = self.mv[self.pos:self.pos + n]
+            raise ProtocolError(
+                f"truncated message: {n} bytes needed, " f"{len(self.mv) - self.pos} left"
+            )
+        view = self.mv[self.pos : self.pos + n]
         self.pos += n
         return view
 
     def u32(self) -> int:
         return _I.unpack(self.take(4))[0]
 
-    def count(self, what: str, cap: Optional[int] = None) -> int:
+    def count(self, what: str, cap: int | None = None) -> int:
         n = self.u32()
         if n > len(self.mv) - self.pos or (cap is not None and n > cap):
-            raise ProtocolError(f"{what} of {n} items: more than the message holds"
-                                if cap is None or n <= cap else
-                                f"{what} of {n} items: at most {cap} are accepted")
+            raise ProtocolError(
+                f"{what} of {n} items: more than the message holds"
+                if cap is None or n <= cap
+                else f"{what} of {n} items: at most {cap} are accepted"
+            )
         return n
 
     def blob(self) -> memoryview:
@@ -238,31 +254,32 @@ class _Decoder:
             raise ProtocolError(f"message nested more than {MAX_DEPTH} levels deep")
         tag = self.take(1)[0]
         self.charge(_C_SLOT)
-        if tag == 0x4E:                                   # N
+        if tag == 0x4E:  # N
             return None
-        if tag == 0x54 or tag == 0x46:                    # T F
+        if tag == 0x54 or tag == 0x46:  # T F
             return tag == 0x54
-        if tag == 0x69:                                   # i
+        if tag == 0x69:  # i
             self.charge(_C_SCALAR)
             return _Q.unpack(self.take(8))[0]
-        if tag == 0x66:                                   # f
+        if tag == 0x66:  # f
             self.charge(_C_SCALAR)
             return _D.unpack(self.take(8))[0]
-        if tag == 0x73:                                   # s: up to 4 bytes per character
+        if tag == 0x73:  # s: up to 4 bytes per character
             raw = self.blob()
             self.charge(_C_VAR + 4 * len(raw))
             try:
                 return str(raw, "utf-8", "surrogatepass")
             except UnicodeDecodeError as e:
-                raise ProtocolError(f"malformed message: a string is not UTF-8 "
-                                    f"({e.reason})") from None
-        if tag == 0x62 or tag == 0x42 or tag == 0x49:     # b B I
+                raise ProtocolError(
+                    f"malformed message: a string is not UTF-8 " f"({e.reason})"
+                ) from None
+        if tag == 0x62 or tag == 0x42 or tag == 0x49:  # b B I
             raw = self.blob()
             self.charge(_C_VAR + len(raw))
             if tag == 0x49:
                 return int.from_bytes(raw, "little", signed=True)
             return bytes(raw) if tag == 0x62 else bytearray(raw)
-        if tag in (0x74, 0x6C, 0x53, 0x5A):               # t l S Z
+        if tag in (0x74, 0x6C, 0x53, 0x5A):  # t l S Z
             cap = MAX_MAP_ITEMS if tag in (0x53, 0x5A) else None
             n = self.count("a sequence", cap)
             self.charge(_C_VAR + (_C_ENTRY if cap else 8) * n)
@@ -272,27 +289,28 @@ class _Decoder:
             if tag == 0x74:
                 return tuple(items)
             return _hashed(set if tag == 0x53 else frozenset, items)
-        if tag == 0x64:                                   # d
+        if tag == 0x64:  # d
             n = self.count("a dict", MAX_MAP_ITEMS)
             self.charge(_C_VAR + _C_ENTRY * n)
             pairs = [(self.value(depth + 1), self.value(depth + 1)) for _ in range(n)]
             return _hashed(dict, pairs)
-        if tag == 0x61:                                   # a
+        if tag == 0x61:  # a
             return self.array(depth)
-        if tag == 0x67:                                   # g: numpy scalar
+        if tag == 0x67:  # g: numpy scalar
             dt = wire_dtypes.rebuild(self.value(depth + 1))
             if self.take(1) != b"b":
                 raise ProtocolError("malformed numpy scalar")
             raw = self.blob()
             if len(raw) != dt.itemsize or dt.itemsize == 0:
-                raise ProtocolError(f"numpy scalar of {dt}: {len(raw)} bytes for an item of "
-                                    f"{dt.itemsize}")
+                raise ProtocolError(
+                    f"numpy scalar of {dt}: {len(raw)} bytes for an item of " f"{dt.itemsize}"
+                )
             self.charge(_C_VAR + len(raw))
             return np.frombuffer(raw, dt)[0].copy()
-        if tag == 0x63:                                   # c
+        if tag == 0x63:  # c
             self.charge(_C_SCALAR)
             return complex(*_DD.unpack(self.take(16)))
-        if tag == 0x4C or tag == 0x52:                    # L R
+        if tag == 0x4C or tag == 0x52:  # L R
             parts = [self.value(depth + 1) for _ in range(3)]
             if not all(p is None or type(p) is int for p in parts):
                 raise ProtocolError("slice/range bounds must be integers")
@@ -301,24 +319,27 @@ class _Decoder:
                 return slice(*parts) if tag == 0x4C else range(*parts)
             except (TypeError, ValueError) as e:
                 raise ProtocolError(f"bad range: {e}") from e
-        if tag == 0x44:                                   # D
+        if tag == 0x44:  # D
             self.charge(_C_VAR * 4)
             return wire_dtypes.rebuild(self.value(depth + 1))
-        if tag == 0x79 or tag == 0x59:                    # y Y
+        if tag == 0x79 or tag == 0x59:  # y Y
             name = str(self.blob(), "ascii", "replace")
             table = wire_dtypes.SCALAR_TYPES if tag == 0x79 else wire_dtypes.DTYPE_CLASSES
             if name not in table:
                 raise ForbiddenError(f"numpy type {name[:60]!r} is not accepted over RPC")
             return table[name]
-        if tag == 0x4D:                                   # M
+        if tag == 0x4D:  # M
             return self.message(depth)
         raise ProtocolError(f"malformed message: unknown value tag {tag:#04x}")
 
     def array(self, depth: int) -> np.ndarray:
         dt = wire_dtypes.rebuild(self.value(depth + 1))
         shape = self.value(depth + 1)
-        if (type(shape) is not tuple or len(shape) > MAX_NDIM
-                or not all(type(n) is int and 0 <= n <= MAX_DIM for n in shape)):
+        if (
+            type(shape) is not tuple
+            or len(shape) > MAX_NDIM
+            or not all(type(n) is int and 0 <= n <= MAX_DIM for n in shape)
+        ):
             raise ProtocolError(f"bad array shape {str(shape)[:80]}")
         order = bytes(self.take(1))
         if order not in (b"C", b"F"):
@@ -343,13 +364,15 @@ class _Decoder:
         else:
             raise ProtocolError("bad array data marker")
         if len(memoryview(raw).cast("B")) != nbytes:
-            raise ProtocolError(f"array {shape} of {dt} needs {nbytes} bytes, got "
-                                f"{len(memoryview(raw).cast('B'))}")
+            raise ProtocolError(
+                f"array {shape} of {dt} needs {nbytes} bytes, got "
+                f"{len(memoryview(raw).cast('B'))}"
+            )
         if nbytes == 0:
             return np.empty(shape, dt, order=order.decode())
         flat = np.frombuffer(raw, dtype=dt)
         if where == b"b":
-            flat = flat.copy()   # small: own memory (aligned, writable) not the message's
+            flat = flat.copy()  # small: own memory (aligned, writable) not the message's
         return flat.reshape(shape, order=order.decode())
 
     def message(self, depth: int) -> Any:
@@ -357,8 +380,9 @@ class _Decoder:
         fields = self.value(depth + 1)
         cls = _registered.get(name)
         if cls is None:
-            raise ForbiddenError(f"refused to build {name[:120]}: not a registered RPC "
-                                 f"message type")
+            raise ForbiddenError(
+                f"refused to build {name[:120]}: not a registered RPC " f"message type"
+            )
         expected = {f.name for f in dataclasses.fields(cls) if f.init}
         if type(fields) is not dict or set(fields) != expected:
             got = sorted(map(str, fields))[:20] if type(fields) is dict else "?"
@@ -372,11 +396,11 @@ class _Decoder:
 def _hashed(kind: Any, items: list) -> Any:
     try:
         return kind(items)
-    except TypeError as e:   # an unhashable key (list, array, dict)
+    except TypeError as e:  # an unhashable key (list, array, dict)
         raise ProtocolError(f"malformed message: {e}") from e
 
 
-def loads(data: Any, buffers: Optional[Iterable[Any]] = None) -> Any:
+def loads(data: Any, buffers: Iterable[Any] | None = None) -> Any:
     """Decode a message from :func:`dumps`.  ForbiddenError for refused content
     (object dtypes, unregistered types), ProtocolError for anything malformed or
     too large for the bytes it came in."""
@@ -387,6 +411,7 @@ def loads(data: Any, buffers: Optional[Iterable[Any]] = None) -> Any:
     if dec.pos != len(dec.mv):
         raise ProtocolError(f"malformed message: {len(dec.mv) - dec.pos} bytes after the value")
     if not all(dec.used):
-        raise ProtocolError(f"message carries {dec.used.count(False)} array buffers it "
-                            f"does not use")
+        raise ProtocolError(
+            f"message carries {dec.used.count(False)} array buffers it " f"does not use"
+        )
     return obj

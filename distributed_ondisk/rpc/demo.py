@@ -1,4 +1,5 @@
 """A tiny service for smoke tests, launch-script checks and benchmarks (`rpc.py serve-echo`)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from distributed_ondisk.rpc.codec import register_message_type
 @dataclasses.dataclass(frozen=True)
 class Summary:
     """A registered message type: what `summarize` returns about an array."""
+
     shape: tuple
     dtype: str
     mean: float
@@ -51,8 +53,9 @@ class EchoService:
     def make_array(self, n: int) -> np.ndarray:
         """A float32 array of n values (cached): for server -> client transfers."""
         if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= MAX_ARRAY_VALUES:
-            raise InputError(f"make_array: n must be an integer in [0, {MAX_ARRAY_VALUES}], "
-                             f"got {n!r}")
+            raise InputError(
+                f"make_array: n must be an integer in [0, {MAX_ARRAY_VALUES}], " f"got {n!r}"
+            )
         if n not in self._arrays:
             self._arrays = {n: np.arange(n, dtype=np.float32)}
         return self._arrays[n]

@@ -9,6 +9,7 @@ file descriptors (EMFILE) does not make the loop spin: a reserve descriptor is
 released to accept and close the connection at the head of the queue, and the
 listener rests a moment before accepting again.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,8 +18,8 @@ import os
 import selectors
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 from distributed_ondisk.errors import AuthenticationError, ProtocolError
 from distributed_ondisk.rpc.address import format_address
@@ -29,8 +30,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING = 64
 DEFAULT_PREAUTH_TIMEOUT = 3.0
-ACCEPT_BATCH = 16           # accepts per wake-up, so pending handshakes are served too
-FD_PAUSE = 0.1              # listener rest after running out of descriptors
+ACCEPT_BATCH = 16  # accepts per wake-up, so pending handshakes are served too
+FD_PAUSE = 0.1  # listener rest after running out of descriptors
 _OUT_OF_FDS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
@@ -44,24 +45,33 @@ class _Pending:
 
 
 class HandshakePool:
-    def __init__(self, listener: socket.socket, wake: socket.socket, *,
-                 secret: Optional[bytes], encrypt: bool, timeout: float, max_pending: int,
-                 on_ready: Callable[[Channel], None], stopping: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        listener: socket.socket,
+        wake: socket.socket,
+        *,
+        secret: bytes | None,
+        encrypt: bool,
+        timeout: float,
+        max_pending: int,
+        on_ready: Callable[[Channel], None],
+        stopping: Callable[[], bool],
+    ) -> None:
         self.listener, self.wake = listener, wake
         self.secret, self.encrypt = secret, encrypt
         self.timeout, self.max_pending = timeout, max_pending
         self.on_ready, self.stopping = on_ready, stopping
-        self.pending: dict[int, _Pending] = {}   # by fd, in accept order
+        self.pending: dict[int, _Pending] = {}  # by fd, in accept order
         self.sel = selectors.DefaultSelector()
         self._seq = 0
-        self._reserve: Optional[int] = self._open_reserve()
+        self._reserve: int | None = self._open_reserve()
         self._listening = False
         self._resume_at = 0.0
         self._last_fd_log = 0.0
-        self.dropped_full = 0      # handshakes dropped because the pool was full
+        self.dropped_full = 0  # handshakes dropped because the pool was full
 
     @staticmethod
-    def _open_reserve() -> Optional[int]:
+    def _open_reserve() -> int | None:
         try:
             return os.open(os.devnull, os.O_RDONLY)
         except OSError:
@@ -82,7 +92,7 @@ class HandshakePool:
                 timeout = max(0.0, min(wake_at) - now) if wake_at else None
                 for key, _ in self.sel.select(timeout):
                     if key.fileobj is self.wake:
-                        continue   # shutdown: checked by the loop condition
+                        continue  # shutdown: checked by the loop condition
                     if key.fileobj is self.listener:
                         self._accept_batch()
                     elif key.fd in self.pending:
@@ -144,18 +154,26 @@ class HandshakePool:
         victim = min(self.pending.values(), key=lambda p: (len(p.hs.buf) > 0, p.seq))
         self.dropped_full += 1
         if self.dropped_full in (1, 100) or self.dropped_full % 10000 == 0:
-            log.warning("%d pending handshakes: dropping the stalest (%s); %d dropped so far "
-                        "(a flood of silent connections?)", self.max_pending, victim.peer,
-                        self.dropped_full)
+            log.warning(
+                "%d pending handshakes: dropping the stalest (%s); %d dropped so far "
+                "(a flood of silent connections?)",
+                self.max_pending,
+                victim.peer,
+                self.dropped_full,
+            )
         self._drop(victim)
 
     def _out_of_fds(self, e: OSError) -> None:
         now = time.monotonic()
         if now - self._last_fd_log > 10:
             self._last_fd_log = now
-            log.error("accept failed: %s; refusing new connections until descriptors free "
-                      "up (%d pending handshakes)", e.strerror or e, len(self.pending))
-        if self._reserve is not None:   # free one descriptor to take the head of the queue
+            log.error(
+                "accept failed: %s; refusing new connections until descriptors free "
+                "up (%d pending handshakes)",
+                e.strerror or e,
+                len(self.pending),
+            )
+        if self._reserve is not None:  # free one descriptor to take the head of the queue
             os.close(self._reserve)
             self._reserve = None
             try:
@@ -205,9 +223,10 @@ class HandshakePool:
     def _expire(self, now: float) -> None:
         for p in list(self.pending.values()):
             if p.deadline > now:
-                break   # in accept order, so in deadline order
-            log.debug("connection from %s dropped: no handshake within %.1f s", p.peer,
-                      self.timeout)
+                break  # in accept order, so in deadline order
+            log.debug(
+                "connection from %s dropped: no handshake within %.1f s", p.peer, self.timeout
+            )
             self._drop(p)
 
     def _forget(self, p: _Pending) -> None:

@@ -7,6 +7,7 @@ from the environment: ``DISTRIBUTED_ONDISK_SECRET`` (the secret itself) or
 ``DISTRIBUTED_ONDISK_SECRET_FILE`` (a path).  Leading/trailing whitespace is
 stripped, so files written by editors with a final newline work.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from distributed_ondisk.atomic import fsync_path, private_temp_for
 from distributed_ondisk.errors import InputError
@@ -41,12 +42,15 @@ def check_secret(secret: bytes, origin: str = "code") -> bytes:
     goes through here: a short secret can be guessed offline from one handshake.
     """
     if not isinstance(secret, (bytes, bytearray)):
-        raise InputError(f"shared secret from {origin} must be bytes, not "
-                         f"{type(secret).__name__}")
+        raise InputError(
+            f"shared secret from {origin} must be bytes, not " f"{type(secret).__name__}"
+        )
     secret = bytes(secret).strip()
     if len(secret) < MIN_SECRET_BYTES:
-        raise InputError(f"shared secret from {origin} is {len(secret)} bytes; at least "
-                         f"{MIN_SECRET_BYTES} are needed (create one with `rpc.py keygen PATH`)")
+        raise InputError(
+            f"shared secret from {origin} is {len(secret)} bytes; at least "
+            f"{MIN_SECRET_BYTES} are needed (create one with `rpc.py keygen PATH`)"
+        )
     return secret
 
 
@@ -68,20 +72,26 @@ def read_secret_file(path: PathLike) -> bytes:
             raise InputError(f"secret file {p} is not a regular file")
         if st.st_uid != os.geteuid():
             # Even root must not trust a 0600 file someone else wrote: they chose the secret.
-            raise InputError(f"secret file {p} is owned by uid {st.st_uid}, not by the "
-                             f"running user (uid {os.geteuid()}); create your own with "
-                             f"`rpc.py keygen PATH`")
+            raise InputError(
+                f"secret file {p} is owned by uid {st.st_uid}, not by the "
+                f"running user (uid {os.geteuid()}); create your own with "
+                f"`rpc.py keygen PATH`"
+            )
         if st.st_mode & 0o077:
-            raise InputError(f"secret file {p} has mode {stat.S_IMODE(st.st_mode):04o}; it must "
-                             f"be readable only by its owner (run `chmod 600 {p}`)")
+            raise InputError(
+                f"secret file {p} has mode {stat.S_IMODE(st.st_mode):04o}; it must "
+                f"be readable only by its owner (run `chmod 600 {p}`)"
+            )
         data = f.read(MAX_SECRET_FILE_BYTES + 1)
         if len(data) > MAX_SECRET_FILE_BYTES:
-            raise InputError(f"secret file {p} is over {MAX_SECRET_FILE_BYTES} bytes: not a "
-                             f"secret file (create one with `rpc.py keygen PATH`)")
+            raise InputError(
+                f"secret file {p} is over {MAX_SECRET_FILE_BYTES} bytes: not a "
+                f"secret file (create one with `rpc.py keygen PATH`)"
+            )
         return check_secret(data, f"file {p}")
 
 
-def load_secret(path: Optional[PathLike] = None) -> Optional[bytes]:
+def load_secret(path: PathLike | None = None) -> bytes | None:
     """The shared secret from ``path``, else from the environment, else None."""
     if path is not None:
         return read_secret_file(path)
@@ -96,8 +106,7 @@ def load_secret(path: Optional[PathLike] = None) -> Optional[bytes]:
     return None
 
 
-def write_secret_file(path: PathLike, secret: Optional[bytes] = None, *,
-                      force: bool = False) -> bytes:
+def write_secret_file(path: PathLike, secret: bytes | None = None, *, force: bool = False) -> bytes:
     """Write ``secret`` (default: a new one) to ``path`` with mode 0600, atomically.
 
     Refuses to replace an existing file unless ``force``.  Returns the secret.
@@ -120,8 +129,9 @@ def write_secret_file(path: PathLike, secret: Optional[bytes] = None, *,
             try:
                 os.link(tmp, final)  # fails if someone created `final` meanwhile
             except FileExistsError as e:
-                raise InputError(f"secret file {final} already exists; pass --force to "
-                                 f"replace it") from e
+                raise InputError(
+                    f"secret file {final} already exists; pass --force to " f"replace it"
+                ) from e
         fsync_path(final.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -132,15 +142,21 @@ def write_secret_file(path: PathLike, secret: Optional[bytes] = None, *,
 def add_secret_args(parser: argparse.ArgumentParser) -> None:
     """The shared flags of every script that serves or calls over RPC."""
     group = parser.add_argument_group("RPC authentication")
-    group.add_argument("--secret-file", metavar="PATH",
-                       help=f"file holding the shared secret (mode 0600; create one with "
-                            f"`rpc.py keygen PATH`). Default: ${ENV_SECRET_FILE} or "
-                            f"${ENV_SECRET}")
-    group.add_argument("--insecure", action="store_true",
-                       help="no authentication; servers then only listen on loopback")
+    group.add_argument(
+        "--secret-file",
+        metavar="PATH",
+        help=f"file holding the shared secret (mode 0600; create one with "
+        f"`rpc.py keygen PATH`). Default: ${ENV_SECRET_FILE} or "
+        f"${ENV_SECRET}",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no authentication; servers then only listen on loopback",
+    )
 
 
-def secret_from_args(args: argparse.Namespace) -> Optional[bytes]:
+def secret_from_args(args: argparse.Namespace) -> bytes | None:
     """The secret the flags ask for: None only with --insecure."""
     if getattr(args, "insecure", False):
         if getattr(args, "secret_file", None):
@@ -148,6 +164,8 @@ def secret_from_args(args: argparse.Namespace) -> Optional[bytes]:
         return None
     secret = load_secret(getattr(args, "secret_file", None))
     if secret is None:
-        raise InputError(f"no shared secret: pass --secret-file PATH, set {ENV_SECRET_FILE} "
-                         f"or {ENV_SECRET}, or use --insecure (loopback only)")
+        raise InputError(
+            f"no shared secret: pass --secret-file PATH, set {ENV_SECRET_FILE} "
+            f"or {ENV_SECRET}, or use --insecure (loopback only)"
+        )
     return secret

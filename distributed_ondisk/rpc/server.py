@@ -12,6 +12,7 @@ closes that connection, the server goes on.  Errors go back to the peer as
 type and message only; the traceback stays in the server's log unless the
 server runs with ``debug_errors`` (or DISTRIBUTED_ONDISK_RPC_DEBUG=1).
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,9 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from distributed_ondisk.errors import (
     ConnectionLost,
@@ -50,14 +52,14 @@ ENV_DEBUG = "DISTRIBUTED_ONDISK_RPC_DEBUG"
 ENV_PLAINTEXT = "DISTRIBUTED_ONDISK_RPC_PLAINTEXT"
 DEFAULT_IDLE_TIMEOUT = 600.0
 DEFAULT_SEND_TIMEOUT = 60.0
-LISTEN_BACKLOG = 4096   # the kernel caps it at net.core.somaxconn
+LISTEN_BACKLOG = 4096  # the kernel caps it at net.core.somaxconn
 
 
 def env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def encryption_default(encrypt: Optional[bool]) -> bool:
+def encryption_default(encrypt: bool | None) -> bool:
     """On unless asked off: ``encrypt=False`` or DISTRIBUTED_ONDISK_RPC_PLAINTEXT=1."""
     return (not env_flag(ENV_PLAINTEXT)) if encrypt is None else bool(encrypt)
 
@@ -67,29 +69,35 @@ class _Connection:
     chan: Channel
     peer: str
     busy: bool = False
-    thread: Optional[threading.Thread] = field(default=None, repr=False)
+    thread: threading.Thread | None = field(default=None, repr=False)
 
     @property
     def sock(self) -> socket.socket:
         return self.chan.sock
 
 
-def _exposed_methods(obj: Any, methods: Optional[Iterable[str]]) -> frozenset[str]:
+def _exposed_methods(obj: Any, methods: Iterable[str] | None) -> frozenset[str]:
     names = methods if methods is not None else getattr(obj, "RPC_METHODS", None)
     if names is None:
-        raise InputError(f"{type(obj).__name__} declares no RPC_METHODS; list the methods to "
-                         f"expose in RPC_METHODS or pass methods=")
+        raise InputError(
+            f"{type(obj).__name__} declares no RPC_METHODS; list the methods to "
+            f"expose in RPC_METHODS or pass methods="
+        )
     if isinstance(names, str):
         raise InputError(f"RPC methods must be a list of names, not the string {names!r}")
     exposed = set()
     for name in names:
         if name.startswith("_"):
-            log.warning("not exposing %s.%s: names starting with '_' are never callable",
-                        type(obj).__name__, name)
+            log.warning(
+                "not exposing %s.%s: names starting with '_' are never callable",
+                type(obj).__name__,
+                name,
+            )
             continue
         if name in BUILTIN_METHODS:
-            raise InputError(f"{type(obj).__name__}.{name} clashes with the built-in RPC "
-                             f"method {name!r}")
+            raise InputError(
+                f"{type(obj).__name__}.{name} clashes with the built-in RPC " f"method {name!r}"
+            )
         if not callable(getattr(obj, name, None)):
             raise InputError(f"{type(obj).__name__} has no callable method {name!r} to expose")
         exposed.add(name)
@@ -108,30 +116,46 @@ class Server:
     take its reply or trickles its request.
     """
 
-    def __init__(self, obj: Any, *, host: str = "127.0.0.1", port: int = 0,
-                 secret: Optional[bytes], allow_insecure_loopback: bool = False,
-                 methods: Optional[Iterable[str]] = None, name: Optional[str] = None,
-                 max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
-                 handshake_timeout: float = DEFAULT_PREAUTH_TIMEOUT,
-                 max_connections: int = 1000, max_pending: int = DEFAULT_MAX_PENDING,
-                 idle_timeout: Optional[float] = DEFAULT_IDLE_TIMEOUT,
-                 send_timeout: float = DEFAULT_SEND_TIMEOUT,
-                 encrypt: Optional[bool] = None,
-                 debug_errors: Optional[bool] = None) -> None:
-        for label, value in (("handshake_timeout", handshake_timeout),
-                             ("send_timeout", send_timeout), ("max_pending", max_pending),
-                             ("max_connections", max_connections),
-                             ("idle_timeout", 1 if idle_timeout is None else idle_timeout)):
+    def __init__(
+        self,
+        obj: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        secret: bytes | None,
+        allow_insecure_loopback: bool = False,
+        methods: Iterable[str] | None = None,
+        name: str | None = None,
+        max_message_bytes: int = framing.DEFAULT_MAX_MESSAGE_BYTES,
+        handshake_timeout: float = DEFAULT_PREAUTH_TIMEOUT,
+        max_connections: int = 1000,
+        max_pending: int = DEFAULT_MAX_PENDING,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        encrypt: bool | None = None,
+        debug_errors: bool | None = None,
+    ) -> None:
+        for label, value in (
+            ("handshake_timeout", handshake_timeout),
+            ("send_timeout", send_timeout),
+            ("max_pending", max_pending),
+            ("max_connections", max_connections),
+            ("idle_timeout", 1 if idle_timeout is None else idle_timeout),
+        ):
             if not value > 0:
                 raise InputError(f"RPC server {label} must be positive, not {value!r}")
         if not secret:
             if not allow_insecure_loopback:
-                raise InputError("refusing to serve without a shared secret: pass one "
-                                 "(--secret-file / DISTRIBUTED_ONDISK_SECRET_FILE) or allow an "
-                                 "insecure loopback-only server explicitly (--insecure)")
+                raise InputError(
+                    "refusing to serve without a shared secret: pass one "
+                    "(--secret-file / DISTRIBUTED_ONDISK_SECRET_FILE) or allow an "
+                    "insecure loopback-only server explicitly (--insecure)"
+                )
             if not is_loopback(host):
-                raise InputError(f"refusing to serve without a shared secret on {host!r}, "
-                                 f"which is not a loopback address: use a secret")
+                raise InputError(
+                    f"refusing to serve without a shared secret on {host!r}, "
+                    f"which is not a loopback address: use a secret"
+                )
         self.obj = obj
         self.host, self.port = host, port
         self.secret = check_secret(secret, "Server(secret=...)") if secret else None
@@ -144,19 +168,20 @@ class Server:
         self.idle_timeout, self.send_timeout = idle_timeout, send_timeout
         self.encrypt = bool(self.secret) and encryption_default(encrypt)
         self.debug_errors = env_flag(ENV_DEBUG) if debug_errors is None else debug_errors
-        self._listener: Optional[socket.socket] = None
+        self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._lock = threading.Lock()
         self._conns: dict[int, _Connection] = {}
         self._stopping = False
         self._stop_requested = False
         self._stopped = threading.Event()
-        self._accept_thread: Optional[threading.Thread] = None
+        self._accept_thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------
-    def start(self) -> "Server":
-        infos = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+    def start(self) -> Server:
+        infos = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
         family, _, _, _, sockaddr = infos[0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -165,20 +190,37 @@ class Server:
             sock.listen(LISTEN_BACKLOG)
         except OSError as e:
             sock.close()
-            raise ConnectionLost(f"cannot listen on {format_address(self.host, self.port)}: "
-                                 f"{e.strerror or e}") from e
+            raise ConnectionLost(
+                f"cannot listen on {format_address(self.host, self.port)}: " f"{e.strerror or e}"
+            ) from e
         sock.setblocking(False)
         self._listener = sock
         self.port = sock.getsockname()[1]
-        pool = HandshakePool(sock, self._wake_r, secret=self.secret, encrypt=self.encrypt,
-                             timeout=self.handshake_timeout, max_pending=self.max_pending,
-                             on_ready=self._admit, stopping=lambda: self._stopping)
-        self._accept_thread = threading.Thread(target=pool.run, daemon=True,
-                                               name=f"rpc-accept-{self.port}")
+        pool = HandshakePool(
+            sock,
+            self._wake_r,
+            secret=self.secret,
+            encrypt=self.encrypt,
+            timeout=self.handshake_timeout,
+            max_pending=self.max_pending,
+            on_ready=self._admit,
+            stopping=lambda: self._stopping,
+        )
+        self._accept_thread = threading.Thread(
+            target=pool.run, daemon=True, name=f"rpc-accept-{self.port}"
+        )
         self._accept_thread.start()
-        log.info("serving %s (%d methods) on %s%s", self.name, len(self.methods), self.address,
-                 " WITHOUT authentication (loopback only)" if not self.secret else
-                 "" if self.encrypt else " authenticated but NOT encrypted (as asked)")
+        log.info(
+            "serving %s (%d methods) on %s%s",
+            self.name,
+            len(self.methods),
+            self.address,
+            (
+                " WITHOUT authentication (loopback only)"
+                if not self.secret
+                else "" if self.encrypt else " authenticated but NOT encrypted (as asked)"
+            ),
+        )
         return self
 
     @property
@@ -233,7 +275,7 @@ class Server:
         self._wake_w.close()
         self._stopped.set()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self.start() if self._listener is None else self
 
     def __exit__(self, *exc: object) -> None:
@@ -249,19 +291,26 @@ class Server:
         peer = chan.peer
         with self._lock:
             if self._stopping or len(self._conns) >= self.max_connections:
-                log.warning("refusing connection from %s: %s", peer,
-                            "shutting down" if self._stopping else
-                            f"{self.max_connections} connections open")
+                log.warning(
+                    "refusing connection from %s: %s",
+                    peer,
+                    (
+                        "shutting down"
+                        if self._stopping
+                        else f"{self.max_connections} connections open"
+                    ),
+                )
                 chan.close()
                 return
             conn = _Connection(chan, peer)
             self._conns[id(conn)] = conn
-            conn.thread = threading.Thread(target=self._serve_connection, args=(conn,),
-                                           daemon=True, name=f"rpc-conn-{peer}")
+            conn.thread = threading.Thread(
+                target=self._serve_connection, args=(conn,), daemon=True, name=f"rpc-conn-{peer}"
+            )
         log.debug("authenticated %s%s", peer, " (encrypted)" if chan.encrypted else "")
         try:
             conn.thread.start()
-        except RuntimeError as e:   # no thread left: refuse this one, keep serving
+        except RuntimeError as e:  # no thread left: refuse this one, keep serving
             log.error("cannot serve %s: %s", peer, e)
             with self._lock:
                 self._conns.pop(id(conn), None)
@@ -283,19 +332,30 @@ class Server:
         idle = None if self.idle_timeout is None else time.monotonic() + self.idle_timeout
         try:
             kind, request_id, message = framing.recv_message(
-                chan, max_bytes=self.max_message_bytes, deadline=idle,
-                body_allowance=self.send_timeout)
+                chan,
+                max_bytes=self.max_message_bytes,
+                deadline=idle,
+                body_allowance=self.send_timeout,
+            )
             if kind != framing.KIND_REQUEST:
                 raise ProtocolError(f"expected a request frame, got kind {kind}")
-            if not (isinstance(message, tuple) and len(message) == 3
-                    and isinstance(message[0], str) and isinstance(message[1], tuple)
-                    and isinstance(message[2], dict)):
+            if not (
+                isinstance(message, tuple)
+                and len(message) == 3
+                and isinstance(message[0], str)
+                and isinstance(message[1], tuple)
+                and isinstance(message[2], dict)
+            ):
                 raise ProtocolError("a request must be (method name, args tuple, kwargs dict)")
         except ConnectionLost:
             return False
         except RPCTimeout:
-            log.info("dropping connection from %s: no request for %s s, or a request "
-                     "not received in time", peer, self.idle_timeout)
+            log.info(
+                "dropping connection from %s: no request for %s s, or a request "
+                "not received in time",
+                peer,
+                self.idle_timeout,
+            )
             return False
         except (ForbiddenError, ProtocolError) as e:
             log.warning("refused a message from %s: %s", peer, e)
@@ -307,9 +367,16 @@ class Server:
         method, args, kwargs = message
         with self._lock:
             if self._stopping:
-                self._send_best_effort(chan, framing.KIND_FATAL, request_id, (
-                    "distributed_ondisk.errors.ConnectionLost",
-                    f"{self.name} is shutting down", ""))
+                self._send_best_effort(
+                    chan,
+                    framing.KIND_FATAL,
+                    request_id,
+                    (
+                        "distributed_ondisk.errors.ConnectionLost",
+                        f"{self.name} is shutting down",
+                        "",
+                    ),
+                )
                 return False
             conn.busy = True
         try:
@@ -317,21 +384,25 @@ class Server:
         except Exception as e:
             if isinstance(e, DistributedOndiskError):
                 log.info("%s() from %s raised %s: %s", method, peer, type(e).__name__, e)
-            else:   # unexpected: the full traceback goes to our log, not to the peer
+            else:  # unexpected: the full traceback goes to our log, not to the peer
                 log.warning("%s() from %s raised", method, peer, exc_info=True)
             kind, reply = framing.KIND_ERROR, _error_tuple(e, self.debug_errors)
         try:
             try:
                 views = framing.encode_message(kind, request_id, reply)
             except ProtocolError as e:
-                views = framing.encode_message(framing.KIND_ERROR, request_id,
-                                               _error_tuple(e, self.debug_errors))
-            deadline = framing.transfer_deadline(sum(v.nbytes for v in views),
-                                                 self.send_timeout)
+                views = framing.encode_message(
+                    framing.KIND_ERROR, request_id, _error_tuple(e, self.debug_errors)
+                )
+            deadline = framing.transfer_deadline(sum(v.nbytes for v in views), self.send_timeout)
             framing.send_views(chan, views, deadline)
         except RPCTimeout:
-            log.warning("dropping connection from %s: it did not take its reply of %s() in "
-                        "time (not reading?)", peer, method)
+            log.warning(
+                "dropping connection from %s: it did not take its reply of %s() in "
+                "time (not reading?)",
+                peer,
+                method,
+            )
             return False
         except (OSError, RPCError) as e:
             log.debug("could not reply to %s: %s", peer, e)
@@ -349,12 +420,13 @@ class Server:
             return sorted(self.methods)
         if method.startswith("_") or method not in self.methods:
             log.warning("refused call of %r from %s: not an exposed method", method, peer)
-            raise ForbiddenError(f"{self.name} does not expose a method {method!r} (exposed: "
-                                 f"{', '.join(sorted(self.methods)) or 'none'})")
+            raise ForbiddenError(
+                f"{self.name} does not expose a method {method!r} (exposed: "
+                f"{', '.join(sorted(self.methods)) or 'none'})"
+            )
         return getattr(self.obj, method)(*args, **kwargs)
 
-    def _send_best_effort(self, chan: Channel, kind: int, request_id: int,
-                          obj: Any) -> None:
+    def _send_best_effort(self, chan: Channel, kind: int, request_id: int, obj: Any) -> None:
         try:
             framing.send_message(chan, kind, request_id, obj, time.monotonic() + 1.0)
         except (OSError, RPCError):
@@ -364,8 +436,9 @@ class Server:
 def _error_tuple(e: BaseException, debug: bool) -> tuple[str, str, str]:
     """What a peer learns of an error: type and message; the traceback only in debug."""
     cls = type(e)
-    qualname = cls.__qualname__ if cls.__module__ == "builtins" else \
-        f"{cls.__module__}.{cls.__qualname__}"
+    qualname = (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
     tb = "".join(traceback.format_exception(type(e), e, e.__traceback__)) if debug else ""
     return qualname, str(e), tb
 

@@ -14,6 +14,7 @@ the connection closes with a ProtocolError; nothing unauthenticated reaches
 the decoder.  A direction that would exceed ``MAX_RECORDS`` closes instead
 of wrapping its counter.  Sizes and timing of records remain visible.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,7 +22,7 @@ import select
 import socket
 import struct
 import time
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from cryptography.exceptions import InvalidTag
@@ -32,20 +33,25 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from distributed_ondisk.errors import ConnectionLost, ProtocolError
 from distributed_ondisk.rpc import sockio
 
-RECORD_BYTES = 512 << 10     # plaintext per record: big enough for few syscalls, small RAM
+RECORD_BYTES = 512 << 10  # plaintext per record: big enough for few syscalls, small RAM
 TAG_BYTES = 16
-LARGE_VIEW = 64 << 10        # views from this size are sealed from their own memory
+LARGE_VIEW = 64 << 10  # views from this size are sealed from their own memory
 LENGTH = struct.Struct("<I")
-NONCE = struct.Struct("<4xQ")   # 4 zero bytes | the record counter
-MAX_RECORDS = 1 << 48        # per direction and connection; then the connection closes
+NONCE = struct.Struct("<4xQ")  # 4 zero bytes | the record counter
+MAX_RECORDS = 1 << 48  # per direction and connection; then the connection closes
 KEY_INFO = b"distributed_ondisk-rpc-v2 session keys"
 
 
-def derive_keys(secret: bytes, client_nonce: bytes, server_nonce: bytes,
-                transcript: bytes) -> tuple[bytes, bytes]:
+def derive_keys(
+    secret: bytes, client_nonce: bytes, server_nonce: bytes, transcript: bytes
+) -> tuple[bytes, bytes]:
     """(client->server key, server->client key) for one connection."""
-    okm = HKDF(algorithm=hashes.SHA256(), length=64, salt=client_nonce + server_nonce,
-               info=KEY_INFO + b"|" + hashlib.sha256(transcript).digest()).derive(secret)
+    okm = HKDF(
+        algorithm=hashes.SHA256(),
+        length=64,
+        salt=client_nonce + server_nonce,
+        info=KEY_INFO + b"|" + hashlib.sha256(transcript).digest(),
+    ).derive(secret)
     return okm[:32], okm[32:]
 
 
@@ -61,10 +67,10 @@ class Channel:
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.sock, self.peer = sock, peer
 
-    def send_views(self, views: list[memoryview], deadline: Optional[float] = None) -> None:
+    def send_views(self, views: list[memoryview], deadline: float | None = None) -> None:
         sockio.send_views(self.sock, views, deadline)
 
-    def recv_exact(self, view: memoryview, deadline: Optional[float] = None) -> None:
+    def recv_exact(self, view: memoryview, deadline: float | None = None) -> None:
         sockio.recv_into(self.sock, view, deadline)
 
     def sendall(self, data: Any) -> None:
@@ -81,7 +87,7 @@ class Channel:
         self.sock.close()
 
     def __getattr__(self, name: str) -> Any:
-        if name == "sock":   # not set yet (copying, unpickling): no recursion
+        if name == "sock":  # not set yet (copying, unpickling): no recursion
             raise AttributeError(name)
         return getattr(self.sock, name)
 
@@ -89,35 +95,37 @@ class Channel:
 class SecureChannel(Channel):
     encrypted = True
 
-    def __init__(self, sock: socket.socket, peer: str, send_key: bytes,
-                 recv_key: bytes) -> None:
+    def __init__(self, sock: socket.socket, peer: str, send_key: bytes, recv_key: bytes) -> None:
         super().__init__(sock, peer)
         self._send_aead, self._recv_aead = AESGCM(send_key), AESGCM(recv_key)
         self._send_count = self._recv_count = 0
-        self._out: Optional[np.ndarray] = None   # sealed record being sent
-        self._ct: Optional[np.ndarray] = None    # sealed record being received
-        self._pt: Optional[np.ndarray] = None    # opened record not yet consumed
+        self._out: np.ndarray | None = None  # sealed record being sent
+        self._ct: np.ndarray | None = None  # sealed record being received
+        self._pt: np.ndarray | None = None  # opened record not yet consumed
         self._pt_pos = self._pt_end = 0
         self._len = bytearray(LENGTH.size)
 
     # -- sending -------------------------------------------------------------
-    def _seal_and_send(self, data: Any, deadline: Optional[float]) -> None:
+    def _seal_and_send(self, data: Any, deadline: float | None) -> None:
         n = memoryview(data).nbytes
         if self._send_count >= MAX_RECORDS:
-            raise ConnectionLost(f"connection to {self.peer} sent {MAX_RECORDS} records with "
-                                 f"one key; closing it (the next call reconnects)")
+            raise ConnectionLost(
+                f"connection to {self.peer} sent {MAX_RECORDS} records with "
+                f"one key; closing it (the next call reconnects)"
+            )
         size = LENGTH.size + n + TAG_BYTES
         if self._out is None or self._out.nbytes < size:
             self._out = np.empty(max(size, 4096), dtype=np.uint8)
         out = memoryview(self._out)
         head = LENGTH.pack(n + TAG_BYTES)
-        out[:LENGTH.size] = head
-        self._send_aead.encrypt_into(NONCE.pack(self._send_count), data, head,
-                                     out[LENGTH.size:size])
+        out[: LENGTH.size] = head
+        self._send_aead.encrypt_into(
+            NONCE.pack(self._send_count), data, head, out[LENGTH.size : size]
+        )
         self._send_count += 1
         sockio.send_views(self.sock, [out[:size]], deadline)
 
-    def send_views(self, views: list[memoryview], deadline: Optional[float] = None) -> None:
+    def send_views(self, views: list[memoryview], deadline: float | None = None) -> None:
         """Seal the concatenation of ``views`` as records: small views are joined, large
         ones sealed straight from their memory (one copy: into the sealed record)."""
         batch: list[memoryview] = []
@@ -133,9 +141,9 @@ class SecureChannel(Channel):
             while pos < v.nbytes:
                 take = min(v.nbytes - pos, RECORD_BYTES - batched)
                 if not batch and take == RECORD_BYTES:
-                    self._seal_and_send(v[pos:pos + take], deadline)
+                    self._seal_and_send(v[pos : pos + take], deadline)
                 else:
-                    batch.append(v[pos:pos + take])
+                    batch.append(v[pos : pos + take])
                     batched += take
                     if batched == RECORD_BYTES:
                         self._seal_and_send(b"".join(batch), deadline)
@@ -145,14 +153,16 @@ class SecureChannel(Channel):
             self._seal_and_send(batch[0] if len(batch) == 1 else b"".join(batch), deadline)
 
     # -- receiving -------------------------------------------------------------
-    def _open_next(self, dest: Optional[memoryview], deadline: Optional[float]) -> int:
+    def _open_next(self, dest: memoryview | None, deadline: float | None) -> int:
         """Receive and open one record: straight into ``dest`` when it has room for all
         of it (returns its length), else into the internal buffer (returns 0)."""
         sockio.recv_into(self.sock, memoryview(self._len), deadline)
         (clen,) = LENGTH.unpack(self._len)
         if not TAG_BYTES <= clen <= RECORD_BYTES + TAG_BYTES:
-            raise ProtocolError(f"sealed record of {clen} bytes from {self.peer}: not a "
-                                f"record of this protocol (stream corrupted or forged)")
+            raise ProtocolError(
+                f"sealed record of {clen} bytes from {self.peer}: not a "
+                f"record of this protocol (stream corrupted or forged)"
+            )
         if self._ct is None or self._ct.nbytes < clen:
             self._ct = np.empty(max(clen, 4096), dtype=np.uint8)
         ct = memoryview(self._ct)[:clen]
@@ -171,22 +181,24 @@ class SecureChannel(Channel):
         try:
             self._recv_aead.decrypt_into(nonce, ct, bytes(self._len), target)
         except InvalidTag:
-            raise ProtocolError(f"a record from {self.peer} failed its integrity check "
-                                f"(tampered with, replayed, reordered, dropped or injected "
-                                f"on the way); closing the connection") from None
+            raise ProtocolError(
+                f"a record from {self.peer} failed its integrity check "
+                f"(tampered with, replayed, reordered, dropped or injected "
+                f"on the way); closing the connection"
+            ) from None
         self._recv_count += 1
         if direct:
             return n
         self._pt_pos, self._pt_end = 0, n
         return 0
 
-    def recv_exact(self, view: memoryview, deadline: Optional[float] = None) -> None:
+    def recv_exact(self, view: memoryview, deadline: float | None = None) -> None:
         view = view.cast("B") if view.format != "B" or view.ndim != 1 else view
         pos, total = 0, view.nbytes
         while pos < total:
             if self._pt_pos < self._pt_end:
                 take = min(self._pt_end - self._pt_pos, total - pos)
-                view[pos:pos + take] = memoryview(self._pt)[self._pt_pos:self._pt_pos + take]
+                view[pos : pos + take] = memoryview(self._pt)[self._pt_pos : self._pt_pos + take]
                 self._pt_pos += take
                 pos += take
                 continue
@@ -201,7 +213,7 @@ class SecureChannel(Channel):
             except ConnectionLost:
                 return b""
         take = min(n, self._pt_end - self._pt_pos)
-        out = bytes(memoryview(self._pt)[self._pt_pos:self._pt_pos + take])
+        out = bytes(memoryview(self._pt)[self._pt_pos : self._pt_pos + take])
         self._pt_pos += take
         return out
 

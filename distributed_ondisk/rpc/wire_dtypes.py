@@ -6,6 +6,7 @@ description, so a peer cannot set dtype state (flags, offsets, item sizes) that
 numpy would not produce itself.  Object and variable-width string dtypes are
 refused on every path: they hold Python objects or pointers.
 """
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,10 @@ MAX_SUBARRAY_NDIM = 32
 
 # Byte order, then kind and size: booleans, integers, floats, complex, fixed-size
 # bytes / unicode / void, datetime and timedelta with an optional unit.
-_SIMPLE = re.compile(r"[<>|](?:b1|[iu][1248]|f(?:2|4|8|16)|c(?:8|16|32)|[SUV][0-9]{1,9}"
-                     r"|[Mm]8(?:\[[0-9]{0,9}(?:Y|M|W|D|h|m|s|ms|us|ns|ps|fs|as|generic)\])?)")
+_SIMPLE = re.compile(
+    r"[<>|](?:b1|[iu][1248]|f(?:2|4|8|16)|c(?:8|16|32)|[SUV][0-9]{1,9}"
+    r"|[Mm]8(?:\[[0-9]{0,9}(?:Y|M|W|D|h|m|s|ms|us|ns|ps|fs|as|generic)\])?)"
+)
 
 
 def describe(d: np.dtype, depth: int = 0) -> Any:
@@ -31,8 +34,9 @@ def describe(d: np.dtype, depth: int = 0) -> Any:
     if depth > MAX_DTYPE_DEPTH:
         raise ProtocolError(f"numpy dtype nested more than {MAX_DTYPE_DEPTH} levels")
     if d.hasobject or d.kind in "OT":
-        raise ProtocolError(f"numpy dtype {d} holds Python objects: object arrays cannot "
-                            f"travel over RPC")
+        raise ProtocolError(
+            f"numpy dtype {d} holds Python objects: object arrays cannot " f"travel over RPC"
+        )
     if d.subdtype is not None:
         base, shape = d.subdtype
         return ("sub", describe(base, depth + 1), tuple(int(n) for n in shape))
@@ -54,37 +58,53 @@ def rebuild(desc: Any, depth: int = 0) -> np.dtype:
     if isinstance(desc, str):
         if _SIMPLE.fullmatch(desc) is None:
             if desc.lstrip("<>|=").startswith(("O", "T")):
-                raise ForbiddenError(f"numpy dtype {desc!r} holds Python objects: object "
-                                     f"arrays are not accepted over RPC")
+                raise ForbiddenError(
+                    f"numpy dtype {desc!r} holds Python objects: object "
+                    f"arrays are not accepted over RPC"
+                )
             raise ProtocolError(f"numpy dtype {desc[:40]!r} is not an accepted type string")
         return np.dtype(desc)
     if isinstance(desc, tuple) and len(desc) == 3 and desc[0] == "sub":
         _, base, shape = desc
-        if (not isinstance(shape, tuple) or len(shape) > MAX_SUBARRAY_NDIM
-                or not all(type(n) is int and 0 <= n < (1 << 31) for n in shape)):
+        if (
+            not isinstance(shape, tuple)
+            or len(shape) > MAX_SUBARRAY_NDIM
+            or not all(type(n) is int and 0 <= n < (1 << 31) for n in shape)
+        ):
             raise ProtocolError(f"bad numpy subarray shape {str(shape)[:60]}")
         return np.dtype((rebuild(base, depth + 1), shape))
     if isinstance(desc, tuple) and len(desc) == 3 and desc[0] == "rec":
         _, itemsize, fields = desc
-        if type(itemsize) is not int or not 0 <= itemsize < (1 << 40) \
-                or not isinstance(fields, tuple) or len(fields) > MAX_FIELDS:
+        if (
+            type(itemsize) is not int
+            or not 0 <= itemsize < (1 << 40)
+            or not isinstance(fields, tuple)
+            or len(fields) > MAX_FIELDS
+        ):
             raise ProtocolError("bad structured numpy dtype description")
         names, formats, offsets = [], [], []
         for field in fields:
-            if not (isinstance(field, tuple) and len(field) == 3 and isinstance(field[0], str)
-                    and type(field[2]) is int):
+            if not (
+                isinstance(field, tuple)
+                and len(field) == 3
+                and isinstance(field[0], str)
+                and type(field[2]) is int
+            ):
                 raise ProtocolError("bad structured numpy dtype field")
             name, sub, offset = field
             fd = rebuild(sub, depth + 1)
             if offset < 0 or offset + fd.itemsize > itemsize:
-                raise ProtocolError(f"numpy dtype field {name[:40]!r} at offset {offset} "
-                                    f"does not fit in an item of {itemsize} bytes")
+                raise ProtocolError(
+                    f"numpy dtype field {name[:40]!r} at offset {offset} "
+                    f"does not fit in an item of {itemsize} bytes"
+                )
             names.append(name)
             formats.append(fd)
             offsets.append(offset)
         try:
-            return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                             "itemsize": itemsize})
+            return np.dtype(
+                {"names": names, "formats": formats, "offsets": offsets, "itemsize": itemsize}
+            )
         except (ValueError, TypeError) as e:
             raise ProtocolError(f"bad structured numpy dtype: {e}") from e
     raise ProtocolError(f"bad numpy dtype description of type {type(desc).__name__}")
@@ -94,16 +114,24 @@ def _scalar_types() -> dict[str, type]:
     out = {}
     for name in dir(np):
         obj = getattr(np, name, None)
-        if (isinstance(obj, type) and issubclass(obj, np.generic)
-                and not issubclass(obj, np.object_) and obj.__name__ == name):
+        if (
+            isinstance(obj, type)
+            and issubclass(obj, np.generic)
+            and not issubclass(obj, np.object_)
+            and obj.__name__ == name
+        ):
             out[name] = obj
     return out
 
 
 def _dtype_classes() -> dict[str, type]:
-    return {name: getattr(np.dtypes, name) for name in dir(np.dtypes)
-            if name.endswith("DType") and name not in ("ObjectDType", "StringDType")
-            and isinstance(getattr(np.dtypes, name), type)}
+    return {
+        name: getattr(np.dtypes, name)
+        for name in dir(np.dtypes)
+        if name.endswith("DType")
+        and name not in ("ObjectDType", "StringDType")
+        and isinstance(getattr(np.dtypes, name), type)
+    }
 
 
 #: numpy scalar types (np.float32, ...) and dtype classes that may travel, by name.

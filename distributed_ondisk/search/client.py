@@ -15,13 +15,14 @@ A server that fails mid-query raises an error naming it; with
 ``allow_partial=True`` the result is returned flagged ``partial`` with a mask
 of the probes that were not searched, never silently with fewer lists.
 """
+
 from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import faiss
 import numpy as np
@@ -43,10 +44,10 @@ DEFAULT_CHUNK_ROWS = 2048
 
 @dataclass
 class SearchResult:
-    D: np.ndarray                 # (n, k) distances
-    I: np.ndarray                 # (n, k) ids, -1 where fewer than k results
-    probed: np.ndarray            # (n, nprobe) list ids the coarse quantizer chose
-    missing: np.ndarray           # (n, nprobe) bool: probe not searched (failed server)
+    D: np.ndarray  # (n, k) distances
+    I: np.ndarray  # (n, k) ids, -1 where fewer than k results
+    probed: np.ndarray  # (n, nprobe) list ids the coarse quantizer chose
+    missing: np.ndarray  # (n, nprobe) bool: probe not searched (failed server)
     failed_servers: list[str]
     bytes_sent: int
     bytes_received: int
@@ -55,7 +56,7 @@ class SearchResult:
     def partial(self) -> bool:
         return bool(self.failed_servers)
 
-    def __iter__(self):           # D, I = client.search(...)
+    def __iter__(self):  # D, I = client.search(...)
         return iter((self.D, self.I))
 
 
@@ -78,7 +79,7 @@ def route(owner: np.ndarray, Iq: np.ndarray, Dq: np.ndarray, nserver: int) -> li
             continue
         ms = m[rows]
         width = int(ms.sum(axis=1).max())
-        order = np.argsort(~ms, axis=1, kind="stable")[:, :width]   # owned probes first
+        order = np.argsort(~ms, axis=1, kind="stable")[:, :width]  # owned probes first
         keep = np.take_along_axis(ms, order, axis=1)
         Iq_s = np.where(keep, np.take_along_axis(Iq[rows], order, axis=1), -1).astype(np.int32)
         Dq_s = np.take_along_axis(Dq[rows], order, axis=1)
@@ -104,9 +105,16 @@ class DistributedSearchClient:
     index; ``trained`` (a path) skips fetching the trained index from a server.
     """
 
-    def __init__(self, addresses: Sequence[str], *, secret: Optional[bytes],
-                 trained: Optional[str] = None, timeout: Optional[float] = 600,
-                 depth: int = 2, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> None:
+    def __init__(
+        self,
+        addresses: Sequence[str],
+        *,
+        secret: bytes | None,
+        trained: str | None = None,
+        timeout: float | None = 600,
+        depth: int = 2,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ) -> None:
         from distributed_ondisk.rpc import Client
 
         if not addresses:
@@ -118,8 +126,9 @@ class DistributedSearchClient:
         self._clients: list[list] = []
         try:
             for a in self.addresses:
-                self._clients.append([Client(a, secret=secret, timeout=timeout)
-                                      for _ in range(depth)])
+                self._clients.append(
+                    [Client(a, secret=secret, timeout=timeout) for _ in range(depth)]
+                )
             infos = [c[0].call("info") for c in self._clients]
             self.searcher = self._load_trained(infos, trained)
         except BaseException:
@@ -129,10 +138,11 @@ class DistributedSearchClient:
         for s, info in enumerate(infos):
             for l0, l1 in info["ranges"]:
                 self.owner[l0:l1] = s
-        self._pool = ThreadPoolExecutor(max(1, len(self.addresses) * depth),
-                                        thread_name_prefix="search-client")
+        self._pool = ThreadPoolExecutor(
+            max(1, len(self.addresses) * depth), thread_name_prefix="search-client"
+        )
 
-    def _load_trained(self, infos: list[dict], trained: Optional[str]) -> TrainedSearcher:
+    def _load_trained(self, infos: list[dict], trained: str | None) -> TrainedSearcher:
         from distributed_ondisk.ondisk.trained import (
             fingerprint_bytes,
             fingerprint_matches,
@@ -142,14 +152,24 @@ class DistributedSearchClient:
         fp = infos[0]["fingerprint"]
         for a, info in zip(self.addresses, infos):
             if info["fingerprint"] != fp:
-                raise IndexFileError(f"search servers {self.addresses[0]} and {a} serve shards "
-                                     "of different trained indexes")
+                raise IndexFileError(
+                    f"search servers {self.addresses[0]} and {a} serve shards "
+                    "of different trained indexes"
+                )
         nlist = int(infos[0]["nlist"])
         # servers name the split of each shard they hold (older ones do not): a shard no
         # server holds is then named ("h1 of 4, lists [16, 32)"), not only its lists
         splits = [p[1] for info in infos for p in (info.get("parts") or []) if p]
-        check_coverage([(f"{a} [{l0}, {l1})", l0, l1) for a, info in zip(self.addresses, infos)
-                        for l0, l1 in info["ranges"]], nlist, complete=True, splits=splits)
+        check_coverage(
+            [
+                (f"{a} [{l0}, {l1})", l0, l1)
+                for a, info in zip(self.addresses, infos)
+                for l0, l1 in info["ranges"]
+            ],
+            nlist,
+            complete=True,
+            splits=splits,
+        )
         if trained is not None:
             index, tfp = load_trained_index(trained)
             where = trained
@@ -159,12 +179,15 @@ class DistributedSearchClient:
             try:
                 index = faiss.deserialize_index(data)
             except RuntimeError as e:
-                raise IndexFileError(f"the trained index sent by {self.addresses[0]} is not "
-                                     "a faiss index") from e
+                raise IndexFileError(
+                    f"the trained index sent by {self.addresses[0]} is not " "a faiss index"
+                ) from e
             where = f"the trained index sent by {self.addresses[0]}"
         if not fingerprint_matches(index, tfp, fp):
-            raise IndexFileError(f"{where} (fingerprint {tfp[:12]}) is not the one the servers' "
-                                 f"shards were built from (they need {fp})")
+            raise IndexFileError(
+                f"{where} (fingerprint {tfp[:12]}) is not the one the servers' "
+                f"shards were built from (they need {fp})"
+            )
         return TrainedSearcher(index, fp)
 
     @property
@@ -174,8 +197,15 @@ class DistributedSearchClient:
     def _call(self, slot: int, r: _Route, xt: np.ndarray, k: int):
         return self._clients[r.server][slot].call("search_preassigned", xt[r.rows], k, r.Iq, r.Dq)
 
-    def search(self, x: np.ndarray, k: int, *, nprobe: int, ef_search: Optional[int] = None,
-               allow_partial: bool = False) -> SearchResult:
+    def search(
+        self,
+        x: np.ndarray,
+        k: int,
+        *,
+        nprobe: int,
+        ef_search: int | None = None,
+        allow_partial: bool = False,
+    ) -> SearchResult:
         """k nearest neighbours of raw queries ``x`` over all servers."""
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise InputError(f"k must be a positive integer, got {k!r}")
@@ -198,16 +228,18 @@ class DistributedSearchClient:
         def finish() -> None:
             nonlocal received
             a, b, routes, futs = pending.popleft()
-            Dall = np.full((len(self.addresses), b - a, k),
-                           -np.inf if keep_max else np.inf, dtype=np.float32)
+            Dall = np.full(
+                (len(self.addresses), b - a, k), -np.inf if keep_max else np.inf, dtype=np.float32
+            )
             Iall = np.full((len(self.addresses), b - a, k), -1, dtype=np.int64)
             for r, f in zip(routes, futs):
                 try:
                     Ds, Is = f.result()
                 except (RPCError, OSError) as e:
                     failed.setdefault(r.server, e)
-                    missing[a:b][r.rows] |= (self.owner[np.maximum(probed[a:b][r.rows], 0)]
-                                             == r.server) & (probed[a:b][r.rows] >= 0)
+                    missing[a:b][r.rows] |= (
+                        self.owner[np.maximum(probed[a:b][r.rows], 0)] == r.server
+                    ) & (probed[a:b][r.rows] >= 0)
                     continue
                 Dall[r.server, r.rows] = Ds
                 Iall[r.server, r.rows] = Is
@@ -224,8 +256,7 @@ class DistributedSearchClient:
             routes = route(self.owner, Iq, Dq, len(self.addresses))
             slot = ci % self.depth
             futs: list[Future] = [self._pool.submit(self._call, slot, r, xt, k) for r in routes]
-            sent += sum(r.rows.size * xt.shape[1] * 4 + r.Iq.nbytes + r.Dq.nbytes
-                        for r in routes)
+            sent += sum(r.rows.size * xt.shape[1] * 4 + r.Iq.nbytes + r.Dq.nbytes for r in routes)
             pending.append((a, b, routes, futs))
         while pending:
             finish()
@@ -234,8 +265,12 @@ class DistributedSearchClient:
             raise _naming(e, self.addresses[s]) from e
         names = [self.addresses[s] for s in sorted(failed)]
         if names:
-            log.warning("partial results: server(s) %s failed; %d of %d queries lack lists",
-                        ", ".join(names), int(missing.any(axis=1).sum()), n)
+            log.warning(
+                "partial results: server(s) %s failed; %d of %d queries lack lists",
+                ", ".join(names),
+                int(missing.any(axis=1).sum()),
+                n,
+            )
         return SearchResult(D, I, probed, missing, names, sent, received)
 
     def close(self) -> None:
@@ -246,7 +281,7 @@ class DistributedSearchClient:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def __enter__(self) -> "DistributedSearchClient":
+    def __enter__(self) -> DistributedSearchClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

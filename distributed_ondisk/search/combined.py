@@ -15,12 +15,14 @@ client) and ``search_preassigned`` (list scan, done where the lists are).
 Per-call parameters travel in ``SearchParameters`` objects, so concurrent
 searches with different ``nprobe``/``efSearch`` never share mutable state.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import faiss
 import numpy as np
@@ -82,8 +84,9 @@ class TrainedSearcher:
 
         return transform_rows(self.index, _as_queries(x, self.d), first_row)[1]
 
-    def coarse(self, xt: np.ndarray, nprobe: int,
-               ef_search: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    def coarse(
+        self, xt: np.ndarray, nprobe: int, ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Coarse distances and list ids ``(n, min(nprobe, nlist))`` of transformed queries."""
         if not isinstance(nprobe, (int, np.integer)) or nprobe < 1:
             raise InputError(f"nprobe must be a positive integer, got {nprobe!r}")
@@ -101,9 +104,14 @@ class TrainedSearcher:
 class CombinedIndex(TrainedSearcher):
     """Shards opened read-only as one IVF index (``complete=True``) or as one server's part."""
 
-    def __init__(self, shards: Union[PathLike, Sequence[PathLike]], *,
-                 trained: Optional[PathLike] = None, complete: bool = True,
-                 checksums: bool = False) -> None:
+    def __init__(
+        self,
+        shards: PathLike | Sequence[PathLike],
+        *,
+        trained: PathLike | None = None,
+        complete: bool = True,
+        checksums: bool = False,
+    ) -> None:
         from distributed_ondisk.ondisk.indexfile import structure_digest
         from distributed_ondisk.ondisk.trained import fingerprint_matches, load_trained_index
 
@@ -113,33 +121,46 @@ class CombinedIndex(TrainedSearcher):
         self.trained_path = Path(trained) if trained is not None else find_trained_index(metas)
         index, file_fp = load_trained_index(self.trained_path)
         wanted = list(dict.fromkeys(m.trained_fingerprint for m in metas))
-        for fp in wanted:    # once per fingerprint: a content check reads every centroid
+        for fp in wanted:  # once per fingerprint: a content check reads every centroid
             if not fingerprint_matches(index, file_fp, fp):
                 m = next(m for m in metas if m.trained_fingerprint == fp)
-                raise IndexFileError(f"shard {m.path} was built from another trained index "
-                                     f"than {self.trained_path} (it needs fingerprint "
-                                     f"{fp}, that file has {file_fp})")
+                raise IndexFileError(
+                    f"shard {m.path} was built from another trained index "
+                    f"than {self.trained_path} (it needs fingerprint "
+                    f"{fp}, that file has {file_fp})"
+                )
         # the shards' identity of their trained index (what servers report to clients)
         super().__init__(index, file_fp if file_fp in wanted else wanted[0])
         for m in metas:
             if m.nlist not in (None, self.nlist) or m.l1 > self.nlist:
-                raise IndexFileError(f"shard {m.path}: lists [{m.l0}, {m.l1}) of nlist {m.nlist} "
-                                     f"do not fit the trained index's nlist {self.nlist}")
-        check_coverage([(m.label, m.l0, m.l1) for m in metas], self.nlist,
-                       complete=complete, splits=[m.part[1] for m in metas if m.part])
+                raise IndexFileError(
+                    f"shard {m.path}: lists [{m.l0}, {m.l1}) of nlist {m.nlist} "
+                    f"do not fit the trained index's nlist {self.nlist}"
+                )
+        check_coverage(
+            [(m.label, m.l0, m.l1) for m in metas],
+            self.nlist,
+            complete=complete,
+            splits=[m.part[1] for m in metas if m.part],
+        )
         self.shards: list[ShardMeta] = sorted(metas, key=lambda m: m.l0)
         structure = structure_digest(index)
         self.owned = np.zeros(self.nlist, dtype=bool)
         for m in self.shards:
-            self.owned[m.l0:m.l1] = True
-        self._keep: list = []   # C++ objects the stack points to (not owned by it)
+            self.owned[m.l0 : m.l1] = True
+        self._keep: list = []  # C++ objects the stack points to (not owned by it)
         stack = self._build_stack(structure)
         self.ivf.replace_invlists(stack, False)
         ntotal = int(sum(stack.list_size(j) for j in np.flatnonzero(self.owned).tolist()))
         self.ivf.ntotal = self.index.ntotal = ntotal
         self.ntotal = ntotal
-        log.info("opened %d shard(s), lists %s of %d, %d vectors, read-only",
-                 len(self.shards), self.ranges_text(), self.nlist, ntotal)
+        log.info(
+            "opened %d shard(s), lists %s of %d, %d vectors, read-only",
+            len(self.shards),
+            self.ranges_text(),
+            self.nlist,
+            ntotal,
+        )
 
     def _build_stack(self, structure: str) -> faiss.InvertedLists:
         code_size = int(self.ivf.code_size)
@@ -167,8 +188,9 @@ class CombinedIndex(TrainedSearcher):
     def ranges_text(self) -> str:
         return ", ".join(f"[{m.l0}, {m.l1})" for m in self.shards)
 
-    def search_preassigned(self, xt: np.ndarray, k: int, Iq: np.ndarray,
-                           Dq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def search_preassigned(
+        self, xt: np.ndarray, k: int, Iq: np.ndarray, Dq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Scan the given lists (``-1`` = skip) for transformed queries ``xt``.
 
         Refuses list ids this index does not hold: silently scanning an empty
@@ -180,8 +202,9 @@ class CombinedIndex(TrainedSearcher):
         Iq = np.ascontiguousarray(Iq, dtype=np.int64)
         Dq = np.ascontiguousarray(Dq, dtype=np.float32)
         if Iq.ndim != 2 or Iq.shape[0] != n or Dq.shape != Iq.shape:
-            raise InputError(f"list ids {Iq.shape} / coarse distances {Dq.shape} do not match "
-                             f"{n} queries")
+            raise InputError(
+                f"list ids {Iq.shape} / coarse distances {Dq.shape} do not match " f"{n} queries"
+            )
         valid = Iq >= 0
         if (Iq >= self.nlist).any():
             raise InputError(f"list id {int(Iq.max())} out of range [0, {self.nlist})")
@@ -194,13 +217,22 @@ class CombinedIndex(TrainedSearcher):
             return D, I
         nprobe = Iq.shape[1]
         params = faiss.SearchParametersIVF(nprobe=nprobe, max_codes=0)
-        self.ivf.search_preassigned_c(n, faiss.swig_ptr(xt), k, faiss.swig_ptr(Iq),
-                                      faiss.swig_ptr(Dq), faiss.swig_ptr(D), faiss.swig_ptr(I),
-                                      False, params)
+        self.ivf.search_preassigned_c(
+            n,
+            faiss.swig_ptr(xt),
+            k,
+            faiss.swig_ptr(Iq),
+            faiss.swig_ptr(Dq),
+            faiss.swig_ptr(D),
+            faiss.swig_ptr(I),
+            False,
+            params,
+        )
         return D, I
 
-    def search(self, x: np.ndarray, k: int, *, nprobe: int,
-               ef_search: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, x: np.ndarray, k: int, *, nprobe: int, ef_search: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """k nearest neighbours of raw queries ``x``: distances and ids ``(n, k)``."""
         k = _check_k(k)
         xt = self.transform(x)

@@ -11,11 +11,13 @@ concurrent clients with different parameters cannot disturb each other.
 The shards are opened *before* the RPC server starts listening, so a server
 that answers ``ping`` is ready to search.
 """
+
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, Union
 
 import numpy as np
 
@@ -43,18 +45,25 @@ class SearchServer:
 
     def info(self) -> dict[str, Any]:
         ix = self.index
-        return {"name": self.name, "fingerprint": ix.fingerprint, "nlist": ix.nlist, "d": ix.d,
-                "metric_type": ix.metric_type, "ntotal": ix.ntotal,
-                "ranges": [[m.l0, m.l1] for m in ix.shards],
-                "shards": [m.name for m in ix.shards],
-                "parts": [list(m.part) if m.part else None for m in ix.shards]}
+        return {
+            "name": self.name,
+            "fingerprint": ix.fingerprint,
+            "nlist": ix.nlist,
+            "d": ix.d,
+            "metric_type": ix.metric_type,
+            "ntotal": ix.ntotal,
+            "ranges": [[m.l0, m.l1] for m in ix.shards],
+            "shards": [m.name for m in ix.shards],
+            "parts": [list(m.part) if m.part else None for m in ix.shards],
+        }
 
     def trained_index(self) -> np.ndarray:
         """The trained index file (no lists) as uint8, for the client's coarse quantizer."""
         return np.frombuffer(self.index.trained_bytes(), dtype=np.uint8)
 
-    def search_preassigned(self, xt: np.ndarray, k: int, Iq: np.ndarray,
-                           Dq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def search_preassigned(
+        self, xt: np.ndarray, k: int, Iq: np.ndarray, Dq: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         check_request_size(xt, k)
         return self.index.search_preassigned(xt, k, Iq, Dq)
 
@@ -65,14 +74,22 @@ def check_request_size(xt: Any, k: Any) -> None:
         raise InputError(f"k must be an integer in [1, {MAX_K}], got {k!r}")
     n = int(np.shape(xt)[0]) if np.ndim(xt) >= 1 else 0
     if n * int(k) * 12 > MAX_RESULT_BYTES:
-        raise InputError(f"{n} queries x k={k} would need {n * int(k) * 12} bytes of results; "
-                         f"the limit per request is {MAX_RESULT_BYTES} (send fewer queries)")
+        raise InputError(
+            f"{n} queries x k={k} would need {n * int(k) * 12} bytes of results; "
+            f"the limit per request is {MAX_RESULT_BYTES} (send fewer queries)"
+        )
 
 
-def open_search_server(shards: Union[PathLike, Sequence[PathLike]], *,
-                       trained: Optional[PathLike] = None, host: str = "127.0.0.1",
-                       port: int = 0, secret: Optional[bytes],
-                       allow_insecure_loopback: bool = False, checksums: bool = False) -> Any:
+def open_search_server(
+    shards: PathLike | Sequence[PathLike],
+    *,
+    trained: PathLike | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    secret: bytes | None,
+    allow_insecure_loopback: bool = False,
+    checksums: bool = False,
+) -> Any:
     """Open the shards, then start serving them; returns the started ``rpc.Server``.
 
     Opening first is what makes ``ping`` mean "ready": nothing listens before
@@ -82,10 +99,20 @@ def open_search_server(shards: Union[PathLike, Sequence[PathLike]], *,
 
     index = CombinedIndex(shards, trained=trained, complete=False, checksums=checksums)
     obj = SearchServer(index)
-    server = Server(obj, host=host, port=port, secret=secret,
-                    allow_insecure_loopback=allow_insecure_loopback,
-                    name=f"search server [{index.ranges_text()}]")
+    server = Server(
+        obj,
+        host=host,
+        port=port,
+        secret=secret,
+        allow_insecure_loopback=allow_insecure_loopback,
+        name=f"search server [{index.ranges_text()}]",
+    )
     server.start()
-    log.info("search server on %s: lists %s of %d, %d vectors", server.address,
-             index.ranges_text(), index.nlist, index.ntotal)
+    log.info(
+        "search server on %s: lists %s of %d, %d vectors",
+        server.address,
+        index.ranges_text(),
+        index.nlist,
+        index.ntotal,
+    )
     return server

@@ -7,13 +7,15 @@ index fingerprint.  Everything here runs before a search starts, so a wrong
 set of shards is refused with a message naming the shard and the lists at
 fault instead of silently returning fewer results.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import faiss
 
@@ -28,14 +30,15 @@ KIND = "hslice"
 @dataclass(frozen=True)
 class ShardMeta:
     """What a shard's manifest says about it."""
+
     path: Path
     l0: int
     l1: int
-    nlist: Optional[int]      # when the manifest records it; else checked against the trained index
+    nlist: int | None  # when the manifest records it; else checked against the trained index
     trained_fingerprint: str
-    structure: Optional[str]
-    trained_paths: tuple[Path, ...]   # where the manifest says the trained index is
-    part: Optional[tuple[int, int]] = None   # (shard number, shard count) of its split
+    structure: str | None
+    trained_paths: tuple[Path, ...]  # where the manifest says the trained index is
+    part: tuple[int, int] | None = None  # (shard number, shard count) of its split
 
     @property
     def label(self) -> str:
@@ -75,11 +78,12 @@ def read_shard_meta(path: PathLike, *, checksums: bool = False) -> ShardMeta:
         if not (isinstance(no, int) and isinstance(of, int) and 0 <= no < of):
             raise IndexFileError(f"{p}: manifest has an invalid shard number {hs}")
         part = (no, of)
-    return ShardMeta(p, l0, l1, nlist, fp, doc.get("structure"),
-                     tuple(mf.linked_trained_paths(doc, p)), part)
+    return ShardMeta(
+        p, l0, l1, nlist, fp, doc.get("structure"), tuple(mf.linked_trained_paths(doc, p)), part
+    )
 
 
-def expand_shard_args(specs: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
+def expand_shard_args(specs: PathLike | Sequence[PathLike]) -> list[Path]:
     """Shard files from a directory, files, or a comma-separated list of either.
 
     A directory means every file in it that has an hslice manifest, so a
@@ -93,13 +97,19 @@ def expand_shard_args(specs: Union[PathLike, Sequence[PathLike]]) -> list[Path]:
         p = Path(it)
         if p.is_dir():
             # any name: users call their shards as they like (*.index is only the layout's)
-            found = sorted(q for q in (m.with_name(m.name[:-len(mf.MANIFEST_SUFFIX)])
-                                       for m in p.glob("*" + mf.MANIFEST_SUFFIX)
-                                       if not m.name.startswith("."))
-                           if q.is_file() and _is_hslice(q))
+            found = sorted(
+                q
+                for q in (
+                    m.with_name(m.name[: -len(mf.MANIFEST_SUFFIX)])
+                    for m in p.glob("*" + mf.MANIFEST_SUFFIX)
+                    if not m.name.startswith(".")
+                )
+                if q.is_file() and _is_hslice(q)
+            )
             if not found:
-                raise InputError(f"{p}: directory holds no shard (a file with an hslice "
-                                 "manifest)")
+                raise InputError(
+                    f"{p}: directory holds no shard (a file with an hslice " "manifest)"
+                )
             out += found
         elif p.is_file():
             out.append(p)
@@ -117,8 +127,9 @@ def _is_hslice(p: Path) -> bool:
         return False
 
 
-def missing_parts(missing: Sequence[tuple[int, int]], nlist: int,
-                  splits: Sequence[int]) -> list[str]:
+def missing_parts(
+    missing: Sequence[tuple[int, int]], nlist: int, splits: Sequence[int]
+) -> list[str]:
     """Names (``h1 of 4, lists [16, 32)``) of the shards of the recorded splits (shard
     counts) that hold some of the ``missing`` list ranges."""
     from distributed_ondisk.ranges import plan_hslices
@@ -131,8 +142,13 @@ def missing_parts(missing: Sequence[tuple[int, int]], nlist: int,
     return names
 
 
-def check_coverage(ranges: Sequence[tuple[str, int, int]], nlist: int, *,
-                   complete: bool = True, splits: Sequence[int] = ()) -> None:
+def check_coverage(
+    ranges: Sequence[tuple[str, int, int]],
+    nlist: int,
+    *,
+    complete: bool = True,
+    splits: Sequence[int] = (),
+) -> None:
     """Check that named list ranges ``(name, l0, l1)`` do not overlap and, if ``complete``,
     cover ``[0, nlist)``; IndexFileError naming the shards or the missing lists otherwise
     (and the missing shards, when the given ones record their split: ``splits``, the
@@ -150,9 +166,11 @@ def check_coverage(ranges: Sequence[tuple[str, int, int]], nlist: int, *,
         if l0 == l1:
             continue
         if prev is not None and l0 < covered_to:
-            raise IndexFileError(f"shards {prev[0]} (lists [{prev[1]}, {prev[2]})) and {name} "
-                                 f"(lists [{l0}, {l1})) overlap on lists "
-                                 f"[{l0}, {min(l1, covered_to)})")
+            raise IndexFileError(
+                f"shards {prev[0]} (lists [{prev[1]}, {prev[2]})) and {name} "
+                f"(lists [{l0}, {l1})) overlap on lists "
+                f"[{l0}, {min(l1, covered_to)})"
+            )
         if l0 > covered_to:
             missing.append((covered_to, l0))
         if l1 > covered_to:
@@ -163,10 +181,11 @@ def check_coverage(ranges: Sequence[tuple[str, int, int]], nlist: int, *,
     if complete and missing:
         desc = ", ".join(f"[{a}, {b})" for a, b in missing)
         parts = missing_parts(missing, nlist, splits)
-        which = (f"missing shard(s): {'; '.join(parts)}" if parts
-                 else "is a shard missing?")
-        raise IndexFileError(f"shards do not cover every inverted list: lists {desc} of "
-                             f"{nlist} are in no given shard ({which})")
+        which = f"missing shard(s): {'; '.join(parts)}" if parts else "is a shard missing?"
+        raise IndexFileError(
+            f"shards do not cover every inverted list: lists {desc} of "
+            f"{nlist} are in no given shard ({which})"
+        )
 
 
 def common_fingerprint(metas: Sequence[ShardMeta]) -> str:
@@ -175,9 +194,11 @@ def common_fingerprint(metas: Sequence[ShardMeta]) -> str:
     fp = metas[0].trained_fingerprint
     for m in metas:
         if m.trained_fingerprint != fp:
-            raise IndexFileError(f"shards {metas[0].path} and {m.path} were built from "
-                                 f"different trained indexes (fingerprints {fp[:12]} and "
-                                 f"{m.trained_fingerprint[:12]})")
+            raise IndexFileError(
+                f"shards {metas[0].path} and {m.path} were built from "
+                f"different trained indexes (fingerprints {fp[:12]} and "
+                f"{m.trained_fingerprint[:12]})"
+            )
     return fp
 
 
@@ -202,7 +223,8 @@ def find_trained_index(metas: Sequence[ShardMeta]) -> Path:
         f"cannot find the trained index of shard {metas[0].path}: tried "
         f"{'; '.join(tried)}. The shards need the trained index with fingerprint "
         f"{fp} (shard files hold only the inverted lists; their coarse quantizer is in the "
-        "trained index, so they cannot be searched without it): pass it with --trained PATH")
+        "trained index, so they cannot be searched without it): pass it with --trained PATH"
+    )
 
 
 def open_shard(meta: ShardMeta, code_size: int, structure: str) -> Any:
@@ -217,16 +239,22 @@ def open_shard(meta: ShardMeta, code_size: int, structure: str) -> Any:
     h = open_hslice(meta.path)
     ivf = faiss.extract_index_ivf(h.index)
     if ivf.nlist < meta.l1 or ivf.code_size != code_size:
-        raise IndexFileError(f"{meta.path}: nlist {ivf.nlist} / code size {ivf.code_size} do "
-                             f"not fit lists [{meta.l0}, {meta.l1}) / code size {code_size}")
+        raise IndexFileError(
+            f"{meta.path}: nlist {ivf.nlist} / code size {ivf.code_size} do "
+            f"not fit lists [{meta.l0}, {meta.l1}) / code size {code_size}"
+        )
     if structure_digest(h.index) != structure:
-        raise IndexFileError(f"{meta.path}: index structure (transform, encoder, nlist) differs "
-                             "from the trained index's: built from another trained index")
+        raise IndexFileError(
+            f"{meta.path}: index structure (transform, encoder, nlist) differs "
+            "from the trained index's: built from another trained index"
+        )
     sizes = ondisk_list_table(h.invlists)[:, 0]
     stray = sizes.copy()
-    stray[meta.l0:meta.l1] = 0
+    stray[meta.l0 : meta.l1] = 0
     if stray.any():
         bad = int(stray.nonzero()[0][0])
-        raise IndexFileError(f"{meta.path}: holds entries in list {bad}, outside its range "
-                             f"[{meta.l0}, {meta.l1})")
+        raise IndexFileError(
+            f"{meta.path}: holds entries in list {bad}, outside its range "
+            f"[{meta.l0}, {meta.l1})"
+        )
     return h

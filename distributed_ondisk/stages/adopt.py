@@ -16,15 +16,17 @@ identified by content (structure + centroids, see
 :func:`~distributed_ondisk.ondisk.trained.content_fingerprint`), which needs
 the slices to carry their quantizer, as faiss-made slices do.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -41,12 +43,13 @@ log = logging.getLogger(__name__)
 @dataclass
 class Found:
     """One slice as found on disk."""
+
     path: Path
     layout: SliceLayout
     id_range: tuple[int, int]
-    centroids: Optional[np.ndarray]     # its coarse quantizer's content, if it kept it
+    centroids: np.ndarray | None  # its coarse quantizer's content, if it kept it
     d: int
-    doc: Optional[dict[str, Any]]       # its manifest, when it already has one
+    doc: dict[str, Any] | None  # its manifest, when it already has one
 
 
 def _id_range(layout: SliceLayout) -> tuple[int, int]:
@@ -59,7 +62,7 @@ def _id_range(layout: SliceLayout) -> tuple[int, int]:
         for j in np.flatnonzero(layout.sizes).tolist():
             n = int(layout.sizes[j])
             start = int(layout.offsets[j]) + n * cs
-            ids = np.frombuffer(mm[start:start + n * IDX_BYTES], dtype="<i8")
+            ids = np.frombuffer(mm[start : start + n * IDX_BYTES], dtype="<i8")
             a, b = int(ids.min()), int(ids.max())
             lo = a if lo is None else min(lo, a)
             hi = b if hi is None else max(hi, b)
@@ -68,18 +71,20 @@ def _id_range(layout: SliceLayout) -> tuple[int, int]:
     if lo is None:
         return 0, 0
     if lo < 0:
-        raise IndexFileError(f"{layout.path}: holds negative ids (min {lo}): not a slice of "
-                             "row numbers")
+        raise IndexFileError(
+            f"{layout.path}: holds negative ids (min {lo}): not a slice of " "row numbers"
+        )
     if hi - lo + 1 < layout.ntotal:
-        raise IndexFileError(f"{layout.path}: {layout.ntotal} vectors with ids in "
-                             f"[{lo}, {hi}]: some ids repeat")
+        raise IndexFileError(
+            f"{layout.path}: {layout.ntotal} vectors with ids in " f"[{lo}, {hi}]: some ids repeat"
+        )
     return lo, hi + 1
 
 
 def inspect(path: Path) -> Found:
     """Read one slice file and check it on its own; IndexFileError naming it otherwise."""
     try:
-        layout = read_layout(path)       # readable, IVF, contiguous lists
+        layout = read_layout(path)  # readable, IVF, contiguous lists
     except IndexFileError as e:
         if str(path) in str(e):
             raise
@@ -87,14 +92,17 @@ def inspect(path: Path) -> Found:
     if not layout.is_trained:
         raise IndexFileError(f"{path}: index is not trained")
     if int(layout.sizes.sum()) != layout.ntotal:
-        raise IndexFileError(f"{path}: list sizes sum to {int(layout.sizes.sum())} but the "
-                             f"index says it holds {layout.ntotal} vectors")
+        raise IndexFileError(
+            f"{path}: list sizes sum to {int(layout.sizes.sum())} but the "
+            f"index says it holds {layout.ntotal} vectors"
+        )
     index = read_index(path, faiss.IO_FLAG_MMAP)
     ivf = ivf_of(index, str(path))
     q = ivf.quantizer
     if q.ntotal not in (0, ivf.nlist):
-        raise IndexFileError(f"{path}: coarse quantizer holds {q.ntotal} centroids, nlist is "
-                             f"{ivf.nlist}")
+        raise IndexFileError(
+            f"{path}: coarse quantizer holds {q.ntotal} centroids, nlist is " f"{ivf.nlist}"
+        )
     try:
         centroids = q.reconstruct_n(0, q.ntotal) if q.ntotal else None
     except RuntimeError as e:
@@ -109,15 +117,16 @@ def _describe(f: Found) -> str:
     return f"d={f.d}, nlist={f.layout.nlist}, code size={f.layout.code_size}"
 
 
-def check_same_trained(found: Sequence[Found], trained: Optional[faiss.Index],
-                       trained_path: Optional[Path]) -> tuple[str, Optional[np.ndarray]]:
+def check_same_trained(
+    found: Sequence[Found], trained: faiss.Index | None, trained_path: Path | None
+) -> tuple[str, np.ndarray | None]:
     """All slices have the trained structure and centroids of ``trained`` (when given)
     or of each other; returns (structure digest, centroids or None)."""
     if trained is not None:
         tivf = faiss.extract_index_ivf(trained)
         ref_name = f"the trained index {trained_path}"
         ref = (structure_digest(trained), int(trained.d), int(tivf.nlist), int(tivf.code_size))
-        ref_c: Optional[np.ndarray] = tivf.quantizer.reconstruct_n(0, tivf.nlist)
+        ref_c: np.ndarray | None = tivf.quantizer.reconstruct_n(0, tivf.nlist)
     else:
         f0 = found[0]
         ref_name = str(f0.path)
@@ -129,20 +138,29 @@ def check_same_trained(found: Sequence[Found], trained: Optional[faiss.Index],
     for f in found:
         mine = (f.layout.structure, f.d, f.layout.nlist, f.layout.code_size)
         if mine[1:] != ref[1:]:
-            raise IndexFileError(f"{f.path}: {_describe(f)}, but {ref_name} has d={ref[1]}, "
-                                 f"nlist={ref[2]}, code size={ref[3]}: another trained index")
+            raise IndexFileError(
+                f"{f.path}: {_describe(f)}, but {ref_name} has d={ref[1]}, "
+                f"nlist={ref[2]}, code size={ref[3]}: another trained index"
+            )
         if mine[0] != ref[0]:
-            raise IndexFileError(f"{f.path}: its trained structure (transform, encoder "
-                                 f"parameters) differs from {ref_name}'s: another trained index")
-        if f.centroids is not None and ref_c is not None and not np.array_equal(f.centroids,
-                                                                                 ref_c):
-            raise IndexFileError(f"{f.path}: its coarse centroids differ from {ref_name_c}'s: "
-                                 "another trained index")
+            raise IndexFileError(
+                f"{f.path}: its trained structure (transform, encoder "
+                f"parameters) differs from {ref_name}'s: another trained index"
+            )
+        if f.centroids is not None and ref_c is not None and not np.array_equal(f.centroids, ref_c):
+            raise IndexFileError(
+                f"{f.path}: its coarse centroids differ from {ref_name_c}'s: "
+                "another trained index"
+            )
     return ref[0], ref_c
 
 
-def _fingerprint(found: Sequence[Found], trained: Optional[tuple[faiss.Index, str]],
-                 structure: str, centroids: Optional[np.ndarray]) -> str:
+def _fingerprint(
+    found: Sequence[Found],
+    trained: tuple[faiss.Index, str] | None,
+    structure: str,
+    centroids: np.ndarray | None,
+) -> str:
     """The trained-index fingerprint the adopted slices' manifests record.
 
     With ``--trained``: its file's.  Without, the slices must prove by their own
@@ -157,23 +175,29 @@ def _fingerprint(found: Sequence[Found], trained: Optional[tuple[faiss.Index, st
         for f in done:
             theirs = f.doc.get("trained_fingerprint")
             if not fingerprint_matches(trained[0], trained[1], theirs):
-                raise IndexFileError(f"{f.path}: its manifest names another trained index "
-                                     f"(fingerprint {str(theirs)[:12]}) than the given one "
-                                     f"({trained[1][:12]})")
+                raise IndexFileError(
+                    f"{f.path}: its manifest names another trained index "
+                    f"(fingerprint {str(theirs)[:12]}) than the given one "
+                    f"({trained[1][:12]})"
+                )
         return trained[1]
     fps = sorted({str(f.doc.get("trained_fingerprint")) for f in done})
     if len(fps) > 1:
-        raise IndexFileError(f"slices {done[0].path} and {done[-1].path} have manifests "
-                             "naming different trained indexes")
+        raise IndexFileError(
+            f"slices {done[0].path} and {done[-1].path} have manifests "
+            "naming different trained indexes"
+        )
     todo = [f for f in found if f.doc is None]
     if not todo:
         return fps[0]
     blind = [f for f in todo if f.centroids is None]
     if blind or centroids is None or (done and all(f.centroids is None for f in done)):
         what = blind[0].path if blind else todo[0].path
-        raise InputError(f"cannot tell which trained index {what} comes from: it (or the "
-                         "slices already adopted) does not carry its coarse quantizer; pass "
-                         "the trained index (--trained)")
+        raise InputError(
+            f"cannot tell which trained index {what} comes from: it (or the "
+            "slices already adopted) does not carry its coarse quantizer; pass "
+            "the trained index (--trained)"
+        )
     return fps[0] if fps else content_fingerprint_of(structure, centroids)
 
 
@@ -190,29 +214,39 @@ def _check_writable(todo: Sequence[Path]) -> None:
         try:
             _probe_write(d)
         except OSError as e:
-            raise OutputError(f"cannot adopt the slices in {d}: the folder is not writable "
-                              f"({e.strerror or e}), and each manifest must lie next to its "
-                              "slice (copy the slices to a writable folder, then --adopt)") from e
+            raise OutputError(
+                f"cannot adopt the slices in {d}: the folder is not writable "
+                f"({e.strerror or e}), and each manifest must lie next to its "
+                "slice (copy the slices to a writable folder, then --adopt)"
+            ) from e
 
 
-def write_adopted_manifest(f: Found, fingerprint: str,
-                           trained_path: Optional[Path]) -> dict[str, Any]:
+def write_adopted_manifest(f: Found, fingerprint: str, trained_path: Path | None) -> dict[str, Any]:
     i0, i1 = f.id_range
     extra: dict[str, Any] = {}
     if trained_path is not None:
         extra["trained_index"] = mf.trained_link(trained_path, fingerprint, f.path)
     return mf.write_manifest(
-        f.path, KIND, {"index": f.path},
+        f.path,
+        KIND,
+        {"index": f.path},
         params={"adopted": True, "trained_fingerprint": fingerprint, "rows": [i0, i1]},
-        regions=region_checksums(f.layout), trained_fingerprint=fingerprint,
-        structure=f.layout.structure, rows=f.layout.ntotal, id_range=[i0, i1],
+        regions=region_checksums(f.layout),
+        trained_fingerprint=fingerprint,
+        structure=f.layout.structure,
+        rows=f.layout.ntotal,
+        id_range=[i0, i1],
         list_sizes=mf.encode_counts(f.layout.sizes),
-        quantizer="kept" if f.centroids is not None else "placeholder", data=None,
-        adopted=True, **extra)
+        quantizer="kept" if f.centroids is not None else "placeholder",
+        data=None,
+        adopted=True,
+        **extra,
+    )
 
 
-def adopt_vslices(paths: Sequence[Path], trained: Optional[Path] = None,
-                  threads: int = 2) -> list[Path]:
+def adopt_vslices(
+    paths: Sequence[Path], trained: Path | None = None, threads: int = 2
+) -> list[Path]:
     """Check slice files and write the manifests of those without one; returns the
     slices adopted now.  Slices that have a manifest are checked with the others and
     kept as they are (so a rerun, or parallel merge jobs adopting the same slices,
@@ -223,8 +257,9 @@ def adopt_vslices(paths: Sequence[Path], trained: Optional[Path] = None,
     if not paths:
         raise InputError("no vslices to adopt")
     # before the checks, which read every slice: a read-only folder is known at once
-    _check_writable([p for p in map(Path, paths)
-                     if p.is_file() and not mf.manifest_path(p).exists()])
+    _check_writable(
+        [p for p in map(Path, paths) if p.is_file() and not mf.manifest_path(p).exists()]
+    )
     t = load_trained_index(trained) if trained is not None else None
     with ThreadPoolExecutor(max(1, threads)) as ex:
         found = list(ex.map(inspect, map(Path, paths)))
@@ -233,19 +268,23 @@ def adopt_vslices(paths: Sequence[Path], trained: Optional[Path] = None,
             try:
                 open_vslice(f.path)
             except IndexFileError as e:
-                raise IndexFileError(f"{e} (it has a manifest that does not match it; remove "
-                                     f"{mf.manifest_path(f.path).name} to adopt the file as "
-                                     "it is now)") from e
+                raise IndexFileError(
+                    f"{e} (it has a manifest that does not match it; remove "
+                    f"{mf.manifest_path(f.path).name} to adopt the file as "
+                    "it is now)"
+                ) from e
     structure, centroids = check_same_trained(found, t[0] if t else None, trained)
     fp = _fingerprint(found, t, structure, centroids)
     for a, b in find_overlaps([f.id_range for f in found]):
-        raise IndexFileError(f"id ranges overlap: {found[a].path} holds ids "
-                             f"{list(found[a].id_range)}, {found[b].path} holds "
-                             f"{list(found[b].id_range)}")
+        raise IndexFileError(
+            f"id ranges overlap: {found[a].path} holds ids "
+            f"{list(found[a].id_range)}, {found[b].path} holds "
+            f"{list(found[b].id_range)}"
+        )
     todo = [f for f in found if f.doc is None]
     for f in todo:
         write_adopted_manifest(f, fp, trained)
-        open_vslice(f.path)      # reads back as the merge will check it
+        open_vslice(f.path)  # reads back as the merge will check it
         log.info("adopted %s: %d vectors, ids [%d, %d)", f.path, f.layout.ntotal, *f.id_range)
     if not todo:
         log.info("all %d slices already have a manifest: nothing to adopt", len(found))

@@ -32,14 +32,16 @@ long work), written under a temporary name, fsynced once and renamed by
 so the final fsync waits for little.  Nothing is published unless every copied
 byte, and every byte of the partly covered edge blocks, matched its digest.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -97,7 +99,7 @@ class _SliceReader:
         """Read and verify up to ``end`` without copying (edge blocks)."""
         scratch = bytearray(min(_EDGE_READ, max(0, end - self.pos)))
         while self.pos < end:
-            self.read_into(memoryview(scratch)[:min(len(scratch), end - self.pos)])
+            self.read_into(memoryview(scratch)[: min(len(scratch), end - self.pos)])
 
     def finish(self) -> None:
         """Read and verify the rest of the last block (its lists are not copied)."""
@@ -111,35 +113,39 @@ class _Gatherer:
     """Reads batches of lists from every slice into two reused buffers (batch ``k + 1``
     is read while batch ``k`` is gathered) and gathers each into output order."""
 
-    def __init__(self, readers: Sequence[_SliceReader], code_size: int,
-                 threads: int = 1) -> None:
+    def __init__(self, readers: Sequence[_SliceReader], code_size: int, threads: int = 1) -> None:
         self.readers = readers
         self.code_size = code_size
         # reads the slices of a batch concurrently (pays where a read waits on the network)
         self.threads = max(1, min(threads, len(readers)))
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.bufs = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
-        self.sizes = np.stack([r.sizes for r in readers]).astype(np.int64)   # (S, nlist)
+        self.sizes = np.stack([r.sizes for r in readers]).astype(np.int64)  # (S, nlist)
 
     def read(self, la: int, lb: int, slot: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Read lists [la, lb) of every slice into buffer ``slot``; returns what
         :func:`_gather` needs."""
         offsets, order = gather_plan(self.sizes[:, la:lb], self.code_size)
         total = int(offsets[-1])
-        if len(self.bufs[slot]) < total:   # grows rarely: fresh pages cost a fault each
+        if len(self.bufs[slot]) < total:  # grows rarely: fresh pages cost a fault each
             self.bufs[slot] = np.empty(max(total, len(self.bufs[slot]) * 5 // 4), np.uint8)
         buf = self.bufs[slot]
         view = memoryview(buf)
         nparts = 2 * (lb - la)
-        parts = [view[offsets[s * nparts]:offsets[(s + 1) * nparts]]
-                 for s in range(len(self.readers))]
+        parts = [
+            view[offsets[s * nparts] : offsets[(s + 1) * nparts]] for s in range(len(self.readers))
+        ]
         nt = self.threads
         if self.pool is None:
             _read_all(self.readers, parts)
-        else:   # one task per thread, each a fixed share of the slices: their verifiers
-            list(self.pool.map(_read_all,                 # see each slice's bytes in order
-                               [self.readers[i::nt] for i in range(nt)],
-                               [parts[i::nt] for i in range(nt)]))
+        else:  # one task per thread, each a fixed share of the slices: their verifiers
+            list(
+                self.pool.map(
+                    _read_all,  # see each slice's bytes in order
+                    [self.readers[i::nt] for i in range(nt)],
+                    [parts[i::nt] for i in range(nt)],
+                )
+            )
         return buf, offsets, order
 
     def close(self) -> None:
@@ -152,22 +158,27 @@ def _read_all(readers: Sequence[_SliceReader], views: Sequence[memoryview]) -> N
         r.read_into(v)
 
 
-def _gather(buf: np.ndarray, offsets: np.ndarray, order: np.ndarray,
-            pieces: Sequence[tuple[int, int, int]]) -> Iterator[pa.Buffer]:
+def _gather(
+    buf: np.ndarray, offsets: np.ndarray, order: np.ndarray, pieces: Sequence[tuple[int, int, int]]
+) -> Iterator[pa.Buffer]:
     """Parts ``buf[offsets[i]:offsets[i + 1]]`` concatenated in ``order``, cut into
     ``pieces`` ``(first, end, nbytes)`` of ``order``: one Arrow take each (C++, no
     GIL) over the parts array built once."""
     total = int(offsets[-1])
     parts = pa.LargeBinaryArray.from_buffers(
-        pa.large_binary(), len(offsets) - 1,
-        [None, pa.py_buffer(offsets), pa.py_buffer(buf[:total])])
+        pa.large_binary(),
+        len(offsets) - 1,
+        [None, pa.py_buffer(offsets), pa.py_buffer(buf[:total])],
+    )
     for first, end, nbytes in pieces:
         if nbytes == 0:
             continue
         data = pc.take(parts, pa.array(order[first:end])).buffers()[2]
         if data is None or data.size < nbytes:
-            raise IndexFileError(f"internal: gathered {0 if data is None else data.size} "
-                                 f"bytes, expected {nbytes}")
+            raise IndexFileError(
+                f"internal: gathered {0 if data is None else data.size} "
+                f"bytes, expected {nbytes}"
+            )
         yield data.slice(0, nbytes)
 
 
@@ -183,12 +194,13 @@ def _write_batch(fd: int, data: Any, offset: int, digest: Any) -> None:
     then start its writeback (POSIX_FADV_DONTNEED writes dirty pages back on Linux)
     so that the final fsync has little left to wait for."""
     _pwrite_all(fd, data, offset)
-    digest.update(data)           # XXH3 releases the GIL: the main thread gathers meanwhile
+    digest.update(data)  # XXH3 releases the GIL: the main thread gathers meanwhile
     os.posix_fadvise(fd, offset, len(data), os.POSIX_FADV_DONTNEED)
 
 
-def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: int,
-                batch_bytes: int) -> tuple[np.ndarray, str]:
+def write_lists(
+    slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: int, batch_bytes: int
+) -> tuple[np.ndarray, str]:
     """Write the shard data file for lists [l0, l1) of ``slices`` (checked ``Vslice``
     objects, in id order); returns (merged list sizes, digest of the file).
 
@@ -196,11 +208,13 @@ def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: in
     where one read waits on the network); the gather and the write use one each."""
     cs = slices[0].layout.code_size
     sizes = np.sum([s.layout.sizes[l0:l1] for s in slices], axis=0).astype(np.int64)
-    batches = [(l0 + a, l0 + b, pieces) for a, b, pieces in
-               plan_merge_reads(sizes, len(slices), cs, batch_bytes, READ_BATCHES)]
+    batches = [
+        (l0 + a, l0 + b, pieces)
+        for a, b, pieces in plan_merge_reads(sizes, len(slices), cs, batch_bytes, READ_BATCHES)
+    ]
     total = int(sizes.sum()) * (cs + IDX_BYTES)
     readers: list[_SliceReader] = []
-    gatherer: Optional[_Gatherer] = None
+    gatherer: _Gatherer | None = None
     try:
         for s in slices:
             readers.append(_SliceReader(s, l0, l1))
@@ -215,31 +229,39 @@ def write_lists(slices: Sequence[Any], l0: int, l1: int, dest: Path, threads: in
     return sizes, digest
 
 
-def _copy(gatherer: _Gatherer, batches: list[tuple[int, int, list[tuple[int, int, int]]]],
-          tmp: Path, total: int, what: str) -> str:
+def _copy(
+    gatherer: _Gatherer,
+    batches: list[tuple[int, int, list[tuple[int, int, int]]]],
+    tmp: Path,
+    total: int,
+    what: str,
+) -> str:
     """Copy all batches into ``tmp`` (fsynced); returns the file's digest."""
     fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
     h = mf.new_digest()
     try:
         if total:
-            try:   # reserve the space: a full disk fails now, not after the long work
+            try:  # reserve the space: a full disk fails now, not after the long work
                 os.posix_fallocate(fd, 0, total)
             except OSError as e:
                 raise IndexFileError(f"{tmp}: cannot reserve {total} bytes: {e.strerror}") from e
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, \
-                Progress(total, what, "B", logger=log) as prog:
-            reading = (reader.submit(gatherer.read, *batches[0][:2], 0) if batches
-                       else None)
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, Progress(
+            total, what, "B", logger=log
+        ) as prog:
+            reading = reader.submit(gatherer.read, *batches[0][:2], 0) if batches else None
             writing: collections.deque[Future] = collections.deque()
             pos = 0
             for k in range(len(batches)):
                 read = reading.result()
                 # the other buffer fills with batch k + 1 while batch k is gathered
-                reading = (reader.submit(gatherer.read, *batches[k + 1][:2], (k + 1) % 2)
-                           if k + 1 < len(batches) else None)
+                reading = (
+                    reader.submit(gatherer.read, *batches[k + 1][:2], (k + 1) % 2)
+                    if k + 1 < len(batches)
+                    else None
+                )
                 for data in _gather(*read, batches[k][2]):
                     if len(writing) == WRITES_IN_FLIGHT:
-                        writing.popleft().result()   # bounded memory; a slow disk moment
+                        writing.popleft().result()  # bounded memory; a slow disk moment
                     writing.append(writer.submit(_write_batch, fd, data, pos, h))  # is absorbed
                     pos += data.size
                     prog.update(data.size)

@@ -12,15 +12,17 @@ output, so its resident memory grows with the shard).  Every input is checked
 before any work: exists, readable, trained, same trained-index fingerprint and
 structure, manifest agrees with the file, disjoint id ranges.
 """
+
 from __future__ import annotations
 
 import glob
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import faiss
 import numpy as np
@@ -52,12 +54,12 @@ DEFAULT_BATCH_BYTES = 2 << 20
 class MergeJob:
     inputs: Sequence[str]
     out: Path
-    invlists: Optional[Path] = None
-    l0: Optional[int] = None
-    l1: Optional[int] = None
-    nslice: Optional[int] = None
-    slice_no: Optional[int] = None
-    trained: Optional[Path] = None     # if given, slices must come from this trained index
+    invlists: Path | None = None
+    l0: int | None = None
+    l1: int | None = None
+    nslice: int | None = None
+    slice_no: int | None = None
+    trained: Path | None = None  # if given, slices must come from this trained index
     threads: int = 2
     batch_bytes: int = DEFAULT_BATCH_BYTES
     force: bool = False
@@ -69,7 +71,7 @@ class Vslice:
     doc: dict[str, Any]
     layout: SliceLayout
     id_range: tuple[int, int]
-    verifier: Optional[BlockVerifier] = field(default=None, repr=False)
+    verifier: BlockVerifier | None = field(default=None, repr=False)
 
 
 def resolve_inputs(specs: Sequence[str]) -> list[Path]:
@@ -83,8 +85,10 @@ def resolve_inputs(specs: Sequence[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(q for q in p.glob("*.index") if not q.name.startswith("."))
             if not found:
-                raise IndexFileError(f"{spec}: directory holds no *.index slice (name the "
-                                     "files, or a glob pattern, for other names)")
+                raise IndexFileError(
+                    f"{spec}: directory holds no *.index slice (name the "
+                    "files, or a glob pattern, for other names)"
+                )
         elif glob.has_magic(spec):
             found = sorted(Path(q) for q in glob.glob(spec) if not Path(q).name.startswith("."))
             if not found:
@@ -108,33 +112,39 @@ def resolve_inputs(specs: Sequence[str]) -> list[Path]:
 def open_vslice(path: Path) -> Vslice:
     if path.is_file() and not mf.manifest_path(path).exists():
         # the manifest is the integrity record: refused, but say how to adopt such a file
-        raise IndexFileError(f"{path}: no manifest {mf.manifest_path(path).name} (not written "
-                             "by this tool, or copied without it; a slice made by faiss "
-                             "alone can be checked and adopted with merge_to_ondisk.py "
-                             "--adopt)")
+        raise IndexFileError(
+            f"{path}: no manifest {mf.manifest_path(path).name} (not written "
+            "by this tool, or copied without it; a slice made by faiss "
+            "alone can be checked and adopted with merge_to_ondisk.py "
+            "--adopt)"
+        )
     doc = mf.load_manifest(path, VSLICE_KIND)
     try:
         size = path.stat().st_size
     except OSError as e:
         raise IndexFileError(f"{path}: unreadable: {e.strerror}") from e
     if size != doc["files"]["index"]["size"]:
-        raise IndexFileError(f"{path}: {size} bytes, its manifest says "
-                             f"{doc['files']['index']['size']} (truncated or rewritten?)")
+        raise IndexFileError(
+            f"{path}: {size} bytes, its manifest says "
+            f"{doc['files']['index']['size']} (truncated or rewritten?)"
+        )
     layout = read_layout(path)
     if not layout.is_trained:
         raise IndexFileError(f"{path}: index is not trained")
     if layout.structure != doc.get("structure"):
         raise IndexFileError(f"{path}: index structure differs from its manifest")
     if layout.ntotal != doc["rows"] or not np.array_equal(
-            layout.sizes, mf.decode_counts(doc["list_sizes"])):
+        layout.sizes, mf.decode_counts(doc["list_sizes"])
+    ):
         raise IndexFileError(f"{path}: list sizes differ from its manifest")
     check_header_trailer(layout, doc["regions"])
     i0, i1 = doc["id_range"]
     return Vslice(path, doc, layout, (int(i0), int(i1)))
 
 
-def check_vslices(paths: Sequence[Path], trained: Optional[tuple[faiss.Index, str]],
-                  threads: int) -> list[Vslice]:
+def check_vslices(
+    paths: Sequence[Path], trained: tuple[faiss.Index, str] | None, threads: int
+) -> list[Vslice]:
     """Open and cross-check all inputs (against ``trained``, an index and its file
     fingerprint, when given); raise naming the first bad file."""
     from distributed_ondisk.ondisk.trained import fingerprint_matches
@@ -144,28 +154,32 @@ def check_vslices(paths: Sequence[Path], trained: Optional[tuple[faiss.Index, st
     ref = slices[0]
     ref_fp = ref.doc["trained_fingerprint"]
     if trained is not None and not fingerprint_matches(trained[0], trained[1], ref_fp):
-        raise IndexFileError(f"{ref.path} was built from a different trained index than "
-                             f"the given one (fingerprints {ref_fp[:12]} vs {trained[1][:12]})")
+        raise IndexFileError(
+            f"{ref.path} was built from a different trained index than "
+            f"the given one (fingerprints {ref_fp[:12]} vs {trained[1][:12]})"
+        )
     for s in slices:
         if s.doc["trained_fingerprint"] != ref_fp:
-            raise IndexFileError(f"{s.path} was built from a different trained index than "
-                                 f"{ref.path} (fingerprints {s.doc['trained_fingerprint'][:12]} "
-                                 f"vs {ref_fp[:12]})")
+            raise IndexFileError(
+                f"{s.path} was built from a different trained index than "
+                f"{ref.path} (fingerprints {s.doc['trained_fingerprint'][:12]} "
+                f"vs {ref_fp[:12]})"
+            )
         if (s.layout.structure, s.layout.nlist, s.layout.code_size) != (
-                ref.layout.structure, ref.layout.nlist, ref.layout.code_size):
+            ref.layout.structure,
+            ref.layout.nlist,
+            ref.layout.code_size,
+        ):
             raise IndexFileError(f"{s.path} and {ref.path} have different index structures")
     for a, b in find_overlaps([s.id_range for s in slices]):
-        raise IndexFileError(f"id ranges overlap: {slices[a].path} has {list(slices[a].id_range)}"
-                             f", {slices[b].path} has {list(slices[b].id_range)}")
+        raise IndexFileError(
+            f"id ranges overlap: {slices[a].path} has {list(slices[a].id_range)}"
+            f", {slices[b].path} has {list(slices[b].id_range)}"
+        )
     return sorted(slices, key=lambda s: s.id_range)
 
 
-
-
-
-
-def locate_trained(given: Optional[Path], slices: Sequence[Vslice],
-                   fingerprint: str) -> Optional[Path]:
+def locate_trained(given: Path | None, slices: Sequence[Vslice], fingerprint: str) -> Path | None:
     """The trained index file of the slices, to record in the shard's manifest: the given
     one, else where the slices' manifests say, else next to the slices' folder."""
     from distributed_ondisk.ondisk.trained import find_trained
@@ -179,9 +193,11 @@ def locate_trained(given: Optional[Path], slices: Sequence[Vslice],
         cands += [d / "trained.index", d.parent / "trained.index"]
     found, tried = find_trained(cands, fingerprint)
     if found is None:
-        log.warning("trained index of the slices not found (tried %s): the shard records "
-                    "only its fingerprint, searching it will need --trained",
-                    "; ".join(tried) or "nothing")
+        log.warning(
+            "trained index of the slices not found (tried %s): the shard records "
+            "only its fingerprint, searching it will need --trained",
+            "; ".join(tried) or "nothing",
+        )
     return found
 
 
@@ -200,10 +216,19 @@ def merge_hslice(job: MergeJob) -> dict[str, Any]:
     slices = check_vslices(paths, trained, job.threads)
     nlist = slices[0].layout.nlist
     l0, l1 = resolve_range(nlist, job.l0, job.l1, job.nslice, job.slice_no, "lists")
-    inputs = [{"name": os.path.abspath(s.path), "digest": s.doc["files"]["index"][mf.DIGEST],
-               "id_range": list(s.id_range)} for s in slices]
-    params = {"lists": [l0, l1], "inputs": inputs,
-              "trained_fingerprint": slices[0].doc["trained_fingerprint"]}
+    inputs = [
+        {
+            "name": os.path.abspath(s.path),
+            "digest": s.doc["files"]["index"][mf.DIGEST],
+            "id_range": list(s.id_range),
+        }
+        for s in slices
+    ]
+    params = {
+        "lists": [l0, l1],
+        "inputs": inputs,
+        "trained_fingerprint": slices[0].doc["trained_fingerprint"],
+    }
     if not job.force and mf.is_complete(out, KIND, params):
         log.info("%s is complete, skipping (use --force to rebuild)", out)
         return mf.load_manifest(out, KIND)
@@ -220,12 +245,26 @@ def merge_hslice(job: MergeJob) -> dict[str, Any]:
     if job.nslice is not None:
         # which part of which split: a missing shard can then be named at search time
         extra["hslice"] = {"no": int(job.slice_no), "of": int(job.nslice)}
-    doc = mf.write_manifest(out, KIND, {"index": out, "invlists": il_path},
-                            known_digests={"invlists": il_digest}, params=params,
-                            trained_fingerprint=fp, nlist=nlist,
-                            structure=slices[0].layout.structure, list_range=[l0, l1],
-                            list_sizes=mf.encode_counts(sizes), rows=int(sizes.sum()),
-                            quantizer="placeholder", **extra)
-    log.info("wrote %s + %s (%d vectors, %d bytes of lists)", out, il_path, doc["rows"],
-             doc["files"]["invlists"]["size"])
+    doc = mf.write_manifest(
+        out,
+        KIND,
+        {"index": out, "invlists": il_path},
+        known_digests={"invlists": il_digest},
+        params=params,
+        trained_fingerprint=fp,
+        nlist=nlist,
+        structure=slices[0].layout.structure,
+        list_range=[l0, l1],
+        list_sizes=mf.encode_counts(sizes),
+        rows=int(sizes.sum()),
+        quantizer="placeholder",
+        **extra,
+    )
+    log.info(
+        "wrote %s + %s (%d vectors, %d bytes of lists)",
+        out,
+        il_path,
+        doc["rows"],
+        doc["files"]["invlists"]["size"],
+    )
     return doc

@@ -2,6 +2,7 @@
 which inverted lists go to which horizontal shard, and how a merge walks its
 lists in bounded batches.  No I/O here, so every rule is unit-tested directly.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ from distributed_ondisk.errors import InputError
 from distributed_ondisk.ondisk.indexfile import IDX_BYTES
 
 
-def plan_merge_batches(list_sizes: np.ndarray, code_size: int,
-                       max_bytes: int) -> list[tuple[int, int]]:
+def plan_merge_batches(
+    list_sizes: np.ndarray, code_size: int, max_bytes: int
+) -> list[tuple[int, int]]:
     """Cut consecutive lists into batches of at most ``max_bytes`` of entries.
 
     ``list_sizes`` are the merged sizes of the lists to write, in order;
@@ -35,8 +37,9 @@ def plan_merge_batches(list_sizes: np.ndarray, code_size: int,
     return batches
 
 
-def plan_merge_reads(list_sizes: np.ndarray, nslices: int, code_size: int, piece_bytes: int,
-                     pieces_per_read: int) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
+def plan_merge_reads(
+    list_sizes: np.ndarray, nslices: int, code_size: int, piece_bytes: int, pieces_per_read: int
+) -> list[tuple[int, int, list[tuple[int, int, int]]]]:
     """Read batches of up to ``pieces_per_read * piece_bytes``, each cut into written
     pieces of up to ``piece_bytes``: ``(a, b, [(first, end, nbytes), ...])`` with
     ``[a, b)`` indexing ``list_sizes`` and ``order[first:end]`` the output parts of
@@ -47,9 +50,10 @@ def plan_merge_reads(list_sizes: np.ndarray, nslices: int, code_size: int, piece
     per_list = 2 * nslices
     out = []
     for a, b in plan_merge_batches(sizes, code_size, pieces_per_read * piece_bytes):
-        pieces = [(per_list * p, per_list * q,
-                   int(sizes[a + p:a + q].sum()) * (code_size + IDX_BYTES))
-                  for p, q in plan_merge_batches(sizes[a:b], code_size, piece_bytes)]
+        pieces = [
+            (per_list * p, per_list * q, int(sizes[a + p : a + q].sum()) * (code_size + IDX_BYTES))
+            for p, q in plan_merge_batches(sizes[a:b], code_size, piece_bytes)
+        ]
         out.append((a, b, pieces))
     return out
 
@@ -80,11 +84,14 @@ def gather_plan(sizes: np.ndarray, code_size: int) -> tuple[np.ndarray, np.ndarr
     if n.ndim != 2:
         raise InputError(f"sizes must be (slices, lists), got shape {n.shape}")
     nsl, nl = n.shape
-    lengths = np.stack([n * code_size, n * IDX_BYTES], axis=2)            # (S, L, 2)
+    lengths = np.stack([n * code_size, n * IDX_BYTES], axis=2)  # (S, L, 2)
     offsets = np.zeros(lengths.size + 1, dtype=np.int64)
     np.cumsum(lengths.reshape(-1), out=offsets[1:])
-    order = (np.arange(nsl)[None, None, :] * 2 * nl + 2 * np.arange(nl)[:, None, None]
-             + np.arange(2)[None, :, None]).reshape(-1)                   # (L, 2, S)
+    order = (
+        np.arange(nsl)[None, None, :] * 2 * nl
+        + 2 * np.arange(nl)[:, None, None]
+        + np.arange(2)[None, :, None]
+    ).reshape(
+        -1
+    )  # (L, 2, S)
     return offsets, order
-
-

@@ -6,6 +6,7 @@ the index), the centroids become the content of an HNSW coarse quantizer, and
 the encoder (SQ6 by default) is trained on the transformed sample rows.  The
 file and its fingerprint belong to :mod:`distributed_ondisk.ondisk.trained`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ import os
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import faiss
 import numpy as np
@@ -29,25 +30,26 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-SQ_TYPES = {"SQ4": faiss.ScalarQuantizer.QT_4bit, "SQ6": faiss.ScalarQuantizer.QT_6bit,
-            "SQ8": faiss.ScalarQuantizer.QT_8bit, "SQfp16": faiss.ScalarQuantizer.QT_fp16}
-
+SQ_TYPES = {
+    "SQ4": faiss.ScalarQuantizer.QT_4bit,
+    "SQ6": faiss.ScalarQuantizer.QT_6bit,
+    "SQ8": faiss.ScalarQuantizer.QT_8bit,
+    "SQfp16": faiss.ScalarQuantizer.QT_fp16,
+}
 
 
 ROTATIONS = ("random", "pca", "opq", "none")
 
 
-
 @dataclass(frozen=True)
 class TrainedIndexConfig:
-    encoder: str = "SQ6"           # SQ4 | SQ6 | SQ8 | SQfp16 | PQ<m>[x<nbits>]
-    rotation: str = "random"       # random | pca | opq | none
-    seed: int = 1234               # random rotation seed
+    encoder: str = "SQ6"  # SQ4 | SQ6 | SQ8 | SQfp16 | PQ<m>[x<nbits>]
+    rotation: str = "random"  # random | pca | opq | none
+    seed: int = 1234  # random rotation seed
     hnsw_m: int = 32
-    ef_construction: int = 200     # faiss's default 40 gives a poorer graph over centroids
+    ef_construction: int = 200  # faiss's default 40 gives a poorer graph over centroids
     ef_search: int = 128
-    opq_m: Optional[int] = None    # OPQ sub-spaces (default: PQ's m, else d/4)
-
+    opq_m: int | None = None  # OPQ sub-spaces (default: PQ's m, else d/4)
 
 
 def parse_encoder(spec: str) -> tuple[str, Any]:
@@ -60,9 +62,9 @@ def parse_encoder(spec: str) -> tuple[str, Any]:
     raise InputError(f"encoder {spec!r}: expected one of {', '.join(SQ_TYPES)} or PQ<m>[x<nbits>]")
 
 
-
-def _make_transform(cfg: TrainedIndexConfig, d: int, sample: np.ndarray,
-                    pq: Optional[tuple[int, int]]) -> Optional[faiss.VectorTransform]:
+def _make_transform(
+    cfg: TrainedIndexConfig, d: int, sample: np.ndarray, pq: tuple[int, int] | None
+) -> faiss.VectorTransform | None:
     if cfg.rotation == "none":
         return None
     if cfg.rotation == "random":
@@ -80,9 +82,9 @@ def _make_transform(cfg: TrainedIndexConfig, d: int, sample: np.ndarray,
     return vt
 
 
-
-def build_trained_index(centroids: np.ndarray, sample: np.ndarray,
-                        cfg: TrainedIndexConfig) -> faiss.Index:
+def build_trained_index(
+    centroids: np.ndarray, sample: np.ndarray, cfg: TrainedIndexConfig
+) -> faiss.Index:
     """The empty trained index (in memory) for these centroids and this sample."""
     if cfg.rotation not in ROTATIONS:
         raise InputError(f"rotation {cfg.rotation!r}: expected one of {', '.join(ROTATIONS)}")
@@ -92,8 +94,9 @@ def build_trained_index(centroids: np.ndarray, sample: np.ndarray,
         raise InputError(f"centroids have dimension {d} but the data has {sample.shape[1]}")
     min_rows = (1 << enc[1]) if kind == "pq" else 2
     if len(sample) < min_rows:
-        raise InputError(f"training sample has {len(sample)} rows; {cfg.encoder} needs at "
-                         f"least {min_rows}")
+        raise InputError(
+            f"training sample has {len(sample)} rows; {cfg.encoder} needs at " f"least {min_rows}"
+        )
     if kind == "pq" and d % enc[0]:
         raise InputError(f"{cfg.encoder}: m={enc[0]} must divide d={d}")
     vt = _make_transform(cfg, d, sample, enc if kind == "pq" else None)
@@ -110,7 +113,7 @@ def build_trained_index(centroids: np.ndarray, sample: np.ndarray,
         ivf = faiss.IndexIVFPQ(quantizer, d, k, enc[0], enc[1])
     ivf.own_fields = True
     quantizer.this.disown()
-    ivf.train(sample)          # the quantizer is full, so only the encoder trains
+    ivf.train(sample)  # the quantizer is full, so only the encoder trains
     if vt is None:
         index = ivf
     else:
@@ -123,17 +126,20 @@ def build_trained_index(centroids: np.ndarray, sample: np.ndarray,
     return index
 
 
-
 def describe(cfg: TrainedIndexConfig, k: int, d: int) -> str:
     pre = {"random": f"RR{d},", "pca": f"PCA{d},", "opq": "OPQ,", "none": ""}[cfg.rotation]
     return f"{pre}IVF{k}_HNSW{cfg.hnsw_m},{cfg.encoder}"
 
 
-
-def make_trained_index(centroids_path: PathLike, data_path: PathLike, out: PathLike,
-                       cfg: TrainedIndexConfig = TrainedIndexConfig(),
-                       i0: Optional[int] = None, i1: Optional[int] = None,
-                       force: bool = False) -> dict[str, Any]:
+def make_trained_index(
+    centroids_path: PathLike,
+    data_path: PathLike,
+    out: PathLike,
+    cfg: TrainedIndexConfig = TrainedIndexConfig(),
+    i0: int | None = None,
+    i1: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Build, check and atomically write the trained index with its manifest."""
     from distributed_ondisk.vectors import open_vectors
 
@@ -142,13 +148,13 @@ def make_trained_index(centroids_path: PathLike, data_path: PathLike, out: PathL
     vf = open_vectors(data_path)
     k, d = centroids.shape
     if vf.d != d:
-        raise InputError(f"centroids {centroids_path} have dimension {d} but data {data_path} "
-                         f"has {vf.d}")
+        raise InputError(
+            f"centroids {centroids_path} have dimension {d} but data {data_path} " f"has {vf.d}"
+        )
     if k > vf.n:
         raise InputError(f"{k} centroids for only {vf.n} data rows in {data_path}")
     s0, s1 = resolve_range(vf.n, i0, i1, None, None, "sample rows")
-    params = {"centroids_digest": mf.file_digest(centroids_path), "sample": [s0, s1],
-              **asdict(cfg)}
+    params = {"centroids_digest": mf.file_digest(centroids_path), "sample": [s0, s1], **asdict(cfg)}
     out = Path(out)
     mf.remove_stale_for(out)
     if not force and mf.is_complete(out, KIND, params):
@@ -160,11 +166,19 @@ def make_trained_index(centroids_path: PathLike, data_path: PathLike, out: PathL
     with atomic_path(out) as tmp:
         tmp.write_bytes(data.tobytes())
     ivf = faiss.extract_index_ivf(index)
-    doc = mf.write_manifest(out, KIND, {"index": out}, params=params,
-                            fingerprint=fingerprint_bytes(data),
-                            structure=structure_digest(index),
-                            description=describe(cfg, k, d), d=d, nlist=k,
-                            data=os.path.abspath(data_path), data_rows=vf.n,
-                            code_size=int(ivf.code_size))
+    doc = mf.write_manifest(
+        out,
+        KIND,
+        {"index": out},
+        params=params,
+        fingerprint=fingerprint_bytes(data),
+        structure=structure_digest(index),
+        description=describe(cfg, k, d),
+        d=d,
+        nlist=k,
+        data=os.path.abspath(data_path),
+        data_rows=vf.n,
+        code_size=int(ivf.code_size),
+    )
     log.info("wrote %s (%s, %d bytes)", out, doc["description"], len(data))
     return doc

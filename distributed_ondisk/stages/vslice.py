@@ -14,14 +14,16 @@ count (tested):
   products aligned on global row numbers, then the vectors go to the IVF add
   directly.
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Union
 
 import faiss
 import numpy as np
@@ -46,12 +48,12 @@ class VsliceJob:
     trained: Path
     data: Path
     out: Path
-    i0: Optional[int] = None
-    i1: Optional[int] = None
-    nslice: Optional[int] = None
-    slice_no: Optional[int] = None
+    i0: int | None = None
+    i1: int | None = None
+    nslice: int | None = None
+    slice_no: int | None = None
     block_rows: int = DEFAULT_BLOCK_ROWS
-    threads: int = 0                 # 0: faiss's default (all cores)
+    threads: int = 0  # 0: faiss's default (all cores)
     keep_quantizer: bool = False
     force: bool = False
 
@@ -73,16 +75,7 @@ def omp_threads(n: int) -> Iterator[None]:
 def list_sizes(index: faiss.Index) -> np.ndarray:
     ivf = faiss.extract_index_ivf(index)
     il = ivf.invlists
-    return np.fromiter((il.list_size(j) for j in range(ivf.nlist)), dtype=np.int64,
-                       count=ivf.nlist)
-
-
-
-
-
-
-
-
+    return np.fromiter((il.list_size(j) for j in range(ivf.nlist)), dtype=np.int64, count=ivf.nlist)
 
 
 def add_rows(index: faiss.Index, x: np.ndarray, ids: np.ndarray) -> None:
@@ -103,10 +96,17 @@ def fill(index: faiss.Index, vf: Any, i0: int, i1: int, block_rows: int) -> None
             prog.update(len(block))
 
 
-def write_vslice(index: faiss.Index, out: Path, *, params: dict[str, Any],
-                 trained_fingerprint: str, id_range: tuple[int, int], data: str,
-                 keep_quantizer: bool = False,
-                 trained: Optional[PathLike] = None) -> dict[str, Any]:
+def write_vslice(
+    index: faiss.Index,
+    out: Path,
+    *,
+    params: dict[str, Any],
+    trained_fingerprint: str,
+    id_range: tuple[int, int],
+    data: str,
+    keep_quantizer: bool = False,
+    trained: PathLike | None = None,
+) -> dict[str, Any]:
     """Write a filled vslice atomically (quantizer replaced by a placeholder unless
     kept), check it reads back with the same structure and list sizes, then write its
     manifest (what the merge verifies); returns the manifest.  Shared by the
@@ -123,15 +123,24 @@ def write_vslice(index: faiss.Index, out: Path, *, params: dict[str, Any],
     layout = read_layout(out)
     if layout.structure != structure or not np.array_equal(layout.sizes, sizes):
         raise InputError(f"internal: {out} does not read back as written")
-    return mf.write_manifest(out, KIND, {"index": out}, params=params,
-                             regions=region_checksums(layout),
-                             trained_fingerprint=trained_fingerprint, structure=structure,
-                             rows=i1 - i0, id_range=[i0, i1],
-                             list_sizes=mf.encode_counts(sizes),
-                             quantizer="kept" if keep_quantizer else "placeholder", data=data,
-                             # where the merge finds the trained index to link shards to
-                             **({"trained_index": mf.trained_link(trained, trained_fingerprint,
-                                                                  out)} if trained else {}))
+    return mf.write_manifest(
+        out,
+        KIND,
+        {"index": out},
+        params=params,
+        regions=region_checksums(layout),
+        trained_fingerprint=trained_fingerprint,
+        structure=structure,
+        rows=i1 - i0,
+        id_range=[i0, i1],
+        list_sizes=mf.encode_counts(sizes),
+        quantizer="kept" if keep_quantizer else "placeholder",
+        data=data,
+        # where the merge finds the trained index to link shards to
+        **(
+            {"trained_index": mf.trained_link(trained, trained_fingerprint, out)} if trained else {}
+        ),
+    )
 
 
 def make_vslice(job: VsliceJob) -> dict[str, Any]:
@@ -141,16 +150,21 @@ def make_vslice(job: VsliceJob) -> dict[str, Any]:
     if job.block_rows < 1:
         raise InputError(f"block size must be >= 1 row, got {job.block_rows}")
     vf = open_vectors(job.data)
-    i0, i1 = resolve_range(vf.n, job.i0, job.i1, job.nslice, job.slice_no,
-                           f"{job.data} rows")
+    i0, i1 = resolve_range(vf.n, job.i0, job.i1, job.nslice, job.slice_no, f"{job.data} rows")
     out = Path(job.out)
     mf.remove_stale_for(out)
     index, fingerprint = load_trained_index(job.trained)
     if index.d != vf.d:
-        raise InputError(f"trained index {job.trained} has dimension {index.d} but data "
-                         f"{job.data} has {vf.d}")
-    params = {"trained_fingerprint": fingerprint, "rows": [i0, i1], "data_rows": vf.n,
-              "keep_quantizer": job.keep_quantizer}
+        raise InputError(
+            f"trained index {job.trained} has dimension {index.d} but data "
+            f"{job.data} has {vf.d}"
+        )
+    params = {
+        "trained_fingerprint": fingerprint,
+        "rows": [i0, i1],
+        "data_rows": vf.n,
+        "keep_quantizer": job.keep_quantizer,
+    }
     if not job.force and mf.is_complete(out, KIND, params):
         log.info("%s is complete, skipping (use --force to rebuild)", out)
         return mf.load_manifest(out, KIND)
@@ -159,8 +173,15 @@ def make_vslice(job: VsliceJob) -> dict[str, Any]:
         fill(index, vf, i0, i1, job.block_rows)
     if index.ntotal != i1 - i0:
         raise InputError(f"added {index.ntotal} vectors, expected {i1 - i0}")
-    doc = write_vslice(index, out, params=params, trained_fingerprint=fingerprint,
-                       id_range=(i0, i1), data=os.path.abspath(job.data),
-                       keep_quantizer=job.keep_quantizer, trained=job.trained)
+    doc = write_vslice(
+        index,
+        out,
+        params=params,
+        trained_fingerprint=fingerprint,
+        id_range=(i0, i1),
+        data=os.path.abspath(job.data),
+        keep_quantizer=job.keep_quantizer,
+        trained=job.trained,
+    )
     log.info("wrote %s (%d vectors)", out, i1 - i0)
     return doc

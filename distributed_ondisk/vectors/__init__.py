@@ -9,6 +9,7 @@ Every problem raises :class:`~distributed_ondisk.errors.VectorFileError` with on
 message naming the file: missing, unknown extension, empty *vecs file, truncated,
 inconsistent row dimension, out-of-range rows, unsupported dtype/shape, NaN/Inf.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,9 +21,20 @@ from distributed_ondisk.vectors.formats import FORMATS, MAX_DIM, SUPPORTED, Layo
 from distributed_ondisk.vectors.reader import BLOCK_BYTES, VectorFile
 from distributed_ondisk.vectors.writer import VectorWriter, write_vectors
 
-__all__ = ["FORMATS", "SUPPORTED", "MAX_DIM", "BLOCK_BYTES", "Layout", "VectorFile",
-           "VectorWriter", "open_vectors", "probe", "read_ints", "read_vectors",
-           "write_vectors"]
+__all__ = [
+    "BLOCK_BYTES",
+    "FORMATS",
+    "MAX_DIM",
+    "SUPPORTED",
+    "Layout",
+    "VectorFile",
+    "VectorWriter",
+    "open_vectors",
+    "probe",
+    "read_ints",
+    "read_vectors",
+    "write_vectors",
+]
 
 
 def open_vectors(path: os.PathLike | str, *, dtype_hint=None) -> VectorFile:
@@ -34,14 +46,15 @@ def open_vectors(path: os.PathLike | str, *, dtype_hint=None) -> VectorFile:
     return VectorFile(path, dtype_hint=dtype_hint)
 
 
-def read_vectors(path: os.PathLike | str, i0: int = 0, i1: Optional[int] = None, *,
-                 check_finite: bool = True) -> np.ndarray:
+def read_vectors(
+    path: os.PathLike | str, i0: int = 0, i1: int | None = None, *, check_finite: bool = True
+) -> np.ndarray:
     """Rows ``[i0, i1)`` of a vector file as a float32 C-contiguous array."""
     with open_vectors(path) as vf:
         return vf.read(i0, i1, check_finite=check_finite)
 
 
-def read_ints(path: os.PathLike | str, i0: int = 0, i1: Optional[int] = None) -> np.ndarray:
+def read_ints(path: os.PathLike | str, i0: int = 0, i1: int | None = None) -> np.ndarray:
     """Rows of an integer file (e.g. .ivecs ground-truth ids) as exact int64."""
     with open_vectors(path) as vf:
         return vf.read_ints(i0, i1)

@@ -11,12 +11,12 @@ store ``d`` in every row, so a zero-byte ``.fvecs`` has no dimension and is
 rejected as empty (and :func:`~distributed_ondisk.vectors.write_vectors`
 refuses to write one).
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -29,8 +29,12 @@ MAX_DIM = 1 << 20
 #: ``*vecs``: each row is an int32 dimension followed by ``d`` values.
 VECS_DTYPES = {"fvecs": np.dtype("<f4"), "ivecs": np.dtype("<i4"), "bvecs": np.dtype("u1")}
 #: big-ann-benchmarks raw files: uint32 n, uint32 d, then n*d values, row-major.
-BIN_DTYPES = {"fbin": np.dtype("<f4"), "u8bin": np.dtype("u1"), "i8bin": np.dtype("i1"),
-              "ibin": np.dtype("<i4")}
+BIN_DTYPES = {
+    "fbin": np.dtype("<f4"),
+    "u8bin": np.dtype("u1"),
+    "i8bin": np.dtype("i1"),
+    "ibin": np.dtype("<i4"),
+}
 #: ``.bin`` is the same layout with the value type given by the caller (dtype_hint).
 BIN_HINT_DTYPES = tuple(BIN_DTYPES.values())
 FORMATS = (*VECS_DTYPES, *BIN_DTYPES, "npy", "bin")
@@ -71,22 +75,25 @@ class Layout:
 def format_of(path: Path) -> str:
     ext = path.suffix.lower().lstrip(".")
     if ext not in FORMATS:
-        raise VectorFileError(f"{path}: unknown vector file extension {path.suffix!r}; "
-                              f"supported: {SUPPORTED}")
+        raise VectorFileError(
+            f"{path}: unknown vector file extension {path.suffix!r}; " f"supported: {SUPPORTED}"
+        )
     return ext
 
 
 def _check_dim(path: Path, d: int, where: str) -> None:
     if not 0 < d <= MAX_DIM:
-        raise VectorFileError(f"{path}: {where} declares dimension {d}, outside 1..{MAX_DIM} "
-                              "(corrupt file or wrong extension?)")
+        raise VectorFileError(
+            f"{path}: {where} declares dimension {d}, outside 1..{MAX_DIM} "
+            "(corrupt file or wrong extension?)"
+        )
 
 
 def _mismatch(size: int, expected: int) -> str:
     return "truncated" if size < expected else "trailing bytes"
 
 
-def probe(path: os.PathLike | str, dtype_hint: Optional[np.dtype] = None) -> Layout:
+def probe(path: os.PathLike | str, dtype_hint: np.dtype | None = None) -> Layout:
     """Parse and validate the header of ``path`` against its size."""
     p = Path(path)
     fmt = format_of(p)
@@ -116,8 +123,10 @@ def probe(path: os.PathLike | str, dtype_hint: Optional[np.dtype] = None) -> Lay
 def _probe_vecs(p: Path, f, size: int, fmt: str) -> Layout:
     dtype = VECS_DTYPES[fmt]
     if size == 0:
-        raise VectorFileError(f"{p}: empty file, expected {fmt} vectors (a .{fmt} file stores "
-                              "its dimension in each row, so it cannot hold zero rows)")
+        raise VectorFileError(
+            f"{p}: empty file, expected {fmt} vectors (a .{fmt} file stores "
+            "its dimension in each row, so it cannot hold zero rows)"
+        )
     if size < 4:
         raise VectorFileError(f"{p}: truncated: {size} bytes, shorter than one row header (4)")
     d = int(np.frombuffer(f.read(4), dtype="<i4")[0])
@@ -128,29 +137,35 @@ def _probe_vecs(p: Path, f, size: int, fmt: str) -> Layout:
         raise VectorFileError(
             f"{p}: truncated or not .{fmt}: {size} bytes is not a multiple of the row size "
             f"{row} (4-byte header + {d} x {dtype.itemsize}); row {n_full} has "
-            f"{size - n_full * row} of {row} bytes (expected {(n_full + 1) * row} bytes in all)")
+            f"{size - n_full * row} of {row} bytes (expected {(n_full + 1) * row} bytes in all)"
+        )
     return Layout(p, fmt, dtype, size // row, d, 0, size, row_header=True)
 
 
 def _probe_bin(p: Path, f, size: int, fmt: str, dtype_hint) -> Layout:
     if fmt == "bin":
         if dtype_hint is None or np.dtype(dtype_hint) not in BIN_HINT_DTYPES:
-            raise VectorFileError(f"{p}: a .bin file needs dtype_hint, one of "
-                                  f"{', '.join(str(t) for t in BIN_HINT_DTYPES)}; "
-                                  f"got {dtype_hint}")
+            raise VectorFileError(
+                f"{p}: a .bin file needs dtype_hint, one of "
+                f"{', '.join(str(t) for t in BIN_HINT_DTYPES)}; "
+                f"got {dtype_hint}"
+            )
         dtype = np.dtype(dtype_hint)
     else:
         dtype = BIN_DTYPES[fmt]
     if size < 8:
-        raise VectorFileError(f"{p}: truncated: {size} bytes, shorter than the 8-byte "
-                              "header (uint32 n, uint32 d)")
+        raise VectorFileError(
+            f"{p}: truncated: {size} bytes, shorter than the 8-byte " "header (uint32 n, uint32 d)"
+        )
     n, d = (int(v) for v in np.frombuffer(f.read(8), dtype="<u4"))
     _check_dim(p, d, "header")
     expected = 8 + n * d * dtype.itemsize
     if size != expected:
-        raise VectorFileError(f"{p}: {_mismatch(size, expected)}: header says n={n}, d={d} "
-                              f"({dtype}) so the file should have {expected} bytes, but it "
-                              f"has {size}")
+        raise VectorFileError(
+            f"{p}: {_mismatch(size, expected)}: header says n={n}, d={d} "
+            f"({dtype}) so the file should have {expected} bytes, but it "
+            f"has {size}"
+        )
     return Layout(p, fmt, dtype, n, d, 8, size)
 
 
@@ -169,15 +184,19 @@ def _probe_npy(p: Path, f, size: int) -> Layout:
         raise VectorFileError(f"{p}: not a valid .npy file: {e}") from None
     offset = f.tell()
     if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "fiu":
-        raise VectorFileError(f"{p}: unsupported .npy dtype {dtype}; expected a numeric "
-                              "(float, signed or unsigned int) dtype")
+        raise VectorFileError(
+            f"{p}: unsupported .npy dtype {dtype}; expected a numeric "
+            "(float, signed or unsigned int) dtype"
+        )
     if len(shape) != 2:
         raise VectorFileError(f"{p}: .npy array has shape {shape}; expected 2-D (n, d)")
     n, d = shape
     _check_dim(p, d, "header")
     expected = offset + n * d * dtype.itemsize
     if size != expected:
-        raise VectorFileError(f"{p}: {_mismatch(size, expected)}: .npy header says shape "
-                              f"{shape} of {dtype} so the file should have {expected} bytes, "
-                              f"but it has {size}")
+        raise VectorFileError(
+            f"{p}: {_mismatch(size, expected)}: .npy header says shape "
+            f"{shape} of {dtype} so the file should have {expected} bytes, "
+            f"but it has {size}"
+        )
     return Layout(p, "npy", dtype, n, d, offset, size, fortran=bool(fortran) and n > 1 and d > 1)

@@ -1,9 +1,10 @@
 """Memory-mapped reading of row ranges, validated block by block."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Optional
 
 import numpy as np
 
@@ -33,9 +34,10 @@ class VectorFile:
         try:
             self._file = open(self.path, "rb")
         except OSError as e:
-            raise VectorFileError(f"{self.path}: cannot open vector file: "
-                                  f"{e.strerror or e}") from None
-        self._mm: Optional[np.ndarray] = None
+            raise VectorFileError(
+                f"{self.path}: cannot open vector file: " f"{e.strerror or e}"
+            ) from None
+        self._mm: np.ndarray | None = None
         if self.n:
             self._map()
             if self.layout.row_header:
@@ -44,17 +46,25 @@ class VectorFile:
     def _map(self) -> None:
         L = self.layout
         if L.row_header:
-            self._mm = np.memmap(self._file, dtype=L.record_dtype(), mode="r", offset=L.offset,
-                                 shape=(L.n,))
+            self._mm = np.memmap(
+                self._file, dtype=L.record_dtype(), mode="r", offset=L.offset, shape=(L.n,)
+            )
         else:
-            self._mm = np.memmap(self._file, dtype=L.dtype, mode="r", offset=L.offset,
-                                 shape=(L.n, L.d), order="F" if L.fortran else "C")
+            self._mm = np.memmap(
+                self._file,
+                dtype=L.dtype,
+                mode="r",
+                offset=L.offset,
+                shape=(L.n, L.d),
+                order="F" if L.fortran else "C",
+            )
 
     def _check_sampled_dims(self) -> None:
         # first, last and an even spread: catches a wrong-format or spliced file at open
         # for the price of ~1000 page reads; read() checks every row it returns.
-        idx = np.unique(np.linspace(0, self.n - 1, min(self.n, OPEN_HEADER_SAMPLES + 1))
-                        .astype(np.int64))
+        idx = np.unique(
+            np.linspace(0, self.n - 1, min(self.n, OPEN_HEADER_SAMPLES + 1)).astype(np.int64)
+        )
         self._check_dims(idx, self._mm["dim"][idx])
 
     def _check_dims(self, rows: np.ndarray | int, dims: np.ndarray) -> None:
@@ -62,8 +72,10 @@ class VectorFile:
         if len(bad):
             i = bad[0]
             row = int(rows[i]) if isinstance(rows, np.ndarray) else rows + int(i)
-            raise VectorFileError(f"{self.path}: row {row} declares dimension {int(dims[i])}, "
-                                  f"but row 0 declares {self.d} (corrupt .{self.format} file)")
+            raise VectorFileError(
+                f"{self.path}: row {row} declares dimension {int(dims[i])}, "
+                f"but row 0 declares {self.d} (corrupt .{self.format} file)"
+            )
 
     def __len__(self) -> int:
         return self.n
@@ -75,7 +87,7 @@ class VectorFile:
         self._mm = None
         self._file.close()
 
-    def __enter__(self) -> "VectorFile":
+    def __enter__(self) -> VectorFile:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -85,11 +97,14 @@ class VectorFile:
         i1 = self.n if i1 is None else i1
         for v in (i0, i1):
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                raise VectorFileError(f"{self.path}: row bounds must be integers, got "
-                                      f"{i0!r}, {i1!r}")
+                raise VectorFileError(
+                    f"{self.path}: row bounds must be integers, got " f"{i0!r}, {i1!r}"
+                )
         if not 0 <= i0 <= i1 <= self.n:
-            raise VectorFileError(f"{self.path}: row range [{i0}, {i1}) is invalid; the file "
-                                  f"has {self.n} rows, valid is 0 <= i0 <= i1 <= {self.n}")
+            raise VectorFileError(
+                f"{self.path}: row range [{i0}, {i1}) is invalid; the file "
+                f"has {self.n} rows, valid is 0 <= i0 <= i1 <= {self.n}"
+            )
         return int(i0), int(i1)
 
     def _check_open(self) -> None:
@@ -97,10 +112,12 @@ class VectorFile:
             raise VectorFileError(f"{self.path}: vector file is closed")
         size = os.fstat(self._file.fileno()).st_size
         if size < self.layout.file_size:
-            raise VectorFileError(f"{self.path}: file shrank from {self.layout.file_size} to "
-                                  f"{size} bytes since it was opened")
+            raise VectorFileError(
+                f"{self.path}: file shrank from {self.layout.file_size} to "
+                f"{size} bytes since it was opened"
+            )
 
-    def raw(self, i0: int = 0, i1: Optional[int] = None) -> np.ndarray:
+    def raw(self, i0: int = 0, i1: int | None = None) -> np.ndarray:
         """Rows ``[i0, i1)`` in the on-disk dtype, a read-only view of the memory map
         (no copy, no checks of values; *vecs row headers are not checked either)."""
         i0, i1 = self._range(i0, i1)
@@ -109,8 +126,9 @@ class VectorFile:
             return np.empty((0, self.d), dtype=self.dtype)
         return self._mm["vec"][i0:i1] if self.layout.row_header else self._mm[i0:i1]
 
-    def read(self, i0: int = 0, i1: Optional[int] = None, *, check_finite: bool = True,
-             dtype=np.float32) -> np.ndarray:
+    def read(
+        self, i0: int = 0, i1: int | None = None, *, check_finite: bool = True, dtype=np.float32
+    ) -> np.ndarray:
         """Rows ``[i0, i1)`` as a C-contiguous copy of ``dtype`` (float32 by default).
 
         ``check_finite``: raise on NaN/Inf in float data (after conversion, so a
@@ -122,20 +140,23 @@ class VectorFile:
         if self.layout.row_header and len(src):
             self._check_dims(i0, self._mm["dim"][i0:i1])
         if out_dtype.kind in "iu" and self.dtype.kind == "f":
-            raise VectorFileError(f"{self.path}: holds {self.dtype} values, cannot read them "
-                                  f"as {out_dtype}")
+            raise VectorFileError(
+                f"{self.path}: holds {self.dtype} values, cannot read them " f"as {out_dtype}"
+            )
         out = np.empty(src.shape, dtype=out_dtype)
-        with np.errstate(over="ignore"):   # float64 beyond float32 becomes Inf: caught below
+        with np.errstate(over="ignore"):  # float64 beyond float32 becomes Inf: caught below
             np.copyto(out, src, casting="unsafe")
         if check_finite and out_dtype.kind == "f":
             self._check_finite(out, i0)
         return out
 
-    def read_ints(self, i0: int = 0, i1: Optional[int] = None) -> np.ndarray:
+    def read_ints(self, i0: int = 0, i1: int | None = None) -> np.ndarray:
         """Rows of an integer file (ground-truth ids) as int64, exactly."""
         if self.dtype.kind not in "iu":
-            raise VectorFileError(f"{self.path}: holds {self.dtype} values, expected integers "
-                                  "(e.g. an .ivecs ground-truth file)")
+            raise VectorFileError(
+                f"{self.path}: holds {self.dtype} values, expected integers "
+                "(e.g. an .ivecs ground-truth file)"
+            )
         if self.dtype == np.uint64:
             raise VectorFileError(f"{self.path}: uint64 values may not fit in int64")
         return self.read(i0, i1, dtype=np.int64, check_finite=False)
@@ -152,25 +173,37 @@ class VectorFile:
         if len(bad_rows):
             r = int(bad_rows[0])
             c = int(np.flatnonzero(~np.isfinite(block[r]))[0])
-            raise VectorFileError(f"{self.path}: row {i0 + r} has a non-finite value "
-                                  f"({block[r, c]} in column {c}); NaN/Inf would poison "
-                                  "distances and centroids")
+            raise VectorFileError(
+                f"{self.path}: row {i0 + r} has a non-finite value "
+                f"({block[r, c]} in column {c}); NaN/Inf would poison "
+                "distances and centroids"
+            )
 
     def default_block_rows(self) -> int:
         return max(1, BLOCK_BYTES // (4 * self.d))
 
-    def iter_blocks(self, i0: int = 0, i1: Optional[int] = None, *,
-                    block_rows: Optional[int] = None, check_finite: bool = True,
-                    ) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_blocks(
+        self,
+        i0: int = 0,
+        i1: int | None = None,
+        *,
+        block_rows: int | None = None,
+        check_finite: bool = True,
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start_row, float32 block)`` covering ``[i0, i1)`` exactly once, in
         order, each block at most ``block_rows`` rows (default: ~64 MiB of float32)."""
         i0, i1 = self._range(i0, i1)
         if block_rows is None:
             block_rows = self.default_block_rows()
-        if isinstance(block_rows, bool) or not isinstance(block_rows, (int, np.integer)) \
-                or block_rows <= 0:
-            raise VectorFileError(f"{self.path}: block_rows must be a positive integer, "
-                                  f"got {block_rows!r}")
+        if (
+            isinstance(block_rows, bool)
+            or not isinstance(block_rows, (int, np.integer))
+            or block_rows <= 0
+        ):
+            raise VectorFileError(
+                f"{self.path}: block_rows must be a positive integer, " f"got {block_rows!r}"
+            )
         for start in range(i0, i1, int(block_rows)):
-            yield start, self.read(start, min(i1, start + int(block_rows)),
-                                   check_finite=check_finite)
+            yield start, self.read(
+                start, min(i1, start + int(block_rows)), check_finite=check_finite
+            )

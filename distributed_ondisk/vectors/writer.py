@@ -6,12 +6,12 @@ files larger than RAM can be written and a crash never leaves a partial file
 under the final name.  Headers that record ``n`` (.npy, .*bin) are written with
 a placeholder and patched at close.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -31,16 +31,19 @@ _NPY_MAGIC = b"\x93NUMPY\x01\x00"
 _NPY_ALIGN = 64
 
 
-def _npy_header(dtype: np.dtype, n: int, d: int, length: Optional[int] = None) -> bytes:
+def _npy_header(dtype: np.dtype, n: int, d: int, length: int | None = None) -> bytes:
     """A version-1.0 .npy header for a C-ordered (n, d) array, space-padded to
     ``length`` bytes; by default to the 64-byte multiple that fits a 21-digit ``n``,
     which leaves room to patch in the real ``n`` at close."""
+
     def text(rows: int) -> str:
-        return (f"{{'descr': {np.lib.format.dtype_to_descr(dtype)!r}, "
-                f"'fortran_order': False, 'shape': ({rows}, {d}), }}")
+        return (
+            f"{{'descr': {np.lib.format.dtype_to_descr(dtype)!r}, "
+            f"'fortran_order': False, 'shape': ({rows}, {d}), }}"
+        )
 
     if length is None:
-        need = len(_NPY_MAGIC) + 2 + len(text(10 ** 20)) + 1
+        need = len(_NPY_MAGIC) + 2 + len(text(10**20)) + 1
         length = -(-need // _NPY_ALIGN) * _NPY_ALIGN
     body_len = length - len(_NPY_MAGIC) - 2
     body = text(n).ljust(body_len - 1) + "\n"
@@ -52,8 +55,10 @@ def _check_int_range(path: Path, arr: np.ndarray, target: np.dtype) -> None:
     if arr.size and not np.can_cast(arr.dtype, target, "safe"):
         lo, hi = arr.min(), arr.max()
         if lo < info.min or hi > info.max:
-            raise VectorFileError(f"{path}: values span [{lo}, {hi}], outside the "
-                                  f"{target} range [{info.min}, {info.max}] of this format")
+            raise VectorFileError(
+                f"{path}: values span [{lo}, {hi}], outside the "
+                f"{target} range [{info.min}, {info.max}] of this format"
+            )
 
 
 class VectorWriter:
@@ -69,8 +74,9 @@ class VectorWriter:
         self.path = Path(path)
         self.format = format_of(self.path)
         if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or not 0 < d <= MAX_DIM:
-            raise VectorFileError(f"{self.path}: cannot write vectors of dimension {d!r}; "
-                                  f"valid is 1..{MAX_DIM}")
+            raise VectorFileError(
+                f"{self.path}: cannot write vectors of dimension {d!r}; " f"valid is 1..{MAX_DIM}"
+            )
         self.d = int(d)
         self.dtype = self._on_disk_dtype(dtype)
         self.n = 0
@@ -91,44 +97,59 @@ class VectorWriter:
             return fixed
         dt = np.dtype(np.float32 if dtype is None and self.format == "npy" else dtype)
         allowed = BIN_HINT_DTYPES if self.format == "bin" else None
-        if (dt.fields is not None or dt.subdtype is not None or dt.kind not in "fiu"
-                or (allowed is not None and dt not in allowed)):
+        if (
+            dt.fields is not None
+            or dt.subdtype is not None
+            or dt.kind not in "fiu"
+            or (allowed is not None and dt not in allowed)
+        ):
             valid = ", ".join(map(str, allowed)) if allowed else "a float or integer dtype"
-            raise VectorFileError(f"{self.path}: cannot write {dt} values to "
-                                  f".{self.format}; valid: {valid}")
+            raise VectorFileError(
+                f"{self.path}: cannot write {dt} values to " f".{self.format}; valid: {valid}"
+            )
         return dt
 
     def _convert(self, block) -> np.ndarray:
         try:
             arr = np.asarray(block)
         except (ValueError, TypeError) as e:
-            raise VectorFileError(f"{self.path}: cannot convert the data to an array: {e}") \
-                from None
+            raise VectorFileError(
+                f"{self.path}: cannot convert the data to an array: {e}"
+            ) from None
         if arr.ndim != 2 or arr.shape[1] != self.d:
-            raise VectorFileError(f"{self.path}: expected a 2-D array of shape (n, {self.d}), "
-                                  f"got shape {arr.shape}")
+            raise VectorFileError(
+                f"{self.path}: expected a 2-D array of shape (n, {self.d}), "
+                f"got shape {arr.shape}"
+            )
         if arr.dtype.kind not in "fiu" or arr.dtype.fields is not None:
-            raise VectorFileError(f"{self.path}: cannot write {arr.dtype} data; expected "
-                                  "float or integer values")
+            raise VectorFileError(
+                f"{self.path}: cannot write {arr.dtype} data; expected " "float or integer values"
+            )
         if self.dtype.kind in "iu":
             if arr.dtype.kind == "f":
-                raise VectorFileError(f"{self.path}: .{self.format} stores {self.dtype}; "
-                                      f"refusing to truncate {arr.dtype} values (convert "
-                                      "explicitly if that is intended)")
+                raise VectorFileError(
+                    f"{self.path}: .{self.format} stores {self.dtype}; "
+                    f"refusing to truncate {arr.dtype} values (convert "
+                    "explicitly if that is intended)"
+                )
             _check_int_range(self.path, arr, self.dtype)
         return arr
 
     def append(self, block) -> None:
         """Append rows (any 2-D array-like with ``d`` columns)."""
         arr = self._convert(block)
-        if self.format not in VECS_DTYPES and self.format != "npy" \
-                and self.n + len(arr) > 0xFFFFFFFF:
-            raise VectorFileError(f"{self.path}: .{self.format} headers hold at most "
-                                  f"{0xFFFFFFFF} rows")
+        if (
+            self.format not in VECS_DTYPES
+            and self.format != "npy"
+            and self.n + len(arr) > 0xFFFFFFFF
+        ):
+            raise VectorFileError(
+                f"{self.path}: .{self.format} headers hold at most " f"{0xFFFFFFFF} rows"
+            )
         row_bytes = max(1, self.d * max(arr.dtype.itemsize, self.dtype.itemsize))
         step = max(1, WRITE_CHUNK_BYTES // row_bytes)
         for a in range(0, len(arr), step):
-            part = arr[a:a + step]
+            part = arr[a : a + step]
             if self.format in VECS_DTYPES:
                 rec = np.empty(len(part), dtype=[("dim", "<i4"), ("vec", self.dtype, (self.d,))])
                 rec["dim"] = self.d
@@ -144,8 +165,10 @@ class VectorWriter:
             return
         try:
             if self.n == 0 and self.format in VECS_DTYPES:
-                raise VectorFileError(f"{self.path}: cannot write zero rows to .{self.format} "
-                                      "(the dimension is stored per row; use .npy or .fbin)")
+                raise VectorFileError(
+                    f"{self.path}: cannot write zero rows to .{self.format} "
+                    "(the dimension is stored per row; use .npy or .fbin)"
+                )
             if self.format == "npy":
                 self._f.seek(0)
                 self._f.write(_npy_header(self.dtype, self.n, self.d, self._header_len))
@@ -158,12 +181,12 @@ class VectorWriter:
             raise
         self._stack.close()
 
-    def abort(self, exc: Optional[BaseException] = None) -> None:
+    def abort(self, exc: BaseException | None = None) -> None:
         """Discard everything written; nothing appears under ``path``."""
         exc = exc or VectorFileError(f"{self.path}: write aborted")
         self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
-    def __enter__(self) -> "VectorWriter":
+    def __enter__(self) -> VectorWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

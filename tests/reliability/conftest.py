@@ -1,5 +1,6 @@
 """Session fixtures of the reliability suite: the small clustered data set and the
 uninterrupted reference run of ``run_on_cluster.bash local_pipeline`` (built once)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -20,6 +20,7 @@ Environment: CRASH_AT as above; CRASH_TRACE=FILE appends one JSON line per event
 once only (the file is created when it does), so the same command line run again
 finishes.  Not a test: the tests in this directory run it as a subprocess.
 """
+
 from __future__ import annotations
 
 import json

@@ -3,6 +3,7 @@ server drops (it says its hello, then closes: we read and never answer).
 
     python flood.py HOST PORT N SECONDS      -> prints "opened=<count> max_open=<count>"
 """
+
 from __future__ import annotations
 
 import errno
@@ -36,7 +37,7 @@ def main() -> None:
     while time.monotonic() < t_end:
         live = len(sel.get_map())
         max_open = max(max_open, live)
-        for _ in range(min(n - live, 200)):   # renew in bursts, the loop stays responsive
+        for _ in range(min(n - live, 200)):  # renew in bursts, the loop stays responsive
             open_one()
         for key, _ in sel.select(0.05):
             s = key.fileobj
@@ -46,7 +47,7 @@ def main() -> None:
                 continue
             except OSError:
                 data = b""
-            if not data:   # dropped by the server: reopen it on the next round
+            if not data:  # dropped by the server: reopen it on the next round
                 sel.unregister(s)
                 s.close()
     print(f"opened={opened} max_open={max_open}", flush=True)

@@ -2,6 +2,7 @@
 ``run_on_cluster.bash local_pipeline`` work dir (the uninterrupted reference, built
 once per session), the stages' exact command lines, real server processes on port
 0 waited for by ping, and the deterministic crash wrapper (crashpoint.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -26,14 +27,25 @@ from distributed_ondisk.rpc import load_secret, wait_ready
 REPO = Path(__file__).resolve().parents[2]
 CRASHPOINT = Path(__file__).resolve().with_name("crashpoint.py")
 N, D, NQ = 6000, 16, 100
-N_DB = N          # every row is indexed (the NQ queries are a sample of them)
+N_DB = N  # every row is indexed (the NQ queries are a sample of them)
 # The pipeline settings of every run in this suite (small: the whole suite stays
 # within minutes on 2 cores).  TRAIN_NT=1: the HNSW graph of the trained index is
 # then reproducible, so "identical to the uninterrupted run" can mean identical bytes.
-SETTINGS = {"K": "32", "NITER": "4", "NQ": str(NQ), "NVSLICES": "3", "NHSLICES": "2",
-            "SEARCH_SERVERS": "2", "KMEANS_SERVERS": "2", "NPROBE": "1,8",
-            "TRAIN_ROWS": "3000", "TRAIN_NT": "1", "NCORES": "2", "SEED": "1234",
-            "WAIT_TIMEOUT": "120"}
+SETTINGS = {
+    "K": "32",
+    "NITER": "4",
+    "NQ": str(NQ),
+    "NVSLICES": "3",
+    "NHSLICES": "2",
+    "SEARCH_SERVERS": "2",
+    "KMEANS_SERVERS": "2",
+    "NPROBE": "1,8",
+    "TRAIN_ROWS": "3000",
+    "TRAIN_NT": "1",
+    "NCORES": "2",
+    "SEED": "1234",
+    "WAIT_TIMEOUT": "120",
+}
 NV, NH = int(SETTINGS["NVSLICES"]), int(SETTINGS["NHSLICES"])
 
 
@@ -50,27 +62,40 @@ def base_env(**extra: str) -> dict[str, str]:
 def run_pipeline(workdir: Path, data: Path, timeout: float = 300, **extra: str):
     env = base_env(PYTHON=sys.executable, DATA=str(data), WORKDIR=str(workdir), **SETTINGS)
     env.update(extra)
-    return subprocess.run(["bash", str(REPO / "run_on_cluster.bash"), "local_pipeline"],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(REPO / "run_on_cluster.bash"), "local_pipeline"],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @dataclass
 class Reference:
     """The uninterrupted run: its work dir, data, secret and final checksums."""
+
     root: Path
     data: Path
     secret_file: Path
-    checksums: dict[str, str]      # relative path -> sha256 of every final output
+    checksums: dict[str, str]  # relative path -> sha256 of every final output
 
     @property
     def secret(self) -> bytes:
         return load_secret(self.secret_file)
 
 
-OUTPUTS = ["centroids.npy", "trained.index",
-           *[f"vslices/vslice_{i:04d}_of_{NV:04d}.index" for i in range(NV)],
-           *[f"hslices/hslice_{j:04d}_of_{NH:04d}.{ext}" for j in range(NH)
-             for ext in ("index", "invlists")]]
+OUTPUTS = [
+    "centroids.npy",
+    "trained.index",
+    *[f"vslices/vslice_{i:04d}_of_{NV:04d}.index" for i in range(NV)],
+    *[
+        f"hslices/hslice_{j:04d}_of_{NH:04d}.{ext}"
+        for j in range(NH)
+        for ext in ("index", "invlists")
+    ],
+]
 
 
 def checksums(root: Path, names: Sequence[str] = OUTPUTS) -> dict[str, str]:
@@ -101,31 +126,94 @@ def stage_command(w: Path, stage: str, i: int = 0, servers: Sequence[str] = ()) 
     """The stage's command line exactly as run_on_cluster.bash runs it."""
     s = SETTINGS
     if stage == "kmeans_client":
-        return ["distributed_kmeans.py", "--client", "--servers", " ".join(servers),
-                "--nt", s["NCORES"], "--k", s["K"], "--niter", s["NITER"], "--seed", s["SEED"],
-                "--max_points_per_centroid", "256", "--out", str(w / "centroids.npy"),
-                "--checkpoint", str(w / "kmeans.checkpoint.npz"), "--resume"]
+        return [
+            "distributed_kmeans.py",
+            "--client",
+            "--servers",
+            " ".join(servers),
+            "--nt",
+            s["NCORES"],
+            "--k",
+            s["K"],
+            "--niter",
+            s["NITER"],
+            "--seed",
+            s["SEED"],
+            "--max_points_per_centroid",
+            "256",
+            "--out",
+            str(w / "centroids.npy"),
+            "--checkpoint",
+            str(w / "kmeans.checkpoint.npz"),
+            "--resume",
+        ]
     if stage == "trained":
-        return ["make_trained_index.py", "--centroids", str(w / "centroids.npy"),
-                "--indata", str(w / "data.fvecs"), "--i0", "0", "--i1", s["TRAIN_ROWS"],
-                "--out", str(w / "trained.index"), "--sq", "SQ6", "--efSearch", "128",
-                "--seed", s["SEED"], "--nt", s["TRAIN_NT"]]
+        return [
+            "make_trained_index.py",
+            "--centroids",
+            str(w / "centroids.npy"),
+            "--indata",
+            str(w / "data.fvecs"),
+            "--i0",
+            "0",
+            "--i1",
+            s["TRAIN_ROWS"],
+            "--out",
+            str(w / "trained.index"),
+            "--sq",
+            "SQ6",
+            "--efSearch",
+            "128",
+            "--seed",
+            s["SEED"],
+            "--nt",
+            s["TRAIN_NT"],
+        ]
     if stage == "vslice":
         i0, i1 = range_of(i, NV)
-        return ["make_index_vslice.py", "--inputindex", str(w / "trained.index"),
-                "--input", str(w / "data.fvecs"), "--i0", str(i0), "--i1", str(i1),
-                "-o", str(w / f"vslices/vslice_{i:04d}_of_{NV:04d}.index"), "--nt", "1"]
+        return [
+            "make_index_vslice.py",
+            "--inputindex",
+            str(w / "trained.index"),
+            "--input",
+            str(w / "data.fvecs"),
+            "--i0",
+            str(i0),
+            "--i1",
+            str(i1),
+            "-o",
+            str(w / f"vslices/vslice_{i:04d}_of_{NV:04d}.index"),
+            "--nt",
+            "1",
+        ]
     if stage == "hslice":
-        return ["merge_to_ondisk.py", "--inputs",
-                *[str(w / f"vslices/vslice_{v:04d}_of_{NV:04d}.index") for v in range(NV)],
-                "--nslice", str(NH), "--slice_no", str(i), "--trained", str(w / "trained.index"),
-                "--output", str(w / f"hslices/hslice_{i:04d}_of_{NH:04d}.index"), "--nt", "1"]
+        return [
+            "merge_to_ondisk.py",
+            "--inputs",
+            *[str(w / f"vslices/vslice_{v:04d}_of_{NV:04d}.index") for v in range(NV)],
+            "--nslice",
+            str(NH),
+            "--slice_no",
+            str(i),
+            "--trained",
+            str(w / "trained.index"),
+            "--output",
+            str(w / f"hslices/hslice_{i:04d}_of_{NH:04d}.index"),
+            "--nt",
+            "1",
+        ]
     raise ValueError(stage)
 
 
-def run_stage(argv: Sequence[str], *, crash_at: Optional[str] = None,
-              once: Optional[Path] = None, trace: Optional[Path] = None,
-              secret_file: Optional[Path] = None, timeout: float = 180):
+def run_stage(
+    argv: Sequence[str],
+    *,
+    crash_at: str | None = None,
+    once: Path | None = None,
+    trace: Path | None = None,
+    secret_file: Path | None = None,
+    timeout: float = 180,
+):
     """Run a stage script (through the crash wrapper when a crash point is given)."""
     script = str(REPO / argv[0])
     env = base_env()
@@ -134,10 +222,14 @@ def run_stage(argv: Sequence[str], *, crash_at: Optional[str] = None,
     cmd = [sys.executable, script, *argv[1:]]
     if crash_at or trace:
         cmd = [sys.executable, str(CRASHPOINT), script, *argv[1:]]
-        env.update(CRASH_AT=crash_at or "", **({"CRASH_ONCE": str(once)} if once else {}),
-                   **({"CRASH_TRACE": str(trace)} if trace else {}))
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd="/")
+        env.update(
+            CRASH_AT=crash_at or "",
+            **({"CRASH_ONCE": str(once)} if once else {}),
+            **({"CRASH_TRACE": str(trace)} if trace else {}),
+        )
+    return subprocess.run(
+        cmd, check=False, env=env, capture_output=True, text=True, timeout=timeout, cwd="/"
+    )
 
 
 def killed(r: subprocess.CompletedProcess) -> bool:
@@ -167,19 +259,35 @@ class ServerProc:
     """A real server process (distributed_kmeans.py --server or search_server.py) on
     127.0.0.1 port 0; ready when its --when_ready file exists and it answers ping."""
 
-    def __init__(self, argv: Sequence[str], secret_file: Path, ready_file: Path, *,
-                 crash_at: Optional[str] = None, log: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        argv: Sequence[str],
+        secret_file: Path,
+        ready_file: Path,
+        *,
+        crash_at: str | None = None,
+        log: Path | None = None,
+    ) -> None:
         self.argv, self.secret_file, self.ready_file = list(argv), secret_file, ready_file
         self.crash_at, self.log_path = crash_at, log or ready_file.with_suffix(".log")
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
         self.address = ""
 
-    def start(self, timeout: float = 120) -> "ServerProc":
+    def start(self, timeout: float = 120) -> ServerProc:
         with contextlib.suppress(FileNotFoundError):
             self.ready_file.unlink()
         script = str(REPO / self.argv[0])
-        cmd = [sys.executable, script, *self.argv[1:], "--host", "127.0.0.1", "--port", "0",
-               "--when_ready", str(self.ready_file)]
+        cmd = [
+            sys.executable,
+            script,
+            *self.argv[1:],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--when_ready",
+            str(self.ready_file),
+        ]
         env = base_env(DISTRIBUTED_ONDISK_SECRET_FILE=str(self.secret_file))
         if self.crash_at:
             cmd[1:1] = [str(CRASHPOINT)]
@@ -192,7 +300,7 @@ class ServerProc:
                 raise RuntimeError(f"{cmd} exited {self.proc.returncode}: {self.log_tail()}")
             if time.monotonic() > t_end:
                 raise RuntimeError(f"{cmd} not listening after {timeout}s: {self.log_tail()}")
-            time.sleep(0.05)   # polling for the file, then ping; not a fixed wait
+            time.sleep(0.05)  # polling for the file, then ping; not a fixed wait
         self.address = self.ready_file.read_text().strip()
         wait_ready(self.address, secret=load_secret(self.secret_file), timeout=timeout)
         return self
@@ -212,6 +320,7 @@ class ServerProc:
 
     def rss(self) -> int:
         import psutil
+
         return psutil.Process(self.pid).memory_info().rss
 
     def kill(self) -> None:
@@ -235,19 +344,43 @@ class ServerProc:
             self._log.close()
 
 
-def kmeans_server(ref_or_root: Path, i: int, n: int, secret_file: Path, tmp: Path, *,
-                  crash_at: Optional[str] = None) -> ServerProc:
+def kmeans_server(
+    ref_or_root: Path, i: int, n: int, secret_file: Path, tmp: Path, *, crash_at: str | None = None
+) -> ServerProc:
     i0, i1 = range_of(i, n)
-    argv = ["distributed_kmeans.py", "--server", "--indata", str(ref_or_root / "data.fvecs"),
-            "--i0", str(i0), "--i1", str(i1), "--nt", "1", "--gpu", "-2"]
+    argv = [
+        "distributed_kmeans.py",
+        "--server",
+        "--indata",
+        str(ref_or_root / "data.fvecs"),
+        "--i0",
+        str(i0),
+        "--i1",
+        str(i1),
+        "--nt",
+        "1",
+        "--gpu",
+        "-2",
+    ]
     return ServerProc(argv, secret_file, tmp / f"kmeans_{i}_of_{n}.addr", crash_at=crash_at)
 
 
-def search_server(root: Path, shards: Sequence[int], secret_file: Path, tmp: Path, *,
-                  crash_at: Optional[str] = None, tag: str = "") -> ServerProc:
-    argv = ["search_server.py", "--shards",
-            *[str(root / f"hslices/hslice_{j:04d}_of_{NH:04d}.index") for j in shards],
-            "--trained", str(root / "trained.index")]
+def search_server(
+    root: Path,
+    shards: Sequence[int],
+    secret_file: Path,
+    tmp: Path,
+    *,
+    crash_at: str | None = None,
+    tag: str = "",
+) -> ServerProc:
+    argv = [
+        "search_server.py",
+        "--shards",
+        *[str(root / f"hslices/hslice_{j:04d}_of_{NH:04d}.index") for j in shards],
+        "--trained",
+        str(root / "trained.index"),
+    ]
     name = "_".join(map(str, shards))
     return ServerProc(argv, secret_file, tmp / f"search_{name}{tag}.addr", crash_at=crash_at)
 
@@ -266,4 +399,5 @@ def servers(procs: Sequence[ServerProc]) -> Iterator[list[ServerProc]]:
 
 def queries() -> np.ndarray:
     from distributed_ondisk.datasets import make_queries
+
     return make_queries(200, D, n_clusters=30, seed=99)

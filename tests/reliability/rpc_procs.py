@@ -1,5 +1,6 @@
 """`rpc.py serve-echo` as a real server process (for the RPC limit tests), and a
 relay that sits between a client and a server as a man in the middle would."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,8 +9,8 @@ import struct
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
 
 from reliability_helpers import REPO, base_env
 
@@ -30,25 +31,36 @@ class EchoProc:
 
 
 @contextlib.contextmanager
-def echo_server(tmp: Path, *flags: str, secret: Optional[bytes] = None
-                ) -> Iterator[tuple[EchoProc, bytes]]:
+def echo_server(
+    tmp: Path, *flags: str, secret: bytes | None = None
+) -> Iterator[tuple[EchoProc, bytes]]:
     """A serve-echo process on 127.0.0.1:0 with ``flags``; yields it and its secret."""
     sf = tmp / "echo.secret"
     if not sf.exists():
         write_secret_file(sf, secret)
     from distributed_ondisk.rpc import load_secret
+
     secret = load_secret(sf)
     env = base_env(DISTRIBUTED_ONDISK_SECRET_FILE=str(sf))
     env.pop("DISTRIBUTED_ONDISK_SECRET", None)
     log = tmp / f"echo{len(list(tmp.glob('echo*.log')))}.log"
     with open(log, "wb") as logf:
-        proc = subprocess.Popen([sys.executable, str(REPO / "rpc.py"), "serve-echo", *flags],
-                                stdout=subprocess.PIPE, stderr=logf, env=env, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(REPO / "rpc.py"), "serve-echo", *flags],
+            stdout=subprocess.PIPE,
+            stderr=logf,
+            env=env,
+            text=True,
+        )
     try:
         address = proc.stdout.readline().strip()
         assert address, f"serve-echo did not start: {log.read_text()[-2000:]}"
-        wait_ready(address, secret=secret, timeout=60,
-                   encrypt=False if "--no-encryption" in flags else None)
+        wait_ready(
+            address,
+            secret=secret,
+            timeout=60,
+            encrypt=False if "--no-encryption" in flags else None,
+        )
         yield EchoProc(proc, address, log), secret
     finally:
         proc.terminate()
@@ -62,9 +74,14 @@ def echo_server(tmp: Path, *flags: str, secret: Optional[bytes] = None
 def rpc_ping(address: str, timeout: float, secret_file: Path) -> subprocess.CompletedProcess:
     env = base_env(DISTRIBUTED_ONDISK_SECRET_FILE=str(secret_file))
     env.pop("DISTRIBUTED_ONDISK_SECRET", None)
-    return subprocess.run([sys.executable, str(REPO / "rpc.py"), "-q", "ping", address,
-                           "--timeout", str(timeout)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "rpc.py"), "-q", "ping", address, "--timeout", str(timeout)],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 Tamper = Callable[[str, int, bytes], Sequence[bytes]]
@@ -76,8 +93,12 @@ class Relay:
     (or through ``tamper_handshake``), then record by record through ``tamper``.
     ``seen`` keeps every byte that crossed it, both directions."""
 
-    def __init__(self, server: str, tamper: Optional[Tamper],
-                 tamper_handshake: Optional[Callable[[str, bytes], bytes]] = None) -> None:
+    def __init__(
+        self,
+        server: str,
+        tamper: Tamper | None,
+        tamper_handshake: Callable[[str, bytes], bytes] | None = None,
+    ) -> None:
         host, port = server.rsplit(":", 1)
         self.server = (host, int(port))
         self.tamper, self.tamper_handshake = tamper, tamper_handshake
@@ -97,8 +118,11 @@ class Relay:
         upstream = socket.create_connection(self.server, timeout=30)
         for s in (client, upstream):
             s.settimeout(30)
-        t = threading.Thread(target=self._pipe, args=(upstream, client, "s2c",
-                                                      HELLO.size + 1 + PROOF_LEN), daemon=True)
+        t = threading.Thread(
+            target=self._pipe,
+            args=(upstream, client, "s2c", HELLO.size + 1 + PROOF_LEN),
+            daemon=True,
+        )
         t.start()
         self._pipe(client, upstream, "c2s", HELLO.size + PROOF_LEN)
         t.join(30)
@@ -116,15 +140,16 @@ class Relay:
             self.seen += buf
         return bytes(buf)
 
-    def _pipe(self, src: socket.socket, dst: socket.socket, direction: str,
-              handshake_len: int) -> None:
+    def _pipe(
+        self, src: socket.socket, dst: socket.socket, direction: str, handshake_len: int
+    ) -> None:
         try:
             hs = self._read(src, HELLO.size)
             if self.tamper_handshake:
                 hs = self.tamper_handshake(direction, hs)
             dst.sendall(hs)
             dst.sendall(self._read(src, handshake_len - HELLO.size))
-            while self.tamper is None:   # a plain pass-through (the control case)
+            while self.tamper is None:  # a plain pass-through (the control case)
                 chunk = src.recv(1 << 16)
                 if not chunk:
                     return

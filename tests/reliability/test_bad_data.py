@@ -4,6 +4,7 @@ empty inputs, k larger than n, slices of another trained index handed to the
 merge, a shard missing (or corrupted) at search time.  Each is refused with a
 non-zero exit and one ``error:`` line naming the file at fault (no traceback),
 and leaves no output behind."""
+
 from __future__ import annotations
 
 import shutil
@@ -44,28 +45,74 @@ def x(reference) -> np.ndarray:
 
 
 def vslice_cmd(reference, data: Path, out: Path, i0: int = 0, i1: int = 500) -> list[str]:
-    return ["make_index_vslice.py", "--inputindex", str(reference.root / "trained.index"),
-            "--input", str(data), "--i0", str(i0), "--i1", str(i1), "-o", str(out)]
+    return [
+        "make_index_vslice.py",
+        "--inputindex",
+        str(reference.root / "trained.index"),
+        "--input",
+        str(data),
+        "--i0",
+        str(i0),
+        "--i1",
+        str(i1),
+        "-o",
+        str(out),
+    ]
 
 
 def kmeans_cmd(data: Path, k: str = SETTINGS["K"], out: Path | None = None) -> list[str]:
-    return ["distributed_kmeans.py", "--indata", str(data), "--k", k, "--niter", "2",
-            "--gpu", "-2", "--nt", "1", *(["--out", str(out)] if out else [])]
+    return [
+        "distributed_kmeans.py",
+        "--indata",
+        str(data),
+        "--k",
+        k,
+        "--niter",
+        "2",
+        "--gpu",
+        "-2",
+        "--nt",
+        "1",
+        *(["--out", str(out)] if out else []),
+    ]
 
 
 # ------------------------------------------------------------------ vector files
 
+
 def test_truncated_vector_file_is_named_by_every_reader(reference, tmp_path):
     bad = tmp_path / "truncated.fvecs"
     raw = (reference.root / "data.fvecs").read_bytes()
-    bad.write_bytes(raw[: len(raw) // 2 + 7])      # cut in the middle of a row
+    bad.write_bytes(raw[: len(raw) // 2 + 7])  # cut in the middle of a row
     out = tmp_path / "out"
     refused(vslice_cmd(reference, bad, out / "v.index"), bad, "truncated")
     refused(kmeans_cmd(bad, out=out / "c.npy"), bad, "truncated")
-    refused(["make_trained_index.py", "--centroids", str(reference.root / "centroids.npy"),
-             "--indata", str(bad), "--out", str(out / "t.index")], bad)
-    refused(["distributed_kmeans.py", "--server", "--indata", str(bad), "--port", "0",
-             "--host", "127.0.0.1"], bad, secret_file=reference.secret_file)
+    refused(
+        [
+            "make_trained_index.py",
+            "--centroids",
+            str(reference.root / "centroids.npy"),
+            "--indata",
+            str(bad),
+            "--out",
+            str(out / "t.index"),
+        ],
+        bad,
+    )
+    refused(
+        [
+            "distributed_kmeans.py",
+            "--server",
+            "--indata",
+            str(bad),
+            "--port",
+            "0",
+            "--host",
+            "127.0.0.1",
+        ],
+        bad,
+        secret_file=reference.secret_file,
+    )
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -73,7 +120,7 @@ def test_corrupt_row_header_is_named_with_its_row(reference, tmp_path, x):
     bad = tmp_path / "corrupt.fvecs"
     raw = bytearray((reference.root / "data.fvecs").read_bytes())
     row = 1234
-    raw[row * (4 + 4 * D): row * (4 + 4 * D) + 4] = np.int32(D + 1).tobytes()
+    raw[row * (4 + 4 * D) : row * (4 + 4 * D) + 4] = np.int32(D + 1).tobytes()
     bad.write_bytes(bytes(raw))
     last = refused(vslice_cmd(reference, bad, tmp_path / "v.index", 1000, 2000), bad)
     assert str(row) in last, last
@@ -86,9 +133,19 @@ def test_nan_or_inf_row_is_named_with_its_row(reference, tmp_path, x, value):
     y = x[:3000].copy()
     y[2345, 3] = value
     write_vectors(bad, y)
-    for argv in (vslice_cmd(reference, bad, tmp_path / "v.index", 0, 3000), kmeans_cmd(bad),
-                 ["make_trained_index.py", "--centroids", str(reference.root / "centroids.npy"),
-                  "--indata", str(bad), "--out", str(tmp_path / "t.index")]):
+    for argv in (
+        vslice_cmd(reference, bad, tmp_path / "v.index", 0, 3000),
+        kmeans_cmd(bad),
+        [
+            "make_trained_index.py",
+            "--centroids",
+            str(reference.root / "centroids.npy"),
+            "--indata",
+            str(bad),
+            "--out",
+            str(tmp_path / "t.index"),
+        ],
+    ):
         last = refused(argv, bad)
         assert "2345" in last, last
     assert not (tmp_path / "v.index").exists() and not (tmp_path / "t.index").exists()
@@ -103,8 +160,20 @@ def test_empty_inputs(reference, tmp_path):
     np.save(empty_npy, np.zeros((0, D), dtype=np.float32))
     refused(kmeans_cmd(empty_npy), empty_npy)
     refused(vslice_cmd(reference, empty_npy, tmp_path / "v.index", 0, 1), empty_npy)
-    refused(["merge_to_ondisk.py", "--inputs", str(tmp_path / "nothing_here"), "--nslice", "1",
-             "--slice_no", "0", "--output", str(tmp_path / "h.index")], "nothing_here")
+    refused(
+        [
+            "merge_to_ondisk.py",
+            "--inputs",
+            str(tmp_path / "nothing_here"),
+            "--nslice",
+            "1",
+            "--slice_no",
+            "0",
+            "--output",
+            str(tmp_path / "h.index"),
+        ],
+        "nothing_here",
+    )
 
 
 def test_k_larger_than_n(reference, tmp_path):
@@ -112,27 +181,69 @@ def test_k_larger_than_n(reference, tmp_path):
     refused(kmeans_cmd(data, k=str(N + 100)), data, f"k={N + 100}", str(N))
     small = tmp_path / "small.fvecs"
     write_vectors(small, read_vectors(reference.root / "data.fvecs", 0, 20))
-    refused(["make_trained_index.py", "--centroids", str(reference.root / "centroids.npy"),
-             "--indata", str(small), "--out", str(tmp_path / "t.index")], small)
+    refused(
+        [
+            "make_trained_index.py",
+            "--centroids",
+            str(reference.root / "centroids.npy"),
+            "--indata",
+            str(small),
+            "--out",
+            str(tmp_path / "t.index"),
+        ],
+        small,
+    )
 
 
 # ------------------------------------------------------------------ between stages
+
 
 def test_mismatched_dimensions_between_stages(reference, tmp_path, x):
     other_d = tmp_path / "d8.fvecs"
     write_vectors(other_d, np.ascontiguousarray(x[:2000, :8]))
     refused(vslice_cmd(reference, other_d, tmp_path / "v.index"), other_d)
-    refused(["make_trained_index.py", "--centroids", str(reference.root / "centroids.npy"),
-             "--indata", str(other_d), "--out", str(tmp_path / "t.index")], other_d)
+    refused(
+        [
+            "make_trained_index.py",
+            "--centroids",
+            str(reference.root / "centroids.npy"),
+            "--indata",
+            str(other_d),
+            "--out",
+            str(tmp_path / "t.index"),
+        ],
+        other_d,
+    )
     c8 = tmp_path / "c8.npy"
     np.save(c8, np.load(reference.root / "centroids.npy")[:, :8])
-    refused(["make_trained_index.py", "--centroids", str(c8),
-             "--indata", str(reference.root / "data.fvecs"), "--out", str(tmp_path / "t.index")],
-            c8)
+    refused(
+        [
+            "make_trained_index.py",
+            "--centroids",
+            str(c8),
+            "--indata",
+            str(reference.root / "data.fvecs"),
+            "--out",
+            str(tmp_path / "t.index"),
+        ],
+        c8,
+    )
     q8 = tmp_path / "q8.npy"
     np.save(q8, x[:10, :8])
-    refused(["combined_index.py", "--shards", str(reference.root / "hslices"), "--queries",
-             str(q8), "--gt", str(reference.root / "queries.gt100.ivecs"), "--nprobe", "1"], q8)
+    refused(
+        [
+            "combined_index.py",
+            "--shards",
+            str(reference.root / "hslices"),
+            "--queries",
+            str(q8),
+            "--gt",
+            str(reference.root / "queries.gt100.ivecs"),
+            "--nprobe",
+            "1",
+        ],
+        q8,
+    )
     assert not (tmp_path / "v.index").exists() and not (tmp_path / "t.index").exists()
 
 
@@ -142,7 +253,7 @@ def test_slice_of_another_trained_index_handed_to_the_merge(reference, tmp_path)
     shutil.copy(reference.root / "centroids.npy", w / "centroids.npy")
     shutil.copy(reference.root / "data.fvecs", w / "data.fvecs")
     cmd = stage_command(w, "trained")
-    cmd[cmd.index("--seed") + 1] = "4321"           # another random rotation
+    cmd[cmd.index("--seed") + 1] = "4321"  # another random rotation
     r = run_stage(cmd)
     assert r.returncode == 0, r.stderr[-2000:]
     (w / "vslices").mkdir()
@@ -151,15 +262,43 @@ def test_slice_of_another_trained_index_handed_to_the_merge(reference, tmp_path)
     foreign = w / f"vslices/vslice_0002_of_{NV:04d}.index"
     inputs = [str(reference.root / f"vslices/vslice_{i:04d}_of_{NV:04d}.index") for i in (0, 1)]
     out = tmp_path / "h" / "hslice.index"
-    refused(["merge_to_ondisk.py", "--inputs", *inputs, str(foreign), "--nslice", "2",
-             "--slice_no", "0", "--output", str(out)], foreign)
-    refused(["merge_to_ondisk.py", "--inputs", *inputs, str(foreign), "--nslice", "2",
-             "--slice_no", "0", "--output", str(out), "--trained",
-             str(reference.root / "trained.index")], foreign)
+    refused(
+        [
+            "merge_to_ondisk.py",
+            "--inputs",
+            *inputs,
+            str(foreign),
+            "--nslice",
+            "2",
+            "--slice_no",
+            "0",
+            "--output",
+            str(out),
+        ],
+        foreign,
+    )
+    refused(
+        [
+            "merge_to_ondisk.py",
+            "--inputs",
+            *inputs,
+            str(foreign),
+            "--nslice",
+            "2",
+            "--slice_no",
+            "0",
+            "--output",
+            str(out),
+            "--trained",
+            str(reference.root / "trained.index"),
+        ],
+        foreign,
+    )
     assert not out.exists()
 
 
 # ------------------------------------------------------------------ at search time
+
 
 def test_missing_or_corrupt_shard_at_search_time(reference, tmp_path):
     h = tmp_path / "hslices"
@@ -172,24 +311,62 @@ def test_missing_or_corrupt_shard_at_search_time(reference, tmp_path):
     for p in h.glob(f"hslice_0001_of_{NH:04d}.*"):
         p.unlink()
     # the search server asked to serve a shard that is gone
-    refused(["search_server.py", "--shards", str(missing), "--port", "0"], missing,
-            secret_file=reference.secret_file)
+    refused(
+        ["search_server.py", "--shards", str(missing), "--port", "0"],
+        missing,
+        secret_file=reference.secret_file,
+    )
     # the evaluation over a directory missing a shard: the uncovered lists are named
-    refused(["combined_index.py", "--shards", str(h), "--trained", str(tmp_path / "trained.index"),
-             "--queries", q, "--gt", gt, "--nprobe", "1"], "[16, 32)")
+    refused(
+        [
+            "combined_index.py",
+            "--shards",
+            str(h),
+            "--trained",
+            str(tmp_path / "trained.index"),
+            "--queries",
+            q,
+            "--gt",
+            gt,
+            "--nprobe",
+            "1",
+        ],
+        "[16, 32)",
+    )
     # a shard whose lists file was truncated: named when opened
     shutil.copytree(reference.root / "hslices", h, dirs_exist_ok=True)
     lists = h / f"hslice_0001_of_{NH:04d}.invlists"
     lists.write_bytes(lists.read_bytes()[:1000])
-    refused(["search_server.py", "--shards", str(h), "--port", "0",
-             "--trained", str(tmp_path / "trained.index")], lists.name,
-            secret_file=reference.secret_file)
+    refused(
+        [
+            "search_server.py",
+            "--shards",
+            str(h),
+            "--port",
+            "0",
+            "--trained",
+            str(tmp_path / "trained.index"),
+        ],
+        lists.name,
+        secret_file=reference.secret_file,
+    )
     # a bit flipped in a shard's lists: caught by --checksums, naming the file
     shutil.copytree(reference.root / "hslices", h, dirs_exist_ok=True)
     data = bytearray(lists.read_bytes())
     data[5000] ^= 0x40
     lists.write_bytes(bytes(data))
-    refused(["search_server.py", "--shards", str(h), "--port", "0", "--checksums",
-             "--trained", str(tmp_path / "trained.index")], lists.name,
-            secret_file=reference.secret_file)
+    refused(
+        [
+            "search_server.py",
+            "--shards",
+            str(h),
+            "--port",
+            "0",
+            "--checksums",
+            "--trained",
+            str(tmp_path / "trained.index"),
+        ],
+        lists.name,
+        secret_file=reference.secret_file,
+    )
     assert_nothing_half_written(reference.root)

@@ -8,6 +8,7 @@ final name holds a half-written file (every manifest verifies), and running the
 same command again gives outputs byte-identical to the uninterrupted reference
 run of local_pipeline, with no temporary left behind.
 """
+
 from __future__ import annotations
 
 import json
@@ -92,8 +93,14 @@ def resolve(point: str, events: list[dict]) -> str:
     return ":".join([head, *rest])
 
 
-POINTS = ["start", "fsync:1", "replace:1:before", "replace:1:after", "replace:mid:after",
-          "replace:last:before"]
+POINTS = [
+    "start",
+    "fsync:1",
+    "replace:1:before",
+    "replace:1:after",
+    "replace:mid:after",
+    "replace:last:before",
+]
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -106,7 +113,7 @@ def test_build_stage_killed_then_rerun_is_identical(reference, traces, tmp_path,
     r = run_stage(cmd, crash_at=at, once=tmp_path / "crashed")
     assert killed(r), f"{at}: rc {r.returncode}\n{r.stderr[-2000:]}"
     assert_nothing_half_written(w)
-    r = run_stage(cmd, crash_at=at, once=tmp_path / "crashed")   # the same command again
+    r = run_stage(cmd, crash_at=at, once=tmp_path / "crashed")  # the same command again
     assert r.returncode == 0, r.stderr[-3000:]
     assert checksums(w, outputs) == {o: reference.checksums[o] for o in outputs}
     assert_nothing_half_written(w)
@@ -115,11 +122,13 @@ def test_build_stage_killed_then_rerun_is_identical(reference, traces, tmp_path,
 
 # ---------------------------------------------------------------- k-means client
 
+
 @pytest.fixture(scope="module")
 def kmeans_servers2(reference, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("km2")
-    with servers([kmeans_server(reference.root, s, 2, reference.secret_file, tmp)
-                  for s in range(2)]) as procs:
+    with servers(
+        [kmeans_server(reference.root, s, 2, reference.secret_file, tmp) for s in range(2)]
+    ) as procs:
         yield procs
 
 
@@ -129,19 +138,30 @@ def kmeans_trace(reference, kmeans_servers2, tmp_path_factory) -> list[dict]:
     same centroids as the reference pipeline's."""
     root = tmp_path_factory.mktemp("trace_kmeans")
     w = seed_workdir(reference, root / "w", [])
-    r = run_stage(stage_command(w, "kmeans_client", servers=[p.address for p in kmeans_servers2]),
-                  trace=root / "trace.jsonl", secret_file=reference.secret_file)
+    r = run_stage(
+        stage_command(w, "kmeans_client", servers=[p.address for p in kmeans_servers2]),
+        trace=root / "trace.jsonl",
+        secret_file=reference.secret_file,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert sha(w / "centroids.npy") == reference.checksums["centroids.npy"]
     return trace_events(root / "trace.jsonl")
 
 
-@pytest.mark.parametrize("point", ["start", "replace@kmeans.checkpoint.npz:after",
-                                   "replace:mid:before", "fsync@centroids.npy",
-                                   "replace@centroids.npy:after",
-                                   "replace@centroids.npy.manifest.json:before"])
-def test_kmeans_client_killed_then_resumed_is_identical(reference, kmeans_servers2,
-                                                        kmeans_trace, tmp_path, point):
+@pytest.mark.parametrize(
+    "point",
+    [
+        "start",
+        "replace@kmeans.checkpoint.npz:after",
+        "replace:mid:before",
+        "fsync@centroids.npy",
+        "replace@centroids.npy:after",
+        "replace@centroids.npy.manifest.json:before",
+    ],
+)
+def test_kmeans_client_killed_then_resumed_is_identical(
+    reference, kmeans_servers2, kmeans_trace, tmp_path, point
+):
     addrs = [p.address for p in kmeans_servers2]
     w = seed_workdir(reference, tmp_path / "w", [])
     cmd = stage_command(w, "kmeans_client", servers=addrs)
@@ -159,6 +179,7 @@ def test_kmeans_client_killed_then_resumed_is_identical(reference, kmeans_server
 
 # ---------------------------------------------------------------- k-means server (+ load: 4 servers, one restarted)
 
+
 def test_kmeans_server_killed_mid_run_restarted_and_resumed_is_identical(reference, tmp_path):
     """4 local servers; one is SIGKILLed when a call arrives in the middle of the run.
     The client fails naming it; the server is restarted (new port), the client is run
@@ -172,8 +193,9 @@ def test_kmeans_server_killed_mid_run_restarted_and_resumed_is_identical(referen
     with servers(others):
         with servers([kmeans_server(reference.root, 3, 4, sf, tmp_path / "v")]) as (plain,):
             addrs = [p.address for p in others] + [plain.address]
-            r = run_stage(stage_command(uninterrupted, "kmeans_client", servers=addrs),
-                          secret_file=sf)
+            r = run_stage(
+                stage_command(uninterrupted, "kmeans_client", servers=addrs), secret_file=sf
+            )
             assert r.returncode == 0, r.stderr[-3000:]
         victim = kmeans_server(reference.root, 3, 4, sf, tmp_path / "v", crash_at="dispatch:8")
         with servers([victim]):
@@ -186,7 +208,7 @@ def test_kmeans_server_killed_mid_run_restarted_and_resumed_is_identical(referen
             assert not (w / "centroids.npy").exists()
             assert_nothing_half_written(w)
             victim.crash_at = None
-            victim.start()        # restarted: the resume path, with a new address
+            victim.start()  # restarted: the resume path, with a new address
             addrs[3] = victim.address
             r = run_stage(stage_command(w, "kmeans_client", servers=addrs), secret_file=sf)
             assert r.returncode == 0, r.stderr[-3000:]
@@ -196,6 +218,7 @@ def test_kmeans_server_killed_mid_run_restarted_and_resumed_is_identical(referen
 
 # ---------------------------------------------------------------- search server
 
+
 @pytest.fixture(scope="module")
 def expected_search(reference):
     q = queries()
@@ -203,8 +226,9 @@ def expected_search(reference):
     return q, {nprobe: index.search(q, 10, nprobe=nprobe) for nprobe in (1, 8)}
 
 
-def test_search_server_killed_at_start_while_publishing_and_mid_query(reference, tmp_path,
-                                                                       expected_search):
+def test_search_server_killed_at_start_while_publishing_and_mid_query(
+    reference, tmp_path, expected_search
+):
     sf, root = reference.secret_file, reference.root
     q, expected = expected_search
     # early: dies before listening; while writing its --when_ready file: no address
@@ -220,8 +244,9 @@ def test_search_server_killed_at_start_while_publishing_and_mid_query(reference,
     s0 = search_server(root, [0], sf, tmp_path)
     s1 = search_server(root, [1], sf, tmp_path, crash_at="dispatch:2", tag="victim")
     with servers([s0, s1]):
-        with DistributedSearchClient([s0.address, s1.address], secret=reference.secret,
-                                     trained=str(root / "trained.index")) as c:
+        with DistributedSearchClient(
+            [s0.address, s1.address], secret=reference.secret, trained=str(root / "trained.index")
+        ) as c:
             res = None
             try:
                 for _ in range(3):
@@ -232,9 +257,9 @@ def test_search_server_killed_at_start_while_publishing_and_mid_query(reference,
                 assert s1.address in str(e)
             else:
                 assert res is not None and res.partial and res.failed_servers == [s1.address]
-        assert s1.proc.wait(30) == -9   # it was the one that died
+        assert s1.proc.wait(30) == -9  # it was the one that died
         s1.crash_at = None
-        s1.start()          # the same command again
+        s1.start()  # the same command again
         with DistributedSearchClient([s0.address, s1.address], secret=reference.secret) as c:
             for nprobe, (D0, I0) in expected.items():
                 res = c.search(q, 10, nprobe=nprobe)
@@ -245,6 +270,7 @@ def test_search_server_killed_at_start_while_publishing_and_mid_query(reference,
 
 # ---------------------------------------------------------------- the whole pipeline
 
+
 def test_local_pipeline_kmeans_server_killed_then_rerun_is_identical(reference, tmp_path):
     """run_on_cluster.bash local_pipeline with a k-means server SIGKILLed mid-run:
     the pipeline fails and stops its other servers; the same command again resumes
@@ -253,10 +279,11 @@ def test_local_pipeline_kmeans_server_killed_then_rerun_is_identical(reference, 
     wrapper.write_text(
         "#!/bin/bash\n"
         f'case " $* " in *" --server "*) exec {sys.executable} {CRASHPOINT} "$@";; esac\n'
-        f'exec {sys.executable} "$@"\n')
+        f'exec {sys.executable} "$@"\n'
+    )
     wrapper.chmod(0o755)
     w = tmp_path / "w"
-    extra = dict(PYTHON=str(wrapper), CRASH_AT="dispatch:8", CRASH_ONCE=str(tmp_path / "once"))
+    extra = {"PYTHON": str(wrapper), "CRASH_AT": "dispatch:8", "CRASH_ONCE": str(tmp_path / "once")}
     r = run_pipeline(w, reference.data, **extra)
     assert r.returncode != 0
     assert (tmp_path / "once").exists(), r.stderr[-3000:]
@@ -270,11 +297,13 @@ def test_local_pipeline_kmeans_server_killed_then_rerun_is_identical(reference, 
     assert leftover_servers(w) == []
     got = json.loads((w / "search_report.json").read_text())
     want = json.loads((reference.root / "search_report.json").read_text())
-    assert [(p["variant"], p["nprobe"], p["recall"]) for p in got] == \
-        [(p["variant"], p["nprobe"], p["recall"]) for p in want]
+    assert [(p["variant"], p["nprobe"], p["recall"]) for p in got] == [
+        (p["variant"], p["nprobe"], p["recall"]) for p in want
+    ]
 
 
 def leftover_servers(w: Path) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [l for l in out.splitlines()
-            if str(w) in l and ("--server" in l or "search_server.py" in l)]
+    out = subprocess.run(["ps", "-eo", "args"], check=False, capture_output=True, text=True).stdout
+    return [
+        l for l in out.splitlines() if str(w) in l and ("--server" in l or "search_server.py" in l)
+    ]

@@ -1,5 +1,6 @@
 """Memory bombs from an authenticated peer: each refused with a clear error, the
 server's memory barely grows, and it keeps serving (real `rpc.py serve-echo`)."""
+
 from __future__ import annotations
 
 import pickle
@@ -31,9 +32,9 @@ def request_bytes(obj) -> bytes:
 def shape_lie() -> bytes:
     """An array whose shape claims 10^12 elements over 7777 received bytes."""
     data = request_bytes(("echo", (np.zeros(7777, np.uint8),), {}))
-    assert data.count(Q.pack(7777)) == 2          # the shape and the blob length
+    assert data.count(Q.pack(7777)) == 2  # the shape and the blob length
     i = data.index(Q.pack(7777))
-    return data[:i] + Q.pack(10 ** 12) + data[i + 8:]
+    return data[:i] + Q.pack(10**12) + data[i + 8 :]
 
 
 def object_dtype() -> bytes:
@@ -52,15 +53,20 @@ def many_small_objects() -> bytes:
     return request_bytes(("echo", ([0] * 2_000_000,), {}))
 
 
-BOMBS = {"shape over a small buffer": shape_lie, "object dtype": object_dtype,
-         "pickle calling bytearray": bytearray_pickle, "many small objects": many_small_objects}
+BOMBS = {
+    "shape over a small buffer": shape_lie,
+    "object dtype": object_dtype,
+    "pickle calling bytearray": bytearray_pickle,
+    "many small objects": many_small_objects,
+}
 
 
 def send_raw(address: str, secret: bytes, payload: bytes) -> tuple[int, object]:
     sock = socket.create_connection(parse_address(address), timeout=20)
     chan = auth.client_handshake(sock, secret, address)
-    head = framing.HEADER.pack(framing.MAGIC, framing.VERSION, framing.KIND_REQUEST, 0, 1,
-                               len(payload), 0, 0, len(payload))
+    head = framing.HEADER.pack(
+        framing.MAGIC, framing.VERSION, framing.KIND_REQUEST, 0, 1, len(payload), 0, 0, len(payload)
+    )
     chan.sendall(head + payload)
     try:
         kind, _, reply = framing.recv_message(chan)
@@ -76,12 +82,12 @@ def test_bombs_are_refused_memory_stays_flat_server_keeps_serving(tmp_path):
         for name, make in BOMBS.items():
             kind, reply = send_raw(proc.address, secret, make())
             assert kind == framing.KIND_FATAL, (name, kind, reply)
-            assert reply[1], name                       # a message saying why
+            assert reply[1], name  # a message saying why
             with Client(proc.address, secret=secret, timeout=10) as c:
                 assert c.call("add", 20, 22) == 42, name
         with Client(proc.address, secret=secret, timeout=10) as c:
             with pytest.raises(Exception, match=r"make_array: n must be an integer"):
-                c.call("make_array", 10 ** 12)
+                c.call("make_array", 10**12)
             assert c.call("add", 1, 2) == 3
         assert p.memory_info().rss - rss0 < 100 << 20
 
@@ -89,7 +95,7 @@ def test_bombs_are_refused_memory_stays_flat_server_keeps_serving(tmp_path):
 def test_sizes_a_peer_states_without_sending_are_bounded():
     xt = np.zeros((10, 8), np.float32)
     check_request_size(xt, 10)
-    for k in (0, -1, MAX_K + 1, 10 ** 12, True, 2.0):
+    for k in (0, -1, MAX_K + 1, 10**12, True, 2.0):
         with pytest.raises(InputError, match="k must be"):
             check_request_size(xt, k)
     with pytest.raises(InputError, match="bytes of results"):

@@ -2,6 +2,7 @@
 The stage fails with a clear one-line error and a non-zero exit, leaves no
 final-named output (nor temporaries), and the same command with space again
 finishes with outputs identical to the uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,12 @@ def small_fs(tmp_path):
     """A 1 MiB tmpfs (mounting needs root / CAP_SYS_ADMIN: skipped otherwise)."""
     mnt = tmp_path / "fs"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill up (needs root): {r.stderr.strip()}")
     try:
@@ -62,13 +67,18 @@ def assert_clear_disk_full_error(r: subprocess.CompletedProcess, out: Path) -> N
 CASES = {
     "trained": (["centroids.npy"], ["trained.index"], 4096),
     "vslice": (["trained.index"], [f"vslice_0001_of_{NV:04d}.index"], 8192),
-    "hslice": (["trained.index", *[f"vslices/vslice_{i:04d}_of_{NV:04d}.index"
-                                   for i in range(NV)]],
-               [f"hslice_0000_of_{NH:04d}.index", f"hslice_0000_of_{NH:04d}.invlists"], 16384),
+    "hslice": (
+        ["trained.index", *[f"vslices/vslice_{i:04d}_of_{NV:04d}.index" for i in range(NV)]],
+        [f"hslice_0000_of_{NH:04d}.index", f"hslice_0000_of_{NH:04d}.invlists"],
+        16384,
+    ),
     # room for exactly the lists file: the disk fills while the small index file is
     # written (faiss's own writer would only print that and leave a 0-byte index)
-    "hslice_index": ([], [f"hslice_0000_of_{NH:04d}.index", f"hslice_0000_of_{NH:04d}.invlists"],
-                     -1),
+    "hslice_index": (
+        [],
+        [f"hslice_0000_of_{NH:04d}.index", f"hslice_0000_of_{NH:04d}.invlists"],
+        -1,
+    ),
 }
 
 
@@ -83,8 +93,8 @@ def command_into(stage: str, ref_root: Path, fs: Path) -> list[str]:
 
 @pytest.mark.parametrize("stage", list(CASES))
 def test_stage_on_a_full_disk_fails_cleanly_and_reruns(reference, small_fs, stage):
-    inputs, outputs, leave = CASES[stage]
-    if leave < 0:   # whole pages for the lists file, nothing more
+    _inputs, outputs, leave = CASES[stage]
+    if leave < 0:  # whole pages for the lists file, nothing more
         page = os.statvfs(small_fs).f_frsize
         leave = -(-(reference.root / "hslices" / outputs[1]).stat().st_size // page) * page
     stage = stage.split("_")[0]
@@ -110,9 +120,26 @@ def test_kmeans_on_a_full_disk_fails_cleanly_and_reruns(reference, small_fs):
     """In-process k-means (same data, k, seed) with its centroids and checkpoint on the
     full disk: the checkpoint write fails at once, named; with space it finishes."""
     out, ckpt = small_fs / "centroids.npy", small_fs / "kmeans.checkpoint.npz"
-    cmd = ["distributed_kmeans.py", "--indata", str(reference.root / "data.fvecs"),
-           "--k", SETTINGS["K"], "--niter", SETTINGS["NITER"], "--seed", SETTINGS["SEED"],
-           "--gpu", "-2", "--nt", "1", "--out", str(out), "--checkpoint", str(ckpt), "--resume"]
+    cmd = [
+        "distributed_kmeans.py",
+        "--indata",
+        str(reference.root / "data.fvecs"),
+        "--k",
+        SETTINGS["K"],
+        "--niter",
+        SETTINGS["NITER"],
+        "--seed",
+        SETTINGS["SEED"],
+        "--gpu",
+        "-2",
+        "--nt",
+        "1",
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(ckpt),
+        "--resume",
+    ]
     filler = fill(small_fs, 0)
     r = run_stage(cmd)
     assert_clear_disk_full_error(r, ckpt)

@@ -6,6 +6,7 @@ the server keeps serving.  A known array sent through the relay never appears
 in the relayed bytes (and does appear when both sides run --no-encryption: the
 check can fail).  Flipping the encryption flag in the hellos fails the handshake.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,7 +23,7 @@ from distributed_ondisk.rpc.auth import FLAG_ENCRYPT
 pytestmark = [pytest.mark.integration]
 # 3 MB: several 512 KiB records each way, so records in the middle of a message exist
 ARRAY = (np.arange(750_000, dtype=np.float32) * 0.25 + 1.5).reshape(-1, 50)
-TARGET = 3   # the record tampered with (0, 1, 2 pass untouched)
+TARGET = 3  # the record tampered with (0, 1, 2 pass untouched)
 
 
 def flip(rec: bytes) -> list[bytes]:
@@ -52,6 +53,7 @@ def make_tamper(direction: str, action: str):
         if action == "reorder" and n == TARGET + 1:
             return [rec, *held]
         return [rec]
+
     return tamper
 
 
@@ -77,9 +79,11 @@ def test_tampered_record_fails_the_call_never_a_wrong_answer(echo, direction, ac
             with pytest.raises(RPCError) as info:
                 out = c.call("echo", ARRAY)
                 # reaching here means a wrong or right answer came through: both are failures
-                pytest.fail(f"{action} {direction}: the call returned "
-                            f"{'the right' if np.array_equal(out, ARRAY) else 'a WRONG'} "
-                            f"answer through a tampered stream")
+                pytest.fail(
+                    f"{action} {direction}: the call returned "
+                    f"{'the right' if np.array_equal(out, ARRAY) else 'a WRONG'} "
+                    f"answer through a tampered stream"
+                )
         msg = str(info.value)
         assert "integrity check" in msg, (action, direction, msg)
     finally:
@@ -124,12 +128,14 @@ def test_downgrading_the_encryption_flag_fails_the_handshake(echo, direction):
         b = bytearray(hello)
         b[5] &= ~FLAG_ENCRYPT & 0xFF
         return bytes(b)
+
     for encrypt in (None, False):
         relay = Relay(proc.address, lambda d, n, rec: [rec], tamper_handshake=strip)
         try:
             with pytest.raises((AuthenticationError, RPCError)):
-                Client(relay.address, secret=secret, timeout=10, connect_timeout=10,
-                       encrypt=encrypt).call("ping")
+                Client(
+                    relay.address, secret=secret, timeout=10, connect_timeout=10, encrypt=encrypt
+                ).call("ping")
         finally:
             relay.close()
     check_serving(proc, secret)

@@ -3,6 +3,7 @@ than the server's max_connections and its descriptor limit), renewed as the serv
 drops them, while `rpc.py ping` and a k-means call each succeed within 2 s, every
 time, for 30 s (RELIABILITY_FLOOD_SECONDS).  And a server out of file descriptors
 (EMFILE) does not spin and serves again once descriptors free up."""
+
 from __future__ import annotations
 
 import os
@@ -23,13 +24,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 psutil = pytest.importorskip("psutil", reason="psutil sets the server's descriptor limit")
 FLOOD = Path(__file__).with_name("flood.py")
 SILENT = 3000
-SERVER_FDS = 512     # the server's RLIMIT_NOFILE during the flood: far below SILENT
+SERVER_FDS = 512  # the server's RLIMIT_NOFILE during the flood: far below SILENT
 
 
 def start_flood(address: str, n: int, seconds: float) -> subprocess.Popen:
     host, port = parse_address(address)
-    return subprocess.Popen([sys.executable, str(FLOOD), host, str(port), str(n),
-                             str(seconds)], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(FLOOD), host, str(port), str(n), str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def flood_stats(flood: subprocess.Popen) -> dict[str, int]:
@@ -51,19 +55,22 @@ def test_silent_flood_does_not_lock_out_ping_or_kmeans(reference, tmp_path):
             pings += 1
             t0 = time.monotonic()
             try:
-                with Client(proc.address, secret=reference.secret, timeout=2,
-                            connect_timeout=2) as c:
+                with Client(
+                    proc.address, secret=reference.secret, timeout=2, connect_timeout=2
+                ) as c:
                     assert c.call("count") > 0
             except RPCError as e:
-                pytest.fail(f"k-means call failed under the flood after "
-                            f"{time.monotonic() - t0:.2f} s: {e}")
+                pytest.fail(
+                    f"k-means call failed under the flood after "
+                    f"{time.monotonic() - t0:.2f} s: {e}"
+                )
             took = time.monotonic() - t0
             calls += 1
             if took > 2.0:
                 slow.append(took)
         stats = flood_stats(flood)
-        assert stats["max_open"] >= SILENT, stats          # the flood was really held
-        assert stats["opened"] > SILENT, stats             # and renewed as it was dropped
+        assert stats["max_open"] >= SILENT, stats  # the flood was really held
+        assert stats["opened"] > SILENT, stats  # and renewed as it was dropped
         assert not slow, f"k-means calls over 2 s: {slow}"
         assert pings >= 5 and calls >= 5, (pings, calls)
         assert proc.alive(), proc.log_tail()
@@ -78,13 +85,12 @@ def test_out_of_descriptors_no_spin_then_serves_again(tmp_path):
         p = psutil.Process(proc.pid)
         p.rlimit(psutil.RLIMIT_NOFILE, (64, 64))
         clients, refused = [], 0
-        for _ in range(100):   # authenticated connections hold descriptors: exhaust them
+        for _ in range(100):  # authenticated connections hold descriptors: exhaust them
             try:
-                clients.append(Client(proc.address, secret=secret, timeout=5,
-                                      connect_timeout=2))
+                clients.append(Client(proc.address, secret=secret, timeout=5, connect_timeout=2))
             except RPCError:
                 refused += 1
-        flood = start_flood(proc.address, 300, 8)   # and keep the backlog full meanwhile
+        flood = start_flood(proc.address, 300, 8)  # and keep the backlog full meanwhile
         try:
             assert refused > 0, "the descriptor limit was never reached"
             deadline = time.monotonic() + 30
@@ -97,7 +103,7 @@ def test_out_of_descriptors_no_spin_then_serves_again(tmp_path):
                 time.sleep(0.2)
             cpu = sum(p.cpu_times()[:2]) - cpu0
             assert cpu < 0.6, f"server used {cpu:.2f} s of CPU in 3 s while out of descriptors"
-            assert clients[0].call("add", 1, 2) == 3   # connections it holds still work
+            assert clients[0].call("add", 1, 2) == 3  # connections it holds still work
         finally:
             for c in clients:
                 c.close()

@@ -1,5 +1,6 @@
 """Secret files: never readable by others while or after they are written, and
 read only when they are the running user's own private regular file."""
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,7 @@ def poll_modes(directory: Path, stop: threading.Event, seen: list) -> None:
             try:
                 mode = entry.stat(follow_symlinks=False).st_mode
             except FileNotFoundError:
-                continue          # a temporary renamed away between listing and stat
+                continue  # a temporary renamed away between listing and stat
             seen.append((entry.name, stat.S_IMODE(mode)))
 
 
@@ -36,17 +37,27 @@ def test_keygen_never_exposes_a_secret_file(tmp_path, umask):
     stop, seen = threading.Event(), []
     poller = threading.Thread(target=poll_modes, args=(tmp_path, stop, seen))
     poller.start()
-    script = (f"import os, sys; os.umask({umask}); sys.argv = ['rpc.py', 'keygen', ''];"
-              f"sys.path.insert(0, {str(REPO)!r})\n"
-              f"from distributed_ondisk.rpc import write_secret_file\n"
-              f"for i in range(100): write_secret_file({str(tmp_path)!r} + f'/s{{i}}.secret')")
+    script = (
+        f"import os, sys; os.umask({umask}); sys.argv = ['rpc.py', 'keygen', ''];"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        f"from distributed_ondisk.rpc import write_secret_file\n"
+        f"for i in range(100): write_secret_file({str(tmp_path)!r} + f'/s{{i}}.secret')"
+    )
     try:
         subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
         # and through the real CLI, a few times
         for i in range(5):
-            subprocess.run(["sh", "-c", f"umask {umask:03o}; exec {sys.executable} "
-                            f"{REPO / 'rpc.py'} keygen {tmp_path / f'cli{i}.secret'}"],
-                           check=True, timeout=60, capture_output=True)
+            subprocess.run(
+                [
+                    "sh",
+                    "-c",
+                    f"umask {umask:03o}; exec {sys.executable} "
+                    f"{REPO / 'rpc.py'} keygen {tmp_path / f'cli{i}.secret'}",
+                ],
+                check=True,
+                timeout=60,
+                capture_output=True,
+            )
     finally:
         stop.set()
         poller.join()
@@ -74,7 +85,7 @@ def test_reading_refuses_links_others_files_short_env_secrets(tmp_path, monkeypa
         theirs = tmp_path / "theirs.secret"
         theirs.write_bytes(secret)
         theirs.chmod(0o600)
-        os.chown(theirs, 65534, 65534)              # nobody
+        os.chown(theirs, 65534, 65534)  # nobody
         with pytest.raises(InputError, match="owned by uid 65534"):
             read_secret_file(theirs)
 
