@@ -142,9 +142,11 @@ def test_register_message_type_only_for_project_classes():
 
 
 def test_remote_exception_carries_type_and_message_only(client, server, caplog):
-    with caplog.at_level("WARNING", logger="distributed_ondisk.rpc.server"):
-        with pytest.raises(RemoteError) as info:
-            client.call("fail", "the reason")
+    with (
+        caplog.at_level("WARNING", logger="distributed_ondisk.rpc.server"),
+        pytest.raises(RemoteError) as info,
+    ):
+        client.call("fail", "the reason")
     e = info.value
     assert e.remote_type == "ValueError" and e.remote_message == "the reason"
     assert e.remote_traceback == ""  # no paths or source lines leave the server
@@ -154,9 +156,11 @@ def test_remote_exception_carries_type_and_message_only(client, server, caplog):
 
 
 def test_remote_traceback_only_with_debug_errors(secret):
-    with Server(EchoService(), secret=secret, debug_errors=True) as srv, Client(
-        srv.address, secret=secret
-    ) as c, pytest.raises(RemoteError) as info:
+    with (
+        Server(EchoService(), secret=secret, debug_errors=True) as srv,
+        Client(srv.address, secret=secret) as c,
+        pytest.raises(RemoteError) as info,
+    ):
         c.call("fail", "the reason")
     tb = info.value.remote_traceback
     assert "in fail" in tb and "ValueError: the reason" in tb
@@ -181,9 +185,10 @@ def test_encrypted_by_default_and_plaintext_only_on_both_sides(secret):
 
 
 def test_client_reconnects_after_the_servers_idle_timeout(secret):
-    with Server(EchoService(), secret=secret, idle_timeout=0.3) as srv, Client(
-        srv.address, secret=secret
-    ) as c:
+    with (
+        Server(EchoService(), secret=secret, idle_timeout=0.3) as srv,
+        Client(srv.address, secret=secret) as c,
+    ):
         assert c.call("add", 1, 2) == 3
         deadline = time.monotonic() + 10
         while srv.connection_count() and time.monotonic() < deadline:
@@ -229,7 +234,7 @@ def test_concurrent_clients_and_shared_client(server, secret):
                 np.testing.assert_array_equal(c.call("add", x, np.float32(i)), x + np.float32(i))
             if own:
                 c.close()
-        except BaseException as e:  # surfaced below
+        except BaseException as e:  # noqa: BLE001 -- surfaced below, in the main thread
             errors.append(e)
 
     threads = [threading.Thread(target=work, args=(i, i % 2 == 0)) for i in range(8)]

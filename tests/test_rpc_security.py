@@ -241,9 +241,11 @@ def test_client_refuses_hostile_reply(secret, tmp_path):
 
     t = threading.Thread(target=evil_server)
     t.start()
-    with Client(address, secret=secret) as c:
-        with pytest.raises(ForbiddenError, match="object arrays are not accepted"):
-            c.call("echo", 1)
+    with (
+        Client(address, secret=secret) as c,
+        pytest.raises(ForbiddenError, match="object arrays are not accepted"),
+    ):
+        c.call("echo", 1)
     t.join(5)
     listener.close()
     assert not marker.exists()

@@ -19,7 +19,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed_ondisk.errors import (
     AuthenticationError,
@@ -36,6 +36,9 @@ from distributed_ondisk.rpc.auth import client_handshake
 from distributed_ondisk.rpc.secret import check_secret
 from distributed_ondisk.rpc.server import encryption_default
 from distributed_ondisk.rpc.session import Channel
+
+if TYPE_CHECKING:  # annotations only (typing.Self is Python 3.11+)
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +170,7 @@ class Client:
         with self._lock:
             self._drop()
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

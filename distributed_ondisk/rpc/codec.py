@@ -16,7 +16,7 @@ straight into their final memory; the buffer's length must equal
 prod(shape) * itemsize exactly (no strides, no broadcasting), and the array is
 a zero-copy view of it.
 
-Encoder and decoder stay in one module (~390 lines) on purpose: every tag is
+Encoder and decoder stay in one module (~420 lines) on purpose: every tag is
 written and read side by side, and a change to one without the other is the
 bug this layout makes visible.
 """

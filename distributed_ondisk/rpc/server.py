@@ -11,6 +11,11 @@ or tampered frame) is logged with the peer's address; a refused *payload*
 closes that connection, the server goes on.  Errors go back to the peer as
 type and message only; the traceback stays in the server's log unless the
 server runs with ``debug_errors`` (or DISTRIBUTED_ONDISK_RPC_DEBUG=1).
+
+Why one module of ~450 lines: the accept loop, the per-connection loop and shutdown
+share one connection table, its lock and the stop event; split apart, each half
+would reach into the other's state.  The pieces that stand alone already live
+beside it (preauth, session, framing, codec).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import time
 import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed_ondisk.errors import (
     ConnectionLost,
@@ -44,6 +49,9 @@ from distributed_ondisk.rpc.preauth import (
 )
 from distributed_ondisk.rpc.secret import check_secret
 from distributed_ondisk.rpc.session import Channel
+
+if TYPE_CHECKING:  # annotations only (typing.Self is Python 3.11+)
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +283,7 @@ class Server:
         self._wake_w.close()
         self._stopped.set()
 
-    def __enter__(self) -> Server:
+    def __enter__(self) -> Self:
         return self.start() if self._listener is None else self
 
     def __exit__(self, *exc: object) -> None:

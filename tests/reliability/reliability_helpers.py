@@ -292,7 +292,7 @@ class ServerProc:
         if self.crash_at:
             cmd[1:1] = [str(CRASHPOINT)]
             env["CRASH_AT"] = self.crash_at
-        self._log = open(self.log_path, "ab")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 -- open while the process runs
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=self._log, cwd="/")
         t_end = time.monotonic() + timeout
         while not (self.ready_file.exists() and self.ready_file.read_text().strip()):

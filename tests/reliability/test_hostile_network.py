@@ -277,7 +277,7 @@ def test_malicious_pickles_with_the_right_secret_are_refused(target, tmp_path):
         s.sendall(frame(data))
         try:
             kind, obj = reply_of(s)
-        except Exception as e:  # the server may also just close
+        except Exception as e:  # noqa: BLE001 -- the server may also just close
             kind, obj = None, repr(e)
         assert kind in (framing.KIND_FATAL, None), (name, kind, obj)
         if kind == framing.KIND_FATAL:

@@ -69,7 +69,7 @@ def test_search_servers_under_16_concurrent_clients(reference, tmp_path, capsys)
                                 f"from the single-client answer (partial={res.partial})"
                             )
                             return
-            except Exception as e:  # any error fails the test, with its client
+            except Exception as e:  # noqa: BLE001 -- any error fails the test, with its client
                 errors.append(f"client {c}: {type(e).__name__}: {e}")
 
         t_end[0] = time.monotonic() + seconds + 30  # bounded even if the barrier stalls

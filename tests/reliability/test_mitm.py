@@ -75,15 +75,14 @@ def test_tampered_record_fails_the_call_never_a_wrong_answer(echo, direction, ac
     proc, secret = echo
     relay = Relay(proc.address, make_tamper(direction, action))
     try:
-        with Client(relay.address, secret=secret, timeout=15) as c:
-            with pytest.raises(RPCError) as info:
-                out = c.call("echo", ARRAY)
-                # reaching here means a wrong or right answer came through: both are failures
-                pytest.fail(
-                    f"{action} {direction}: the call returned "
-                    f"{'the right' if np.array_equal(out, ARRAY) else 'a WRONG'} "
-                    f"answer through a tampered stream"
-                )
+        with Client(relay.address, secret=secret, timeout=15) as c, pytest.raises(RPCError) as info:
+            out = c.call("echo", ARRAY)
+            # reaching here means a wrong or right answer came through: both are failures
+            pytest.fail(
+                f"{action} {direction}: the call returned "
+                f"{'the right' if np.array_equal(out, ARRAY) else 'a WRONG'} "
+                f"answer through a tampered stream"
+            )
         msg = str(info.value)
         assert "integrity check" in msg, (action, direction, msg)
     finally:

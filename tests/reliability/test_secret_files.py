@@ -51,8 +51,10 @@ def test_keygen_never_exposes_a_secret_file(tmp_path, umask):
                 [
                     "sh",
                     "-c",
-                    f"umask {umask:03o}; exec {sys.executable} "
-                    f"{REPO / 'rpc.py'} keygen {tmp_path / f'cli{i}.secret'}",
+                    (
+                        f"umask {umask:03o}; exec {sys.executable} "
+                        f"{REPO / 'rpc.py'} keygen {tmp_path / f'cli{i}.secret'}"
+                    ),
                 ],
                 check=True,
                 timeout=60,
@@ -93,6 +95,8 @@ def test_reading_refuses_links_others_files_short_env_secrets(tmp_path, monkeypa
 def test_code_paths_refuse_short_secrets():
     with pytest.raises(InputError, match="Server\\(secret=...\\).*at least 16"):
         Server(EchoService(), secret=b"short")
-    with Server(EchoService(), secret=b"0123456789abcdef0123") as server:
-        with pytest.raises(InputError, match="Client\\(secret=...\\).*at least 16"):
-            Client(server.address, secret=b"short")
+    with (
+        Server(EchoService(), secret=b"0123456789abcdef0123") as server,
+        pytest.raises(InputError, match="Client\\(secret=...\\).*at least 16"),
+    ):
+        Client(server.address, secret=b"short")

@@ -89,12 +89,14 @@ def test_silent_authenticated_client_is_dropped_after_idle_timeout(tmp_path):
 
 
 def test_errors_to_the_peer_carry_type_and_message_only(tmp_path):
-    with echo_server(tmp_path) as (proc, secret):
-        with Client(proc.address, secret=secret, timeout=10) as c:
-            with pytest.raises(RemoteError) as info:
-                c.call("fail", "the reason")
-            with pytest.raises(RemoteError) as info2:
-                c.call("add", 1, "x")  # a TypeError from inside the method
+    with (
+        echo_server(tmp_path) as (proc, secret),
+        Client(proc.address, secret=secret, timeout=10) as c,
+    ):
+        with pytest.raises(RemoteError) as info:
+            c.call("fail", "the reason")
+        with pytest.raises(RemoteError) as info2:
+            c.call("add", 1, "x")  # a TypeError from inside the method
     for e in (info.value, info2.value):
         assert e.remote_traceback == "", e.remote_traceback
         assert "Traceback" not in str(e) and ".py" not in str(e), str(e)
@@ -104,8 +106,10 @@ def test_errors_to_the_peer_carry_type_and_message_only(tmp_path):
 
 
 def test_errors_carry_the_traceback_with_debug_errors(tmp_path):
-    with echo_server(tmp_path, "--debug-errors") as (proc, secret):
-        with Client(proc.address, secret=secret, timeout=10) as c:
-            with pytest.raises(RemoteError) as info:
-                c.call("fail", "the reason")
+    with (
+        echo_server(tmp_path, "--debug-errors") as (proc, secret),
+        Client(proc.address, secret=secret, timeout=10) as c,
+        pytest.raises(RemoteError) as info,
+    ):
+        c.call("fail", "the reason")
     assert "demo.py" in info.value.remote_traceback and "in fail" in info.value.remote_traceback
