@@ -72,7 +72,6 @@ from distributed_ondisk.autobuild.training import PlannedDataset
 from distributed_ondisk.errors import InputError
 
 log = logging.getLogger(__name__)
-MIN_POINTS_PER_CENTROID = 39
 ROW_WORKING_BYTES = 28  # per training row: label int64, distance, one-hot sparse entry
 
 
@@ -104,11 +103,11 @@ def kmeans_rows_hint(n: int, cfg: Any, on_driver: bool) -> np.ndarray:
     """The global rows ``train_kmeans`` will ask for (its fingerprint rows, and its seeded
     sample when k-means runs on the driver), so the scan brings them back.  Only a
     hint: rows it misses are read by tasks later."""
-    from distributed_ondisk.kmeans.loop import FINGERPRINT_ROWS, _sample
+    from distributed_ondisk.kmeans.loop import fingerprint_rows, sample_rows, seeded_rng
 
-    rows = np.linspace(0, n - 1, FINGERPRINT_ROWS).astype(np.int64)
+    rows = fingerprint_rows(n)
     if on_driver:
-        sample = _sample(n, cfg, np.random.Generator(np.random.PCG64(cfg.seed)))
+        sample = sample_rows(n, cfg, seeded_rng(cfg))
         rows = np.arange(n, dtype=np.int64) if sample is None else np.union1d(rows, sample)
     return np.unique(rows)
 

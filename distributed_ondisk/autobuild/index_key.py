@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.kmeans.loop import MIN_POINTS_PER_CENTROID
 from distributed_ondisk.stages.train import TrainedIndexConfig, describe, parse_encoder
 
-MIN_POINTS_PER_CENTROID = 39  # faiss warns below this
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _KEY = re.compile(
     r"(?:(RR|PCA)(\d+)?,|(OPQ)\d*(?:_\d+)?,)?IVF(\d+)_HNSW(\d+),"
@@ -90,7 +90,8 @@ def estimate_index_bytes(n: int, d: int, spec: IndexSpec) -> dict[str, int]:
 
 
 def choose_nlist(n: int) -> tuple[int, str]:
-    """A power of two near 4 sqrt(n), with at least 39 training points per list."""
+    """A power of two near 4 sqrt(n), with at least ``MIN_POINTS_PER_CENTROID`` training
+    points per list (faiss's warning bound, as k-means logs it)."""
     target = 4 * math.sqrt(n)
     nlist = 1 << max(0, round(math.log2(max(target, 1))))
     while nlist > 1 and n / nlist < MIN_POINTS_PER_CENTROID:

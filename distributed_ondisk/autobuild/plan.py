@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.ranges import split_range
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ def plan_pieces(
             continue
         parts = -(-n // rows_per_piece)
         for j in range(parts):
-            a, b = n * j // parts, n * (j + 1) // parts
+            a, b = split_range(n, parts, j)
             pieces.append(Piece(len(pieces), file_no, a, b, start + a))
         start += n
     return pieces
@@ -100,7 +101,7 @@ def rows_by_piece(rows: np.ndarray, pieces: Sequence[Piece]) -> list[tuple[int, 
 def training_blocks(n_train: int, nblocks: int) -> list[tuple[int, int]]:
     """Row ranges of the training set's k-means blocks (one Spark partition each)."""
     nblocks = max(1, min(int(nblocks), n_train))
-    return [(n_train * j // nblocks, n_train * (j + 1) // nblocks) for j in range(nblocks)]
+    return [split_range(n_train, nblocks, j) for j in range(nblocks)]
 
 
 def rows_per_piece_for(

@@ -7,7 +7,6 @@ servers are always stopped at exit (SIGTERM, then SIGKILL), even on failure.
 
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -17,15 +16,14 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from distributed_ondisk.errors import RPCTimeout
+from distributed_ondisk.ranges import split_range
 from distributed_ondisk.rpc import generate_secret, load_secret, wait_ready, write_secret_file
 
 
 def slice_bounds(n: int, nservers: int) -> list[tuple[int, int]]:
-    cuts = np.linspace(0, n, nservers + 1).astype(np.int64)
-    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts)]
+    """Rows ``[i0, i1)`` of each server: the project's one split (:func:`split_range`)."""
+    return [split_range(n, nservers, i) for i in range(nservers)]
 
 
 class LocalServers:
@@ -135,7 +133,9 @@ class LocalServers:
         self.procs = []
         self._tmp.cleanup()
 
-    def __enter__(self) -> LocalServers:
+    # typing.Self needs Python 3.11 (we support 3.10) and typing_extensions is no
+    # dependency; the class is not meant to be subclassed
+    def __enter__(self) -> LocalServers:  # noqa: PYI034
         try:
             return self.start()
         except BaseException:

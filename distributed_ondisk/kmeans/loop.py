@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
 SPLIT_EPS = 1.0 / 1024
 FINGERPRINT_ROWS = 16
+#: faiss warns below this many training points per centroid; the build's choice of
+#: nlist (autobuild) and the plan's checks use the same bound.
+MIN_POINTS_PER_CENTROID = 39
 
 
 @dataclasses.dataclass
@@ -70,9 +73,14 @@ class KMeansResult:
         return float(self.stats[-1]["obj"]) if self.stats else float("nan")
 
 
+def fingerprint_rows(n: int) -> np.ndarray:
+    """The evenly spaced rows :func:`data_fingerprint` reads (sorted, distinct)."""
+    return np.unique(np.linspace(0, n - 1, FINGERPRINT_ROWS).astype(np.int64))
+
+
 def data_fingerprint(data: DatasetAssign, n: int, d: int) -> str:
     """sha256 of n, d and a few evenly spaced rows: cheap, and independent of sharding."""
-    rows = np.unique(np.linspace(0, n - 1, FINGERPRINT_ROWS).astype(np.int64))
+    rows = fingerprint_rows(n)
     h = hashlib.sha256(f"{n} {d}".encode())
     h.update(np.ascontiguousarray(data.get_subset(rows), np.float32).tobytes())
     return h.hexdigest()[:32]
@@ -108,7 +116,16 @@ def split_empty_clusters(
     return nsplit
 
 
-def _sample(n: int, cfg: KMeansConfig, rng: np.random.Generator) -> np.ndarray | None:
+def seeded_rng(cfg: KMeansConfig) -> np.random.Generator:
+    """The generator :func:`train_kmeans` draws its sample, initial centroids and splits from."""
+    return np.random.Generator(np.random.PCG64(cfg.seed))
+
+
+def sample_rows(n: int, cfg: KMeansConfig, rng: np.random.Generator) -> np.ndarray | None:
+    """Sorted rows k-means trains on (``k * max_points_per_centroid`` of them, drawn from
+    ``rng``), or None when every row is used.  ``train_kmeans`` draws this first from
+    :func:`seeded_rng`, so a caller can know the sample before the run (to read it early).
+    """
     limit = cfg.k * cfg.max_points_per_centroid
     if n <= limit:
         return None
@@ -132,8 +149,8 @@ def train_kmeans(
         raise InputError(
             "--resume needs a checkpoint file (--checkpoint or --store_each_iteration)"
         )
-    rng = np.random.Generator(np.random.PCG64(cfg.seed))
-    sample = _sample(n, cfg, rng)
+    rng = seeded_rng(cfg)
+    sample = sample_rows(n, cfg, rng)
     meta = {
         "d": d,
         "n": n,
@@ -159,11 +176,12 @@ def train_kmeans(
         )
         if data.select(sample) != n_train:
             raise RPCError(f"the shards hold {data.count()} selected rows, expected {n_train}")
-    if n_train < 39 * cfg.k:
+    if n_train < MIN_POINTS_PER_CENTROID * cfg.k:
         log.warning(
-            "only %d training points for %d centroids (faiss suggests >= 39 per " "centroid)",
+            "only %d training points for %d centroids (faiss suggests >= %d per centroid)",
             n_train,
             cfg.k,
+            MIN_POINTS_PER_CENTROID,
         )
     init = rng.choice(n_train, size=cfg.k, replace=False)
     centroids = np.ascontiguousarray(data.get_subset(init), np.float32)

@@ -9,7 +9,6 @@ is 1 when a level of 1-3 ends more than :data:`TOLERANCE` away from level 0.
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import tempfile
 import time
@@ -42,15 +41,13 @@ def parse_levels(text: str) -> list[int]:
     except ValueError:
         levels = [-1]
     if not levels or any(lv not in LEVEL_NAMES for lv in levels):
-        raise InputError(
-            f"--test takes levels 0-3, comma separated (e.g. 0,1,2,3), " f"got {text!r}"
-        )
+        raise InputError(f"--test takes levels 0-3, comma separated (e.g. 0,1,2,3), got {text!r}")
     return levels
 
 
 def run_test_levels(args: argparse.Namespace) -> int:
     from distributed_ondisk.kmeans.backend import build_dataset, choose_backend
-    from distributed_ondisk.kmeans.local import LocalServers
+    from distributed_ondisk.kmeans.local import LocalServers, slice_bounds
     from distributed_ondisk.kmeans.remote import connect_servers
 
     levels = parse_levels(args.test)
@@ -91,10 +88,10 @@ def run_test_levels(args: argparse.Namespace) -> int:
             return train_kmeans(build_dataset(backend, source, args.nt), cfg).objective
 
         def level2() -> float:
-            cuts = np.linspace(0, n, ns + 1).astype(np.int64)
+            # the same row ranges as level 3's servers
             shards = [
-                build_dataset(backend, source.subrange(int(a), int(b)), args.nt)
-                for a, b in itertools.pairwise(cuts)
+                build_dataset(backend, source.subrange(a, b), args.nt)
+                for a, b in slice_bounds(n, ns)
             ]
             return train_kmeans(ShardedAssign(shards, parallel=False), cfg).objective
 
