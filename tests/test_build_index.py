@@ -133,6 +133,33 @@ def test_parquet_inputs_read_back(tmp_path):
     np.testing.assert_array_equal(read_rows(files[0], 650, 1100), x[650:1100])
 
 
+def test_npy_headers_by_the_vectors_parser(tmp_path):
+    """The npy probe is vectors.formats' (same versions, dtypes, size check), plus what
+    read_rows needs: floating-point rows in C order."""
+    from distributed_ondisk.errors import VectorFileError
+
+    x = make_clustered(50, 4, seed=2)
+    ok = tmp_path / "v3.npy"
+    # a version 3.0 header (uint32 length, like 2.0), which the old probe read as 2.0
+    header = repr(np.lib.format.header_data_from_array_1_0(x)).encode("latin1")
+    header += b" " * (-(len(header) + 13) % 64) + b"\n"
+    ok.write_bytes(b"\x93NUMPY\x03\x00" + np.uint32(len(header)).tobytes() + header + x.tobytes())
+    (f3,) = probe_files([str(ok)], "npy")
+    np.testing.assert_array_equal(read_rows(f3, 0, 50), x)
+    np.save(tmp_path / "ints.npy", np.arange(12, dtype=np.int32).reshape(3, 4))
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(x))
+    np.save(tmp_path / "col.npy", np.asfortranarray(x[:, :1]))  # one column: C order too
+    (tmp_path / "short.npy").write_bytes((tmp_path / "ints.npy").read_bytes()[:-4])
+    for name, match in (
+        ("ints", "need a 2-d C-order floating-point"),
+        ("fortran", "Fortran order"),
+        ("short", "truncated: .npy header says shape"),
+    ):
+        with pytest.raises(VectorFileError, match=match):
+            probe_files([str(tmp_path / f"{name}.npy")], "npy")
+    assert probe_files([str(tmp_path / "col.npy")], "npy")[0].d == 1
+
+
 @pytest.mark.parametrize(
     "case",
     ["mixed_d", "missing_column", "empty", "nan", "metric", "shards", "old_layout", "eval_queries"],

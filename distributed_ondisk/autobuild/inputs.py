@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from distributed_ondisk.errors import InputError, VectorFileError
+from distributed_ondisk.vectors.formats import read_npy_header
 
 log = logging.getLogger(__name__)
 FORMATS = ("npy", "parquet")
@@ -88,30 +89,18 @@ def list_embedding_files(embeddings: str | Sequence[str], file_format: str) -> l
 
 
 def _probe_npy(url: str) -> InputFile:
+    """The header by the project's one ``.npy`` parser, then what :func:`read_rows` needs:
+    floating-point rows stored one after the other (C order)."""
     fs, path = _fs(url)
     size = fs.size(path)
     with fs.open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(f)
-        except ValueError as e:
-            raise VectorFileError(f"{url}: not a .npy file ({e})") from e
-        offset = f.tell()
-    if len(shape) != 2 or dtype.kind != "f" or fortran:
+        h = read_npy_header(f, size, url)
+    if h.dtype.kind != "f" or h.fortran:
         raise VectorFileError(
             f"{url}: need a 2-d C-order floating-point matrix, got shape "
-            f"{shape} {dtype}{' Fortran order' if fortran else ''}"
+            f"({h.n}, {h.d}) {h.dtype}{' Fortran order' if h.fortran else ''}"
         )
-    rows, d = int(shape[0]), int(shape[1])
-    want = offset + rows * d * dtype.itemsize
-    if size != want:
-        raise VectorFileError(f"{url}: {size} bytes, its header says {want} (truncated?)")
-    return InputFile(url, rows, d, "npy", npy_offset=offset, npy_dtype=dtype.str)
+    return InputFile(url, h.n, h.d, "npy", npy_offset=h.offset, npy_dtype=h.dtype.str)
 
 
 def _parquet(url: str) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -81,7 +82,7 @@ def format_of(path: Path) -> str:
     return ext
 
 
-def _check_dim(path: Path, d: int, where: str) -> None:
+def _check_dim(path: str | os.PathLike, d: int, where: str) -> None:
     if not 0 < d <= MAX_DIM:
         raise VectorFileError(
             f"{path}: {where} declares dimension {d}, outside 1..{MAX_DIM} "
@@ -169,7 +170,27 @@ def _probe_bin(p: Path, f, size: int, fmt: str, dtype_hint) -> Layout:
     return Layout(p, fmt, dtype, n, d, 8, size)
 
 
-def _probe_npy(p: Path, f, size: int) -> Layout:
+@dataclass(frozen=True)
+class NpyHeader:
+    """A checked ``.npy`` header: ``n`` rows of ``d`` values of ``dtype`` from byte
+    ``offset``; ``fortran`` only when the layout really is column-major (a Fortran
+    array of one row or one column is also C-ordered)."""
+
+    n: int
+    d: int
+    dtype: np.dtype
+    offset: int
+    fortran: bool
+
+
+def read_npy_header(f: BinaryIO, size: int, name: str | os.PathLike) -> NpyHeader:
+    """The one ``.npy`` header parser (local files here, any fsspec file in autobuild).
+
+    ``f`` is positioned at the start of the file, ``size`` is its length and ``name``
+    names it in errors.  Accepted: versions 1.0-3.0, a numeric (float, signed or
+    unsigned int) 2-D array with ``1 <= d <= MAX_DIM`` whose data ends exactly at the
+    end of the file.
+    """
     fmtlib = np.lib.format
     try:
         version = fmtlib.read_magic(f)
@@ -181,22 +202,27 @@ def _probe_npy(p: Path, f, size: int) -> Layout:
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, SyntaxError, EOFError) as e:
-        raise VectorFileError(f"{p}: not a valid .npy file: {e}") from None
+        raise VectorFileError(f"{name}: not a valid .npy file: {e}") from None
     offset = f.tell()
     if dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "fiu":
         raise VectorFileError(
-            f"{p}: unsupported .npy dtype {dtype}; expected a numeric "
+            f"{name}: unsupported .npy dtype {dtype}; expected a numeric "
             "(float, signed or unsigned int) dtype"
         )
     if len(shape) != 2:
-        raise VectorFileError(f"{p}: .npy array has shape {shape}; expected 2-D (n, d)")
-    n, d = shape
-    _check_dim(p, d, "header")
+        raise VectorFileError(f"{name}: .npy array has shape {shape}; expected 2-D (n, d)")
+    n, d = (int(v) for v in shape)
+    _check_dim(name, d, "header")
     expected = offset + n * d * dtype.itemsize
     if size != expected:
         raise VectorFileError(
-            f"{p}: {_mismatch(size, expected)}: .npy header says shape "
+            f"{name}: {_mismatch(size, expected)}: .npy header says shape "
             f"{shape} of {dtype} so the file should have {expected} bytes, "
             f"but it has {size}"
         )
-    return Layout(p, "npy", dtype, n, d, offset, size, fortran=bool(fortran) and n > 1 and d > 1)
+    return NpyHeader(n, d, dtype, offset, bool(fortran) and n > 1 and d > 1)
+
+
+def _probe_npy(p: Path, f: BinaryIO, size: int) -> Layout:
+    h = read_npy_header(f, size, p)
+    return Layout(p, "npy", h.dtype, h.n, h.d, h.offset, size, fortran=h.fortran)
