@@ -1,63 +1,72 @@
 #!/usr/bin/env python3
-"""Distributed k-means, side by side on the same data and seed, in one run.
+"""Distributed k-means, side by side on the same data, seed and threads, in one run.
 
-CPU (default: 1M x 96 clustered, k=4096, 10 iterations, 2 servers x 1 thread):
-  * ours: distributed_kmeans servers over our RPC (reduced assign_to);
-  * faiss.Kmeans in process with the same total threads;
-  * the reference: faiss.contrib.clustering.kmeans driving faiss.contrib.rpc
-    servers (its unpickler allowlist widened for numpy 2, here only);
-  * the bare compute bound: single-thread faiss flat search of each server's
-    slice against the centroids, the slices in parallel processes.
---gpu (a CUDA machine with torch): the torch server's time per iteration next to
-the bare GPU bound (blocked matmul + min alone on the same resident slice), and
-its centroids after a few iterations vs a float64 torch-CPU reference.
+CPU (default: 1M x 96 clustered, k=4096, 4 iterations, 2 servers x 1 thread), the
+contenders interleaved over ``--rounds`` rounds (order rotating), medians and spread:
+
+* ours: distributed_kmeans servers over our RPC (reduced assign_to), 1 thread each;
+* faiss.Kmeans in this process with as many threads as there are servers;
+* the reference: faiss.contrib.clustering.kmeans driving faiss.contrib.rpc servers.
+  faiss.contrib.rpc serves each connection in a new thread, where OpenMP's thread
+  count is the default (every core): the servers here set 1 thread in the thread
+  that runs each call (otherwise the "1 thread" servers use every core), and its
+  unpickler allowlist is widened for numpy 2 (it cannot return arrays otherwise);
+* bounds, measured in the same run by one process per slice, the slices in parallel,
+  each slice copied into RAM (as our servers hold it):
+  - FLOP bound: numpy's single-thread sgemm of the slice against the centroids
+    (the 2*n*d*k FLOPs of one iteration's distances, no argmin, no sums);
+  - bare in-RAM search: single-thread faiss.knn(slice, centroids, 1).
+
+Every contender's CPU seconds (its servers' and its driver's, from /proc) are
+reported beside its wall time, so "1 thread" is checked, not assumed.
+
+--gpu (CUDA + torch): the torch server's assign_to next to an independent bound, the
+cuBLAS sgemm (torch.matmul) of the same shapes, and torch.cdist + argmin.
 """
 
 from __future__ import annotations
 
-import argparse
-import multiprocessing
 import os
-import platform
+import sys
+
+if __name__ == "__main__":  # before the OpenMP runtime starts (faiss, numpy imports)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse
+import json
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import benchlib as bl
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distributed_ondisk.datasets import make_clustered
 from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
 from distributed_ondisk.kmeans.source import RowSource
+from distributed_ondisk.ranges import split_range
 
 REF_SERVER = r"""
 import sys, numpy as np, faiss, faiss.contrib.rpc as rpc
 from faiss.contrib.clustering import DatasetAssign
 # its unpickler does not allow numpy 2's module names: array replies would never arrive
-rpc.safe_modules |= {"numpy._core.multiarray", "numpy._core.numeric"}  # docs/FAISS_FACTS.md
-faiss.omp_set_num_threads(1)
+rpc.safe_modules |= {"numpy._core.multiarray", "numpy._core.numeric"}
 path, i0, i1, port, ready = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 ds = DatasetAssign(np.load(path, mmap_mode="r")[i0:i1])
 class Handler(rpc.Server):
     def __init__(self, s):
         rpc.Server.__init__(self, s)
     def __getattr__(self, name):
-        return getattr(ds, name)
+        fn = getattr(ds, name)
+        def call(*a, **kw):
+            # OpenMP's thread count is per thread: set it in the connection's thread
+            faiss.omp_set_num_threads(1)
+            return fn(*a, **kw)
+        return call
 rpc.run_server(Handler, port, report_to_file=ready)
 """
-
-
-def versions() -> str:
-    import faiss
-    import scipy
-
-    return (
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, numpy {np.__version__}, "
-        f"faiss {faiss.__version__}, scipy {scipy.__version__}"
-    )
 
 
 def free_port() -> int:
@@ -100,213 +109,418 @@ class RefDispatch:
         return I, np.concatenate([p[1] for p in parts]), sum(p[2] for p in parts)
 
 
-def run_reference(path, bounds, cfg, d):
-    from faiss.contrib import rpc
-    from faiss.contrib.clustering import kmeans
+def _cpu(pids: list[int]) -> float:
+    return sum(bl.proc_cpu_seconds(p) for p in pids)
 
-    rpc.safe_modules |= {"numpy._core.multiarray", "numpy._core.numeric"}
-    procs, clients = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            for j, (a, b) in enumerate(bounds):
-                port, ready = free_port(), Path(tmp) / f"ready{j}"
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-c",
-                            REF_SERVER,
-                            path,
-                            str(a),
-                            str(b),
-                            str(port),
-                            str(ready),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-                while not (ready.exists() and ready.read_text().strip()):
-                    assert procs[-1].poll() is None, "reference server died"
-                    time.sleep(0.05)
-                clients.append(rpc.Client("127.0.0.1", port))
-            data = RefDispatch(clients, [b - a for a, b in bounds], d)
-            t0 = time.perf_counter()
-            _, stats = kmeans(
-                cfg.k, data, niter=cfg.niter, seed=cfg.seed, verbose=False, return_stats=True
+
+def timed_with_cpu(fn, pids: list[int]) -> dict:
+    """Run fn(); its wall time and the CPU seconds of this process and of ``pids``."""
+    c0, s0, t0 = bl.self_cpu_seconds(), _cpu(pids), time.perf_counter()
+    extra = fn()
+    wall = time.perf_counter() - t0
+    return {
+        "wall_s": wall,
+        "driver_cpu_s": bl.self_cpu_seconds() - c0,
+        "servers_cpu_s": _cpu(pids) - s0,
+        **extra,
+    }
+
+
+class Reference:
+    """faiss.contrib.rpc servers over the slices, started once for every round."""
+
+    def __init__(self, path: str, bounds: list[tuple[int, int]], d: int) -> None:
+        from faiss.contrib import rpc
+
+        rpc.safe_modules |= {"numpy._core.multiarray", "numpy._core.numeric"}
+        self.tmp = tempfile.TemporaryDirectory()
+        self.procs, clients = [], []
+        for j, (a, b) in enumerate(bounds):
+            port, ready = free_port(), Path(self.tmp.name) / f"ready{j}"
+            cmd = [sys.executable, "-c", REF_SERVER, path, str(a), str(b), str(port), str(ready)]
+            self.procs.append(
+                subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             )
-            wall = time.perf_counter() - t0
-            per = cfg.niter * len(bounds)
-            return wall, stats[-1]["obj"], data.sent / per, data.received / per
-        finally:
-            for p in procs:
-                p.kill()
-                p.wait()
+            while not (ready.exists() and ready.read_text().strip()):
+                assert self.procs[-1].poll() is None, "reference server died"
+                time.sleep(0.05)
+            clients.append(rpc.Client("127.0.0.1", port))
+        self.data = RefDispatch(clients, [b - a for a, b in bounds], d)
+
+    def run(self, cfg: KMeansConfig) -> dict:
+        from faiss.contrib.clustering import kmeans
+
+        self.data.sent = self.data.received = 0
+        _, stats = kmeans(
+            cfg.k, self.data, niter=cfg.niter, seed=cfg.seed, verbose=False, return_stats=True
+        )
+        per = cfg.niter * len(self.procs)
+        return {
+            "objective": float(stats[-1]["obj"]),
+            "bytes_to_server": self.data.sent / per,
+            "bytes_from_server": self.data.received / per,
+        }
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+            p.wait()
+        self.tmp.cleanup()
 
 
-def _bare_worker(args):
-    path, a, b, centroids, niter = args
+def bare_worker(path: str, a: int, b: int, cpath: str, niter: int) -> None:
+    """One slice's bounds, in its own single-threaded process: prints one JSON line."""
     import faiss
 
     faiss.omp_set_num_threads(1)
-    x = np.ascontiguousarray(np.load(path, mmap_mode="r")[a:b])
-    t0 = time.perf_counter()
+    x = np.array(np.load(path, mmap_mode="r")[a:b])  # a copy in RAM, as our servers hold it
+    c = np.load(cpath)
+    ct = np.ascontiguousarray(c.T)
+    block = 4096
+    x[:block] @ ct  # warm up the BLAS
+    c0, t0 = time.process_time(), time.perf_counter()
     for _ in range(niter):
-        faiss.knn(x, centroids, 1)
-    return time.perf_counter() - t0
+        for i in range(0, len(x), block):
+            x[i : i + block] @ ct
+    gemm, gemm_cpu = time.perf_counter() - t0, time.process_time() - c0
+    faiss.knn(x[:block], c, 1)
+    c0, t0 = time.process_time(), time.perf_counter()
+    for _ in range(niter):
+        faiss.knn(x, c, 1)
+    knn, knn_cpu = time.perf_counter() - t0, time.process_time() - c0
+    flops = 2.0 * len(x) * x.shape[1] * len(c) * niter
+    print(
+        json.dumps(
+            {
+                "gemm_s": gemm,
+                "gemm_cpu_s": gemm_cpu,
+                "gflops": flops / gemm / 1e9,
+                "knn_s": knn,
+                "knn_cpu_s": knn_cpu,
+            }
+        )
+    )
 
 
-def run_bare(path, bounds, centroids, niter):
-    ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(len(bounds)) as pool:
-        return max(pool.map(_bare_worker, [(path, a, b, centroids, niter) for a, b in bounds]))
+def run_bounds(path: str, bounds, centroids: np.ndarray, niter: int, tmp: Path) -> dict:
+    """Both bounds, one single-threaded process per slice, the slices in parallel."""
+    cpath = str(tmp / "centroids.npy")
+    np.save(cpath, centroids)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--bare-worker", path, str(a), str(b), cpath, str(niter)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for a, b in bounds
+    ]
+    outs = []
+    for p in procs:
+        out, _ = p.communicate()
+        assert p.returncode == 0, f"bound worker failed (rc {p.returncode})"
+        outs.append(json.loads(out.strip().splitlines()[-1]))
+    # the slices run in parallel: the bound is the slowest slice
+    return {
+        "flop_s": max(o["gemm_s"] for o in outs),
+        "flop_cpu_s": sum(o["gemm_cpu_s"] for o in outs),
+        "gflops_per_thread": float(np.median([o["gflops"] for o in outs])),
+        "knn_s": max(o["knn_s"] for o in outs),
+        "knn_cpu_s": sum(o["knn_cpu_s"] for o in outs),
+    }
 
 
-def run_ours(path, n, cfg, nservers):
+def bench_cpu(args, res: dict) -> None:
+    import faiss
+
     from distributed_ondisk.kmeans.local import LocalServers
     from distributed_ondisk.kmeans.remote import connect_servers
 
-    with LocalServers(path, n, nservers, nthreads=1, gpu=-2) as servers:
-        data = connect_servers(servers.addresses, secret=servers.secret)
-        t0 = time.perf_counter()
-        res = train_kmeans(data, cfg)
-        wall = time.perf_counter() - t0
-        sent, received = zip(*(s.last_call_bytes for s in data.shards))  # one assign_to
-        data.close()
-    return wall, res.objective, max(sent), max(received)
-
-
-def bench_cpu(args):
-    import faiss
-
-    n, d, k = args.n, args.d, args.k
+    n, d, k, ns = args.n, args.d, args.k, args.nservers
     cfg = KMeansConfig(k, args.niter, args.seed, args.max_points_per_centroid)
     x = make_clustered(n, d, n_clusters=args.n_clusters, seed=args.seed)
-    with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmp:
-        path = str(Path(tmp) / "x.npy")
+    bounds = [split_range(n, ns, j) for j in range(ns)]
+    samples: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmpname:
+        tmp = Path(tmpname)
+        path = str(tmp / "x.npy")
         np.save(path, x)
-        bounds = [
-            (int(a), int(b))
-            for a, b in zip(
-                *(lambda c: (c[:-1], c[1:]))(np.linspace(0, n, args.nservers + 1).astype(int))
-            )
-        ]
-        rows = {}
-        rows["ours (RPC, reduced)"] = run_ours(path, n, cfg, args.nservers)
-        faiss.omp_set_num_threads(args.nservers)
-        km = faiss.Kmeans(
-            d,
-            k,
-            niter=args.niter,
-            seed=args.seed,
-            max_points_per_centroid=args.max_points_per_centroid,
-        )
-        t0 = time.perf_counter()
-        km.train(x)
-        rows[f"faiss.Kmeans ({args.nservers} threads)"] = (
-            time.perf_counter() - t0,
-            km.obj[-1],
-            0,
-            0,
-        )
-        rows["reference (contrib.rpc)"] = run_reference(path, bounds, cfg, d)
-        bare = run_bare(path, bounds, km.centroids, args.niter)
-        rows["bare bound (flat search)"] = (bare, float("nan"), 0, 0)
-    limit = 8 * k * (d + 1) + 64 * 1024
-    print(f"# bench_kmeans: {versions()}")
-    print(
-        f"# n={n} d={d} k={k} niter={args.niter} seed={args.seed} servers={args.nservers} x "
-        f"1 thread; byte limit 8k(d+1)+64KiB = {limit}"
-    )
-    print(
-        f"| {'method':<28} | wall s | s/iter | objective | vs faiss.Kmeans "
-        f"| bytes/iter/server to server | from server |"
-    )
-    print("|" + "---|" * 7)
-    ref_obj = km.obj[-1]
-    for name, (wall, obj, sent, recv) in rows.items():
-        rel = "" if obj != obj else f"{100 * (obj / ref_obj - 1):+.3f}%"
-        print(
-            f"| {name:<28} | {wall:6.2f} | {wall / args.niter:6.3f} | {obj:.6g} | {rel} "
-            f"| {sent:,.0f} | {recv:,.0f} |"
-        )
-    ours = rows["ours (RPC, reduced)"]
-    print(
-        f"ours / bare bound = {ours[0] / bare:.3f} (target <= 1.1); ours / reference = "
-        f"{ours[0] / rows['reference (contrib.rpc)'][0]:.3f} (<= 1.0); ours / faiss.Kmeans = "
-        f"{ours[0] / rows[f'faiss.Kmeans ({args.nservers} threads)'][0]:.3f} (<= 0.8); "
-        f"bytes ok: {max(ours[2], ours[3]) <= limit}"
-    )
+        ref = Reference(path, bounds, d)
+        try:
+            with LocalServers(path, n, ns, nthreads=1, gpu=-2) as servers:
+                data = connect_servers(servers.addresses, secret=servers.secret)
+                ours_pids = [p.pid for p in servers.procs]
+                last_centroids: list[np.ndarray] = []
+
+                def ours() -> dict:
+                    r = train_kmeans(data, cfg)
+                    last_centroids[:] = [r.centroids]
+                    sent, received = zip(*(s.last_call_bytes for s in data.shards))
+                    return {
+                        "objective": float(r.objective),
+                        "bytes_to_server": max(sent),
+                        "bytes_from_server": max(received),
+                    }
+
+                def fkmeans() -> dict:
+                    faiss.omp_set_num_threads(ns)
+                    km = faiss.Kmeans(
+                        d, k, niter=cfg.niter, seed=cfg.seed,
+                        max_points_per_centroid=cfg.max_points_per_centroid,
+                    )  # fmt: skip
+                    km.train(x)
+                    return {"objective": float(km.obj[-1])}
+
+                def bounds_run() -> dict:
+                    c = last_centroids[0] if last_centroids else x[:k]
+                    t0 = time.perf_counter()
+                    b = run_bounds(path, bounds, c, cfg.niter, tmp)
+                    return {"wall_s": time.perf_counter() - t0, **b}
+
+                contenders = {
+                    "ours": lambda: timed_with_cpu(ours, ours_pids),
+                    "faiss.Kmeans": lambda: timed_with_cpu(fkmeans, []),
+                    "reference": lambda: timed_with_cpu(lambda: ref.run(cfg), ref.pids()),
+                    "bounds": bounds_run,
+                }
+                samples = bl.interleave(contenders, args.rounds)
+                data.close()
+        finally:
+            ref.close()
+    report_cpu(args, res, samples)
 
 
-def bench_gpu(args):
-    import torch
+def report_cpu(args, res: dict, samples: dict[str, list[dict]]) -> None:
+    ns, niter = args.nservers, args.niter
+    flops_iter = 2.0 * args.n * args.d * args.k
+    wall = {
+        name: bl.summary([s["wall_s"] for s in v])
+        for name, v in samples.items()
+        if name != "bounds"
+    }
+    b = samples["bounds"]
+    flop = bl.summary([s["flop_s"] for s in b])
+    knn = bl.summary([s["knn_s"] for s in b])
+    gflops = bl.summary([s["gflops_per_thread"] for s in b])
+    work = {
+        "ours": f"{ns} servers (our RPC, reduced assign_to: sums on the servers) x 1 thread",
+        "faiss.Kmeans": f"faiss.Kmeans in process, {ns} threads",
+        "reference": (
+            f"faiss.contrib.clustering.kmeans + {ns} faiss.contrib.rpc servers x 1 thread "
+            "(set in each call's thread)"
+        ),
+    }
+    ref_obj = float(np.median([s["objective"] for s in samples["faiss.Kmeans"]]))
+    for name, v in samples.items():
+        if name == "bounds":
+            continue
+        cpu = [s["driver_cpu_s"] + s["servers_cpu_s"] for s in v]
+        res["rows"].append(
+            {
+                "name": name,
+                "work": work[name],
+                "threads": ns,
+                "wall_s": wall[name],
+                "cpu_s": bl.summary(cpu),
+                "servers_cpu_s": bl.summary([s["servers_cpu_s"] for s in v]),
+                "driver_cpu_s": bl.summary([s["driver_cpu_s"] for s in v]),
+                "objective": float(np.median([s["objective"] for s in v])),
+                "bytes_to_server": v[-1].get("bytes_to_server"),
+                "bytes_from_server": v[-1].get("bytes_from_server"),
+            }
+        )
+    res["bounds"] += [
+        {
+            "name": "FLOP bound",
+            "work": (
+                f"numpy sgemm of each slice (4096-row blocks) against the k centroids, 1 thread "
+                f"per slice, slices in parallel: {flops_iter / 1e9:.1f} GFLOP per iteration"
+            ),
+            "wall_s": flop,
+            "gflops_per_thread": gflops,
+        },
+        {
+            "name": "bare in-RAM search",
+            "work": "faiss.knn(slice in RAM, centroids, 1), 1 thread per slice, in parallel",
+            "wall_s": knn,
+            "cpu_s": bl.summary([s["knn_cpu_s"] for s in b]),
+        },
+    ]
+    m = {name: w["median"] for name, w in wall.items()}
+    bl.ratio(res, "ours / FLOP bound", m["ours"] / flop["median"], "time; >= 1, lower is better")
+    bl.ratio(res, "ours / bare in-RAM search", m["ours"] / knn["median"], "time; lower is better")
+    bl.ratio(res, "ours / reference", m["ours"] / m["reference"], "time; < 1: ours faster")
+    bl.ratio(res, "ours / faiss.Kmeans", m["ours"] / m["faiss.Kmeans"], "time; < 1: ours faster")
+    bl.ratio(res, "reference / FLOP bound", m["reference"] / flop["median"], "time; >= 1")
+    bl.ratio(res, "faiss.Kmeans / FLOP bound", m["faiss.Kmeans"] / flop["median"], "time; >= 1")
+    limit = 8 * args.k * (args.d + 1) + 64 * 1024
+    rows = []
+    for r in res["rows"]:
+        w = r["wall_s"]
+        rel = 100 * (r["objective"] / ref_obj - 1)
+        rows.append(
+            [
+                r["name"],
+                r["work"],
+                bl.fmt_spread(w, 2),
+                bl.fmt(w["median"] / niter, 3),
+                bl.fmt(r["cpu_s"]["median"] / w["median"], 2),
+                bl.fmt(flop["median"] / w["median"], 2),
+                f"{r['objective']:.6g} ({rel:+.3f} %)",
+                bl.fmt(r["bytes_to_server"]) if r["bytes_to_server"] is not None else "—",
+                bl.fmt(r["bytes_from_server"]) if r["bytes_from_server"] is not None else "—",
+            ]
+        )
+    for bd in res["bounds"]:
+        w = bd["wall_s"]
+        rows.append(
+            [bd["name"], bd["work"], bl.fmt_spread(w, 2), bl.fmt(w["median"] / niter, 3),
+             "1 per slice", bl.fmt(flop["median"] / w["median"], 2), "—", "—", "—"]
+        )  # fmt: skip
+    res["tables"].append(
+        bl.table(
+            f"k-means, {args.n} x {args.d}, k = {args.k}, {niter} iterations, "
+            f"median (min–max) of {args.rounds} interleaved rounds",
+            [
+                "contender",
+                "work and threads",
+                "wall s",
+                "s / iteration",
+                "CPU s / wall s",
+                "fraction of FLOP bound",
+                "objective (vs faiss.Kmeans)",
+                "bytes/iter/server to",
+                "from",
+            ],
+            rows,
+        )
+    )
+    res["notes"] += [
+        (
+            f"FLOP bound: {gflops['median']:.1f} GFLOP/s per thread (numpy sgemm, single "
+            f"thread, {args.nservers} slices at once), {flops_iter / 1e9:.1f} GFLOP per "
+            "iteration; 'fraction of FLOP bound' = bound time / contender time (1 = every "
+            "cycle in sgemm)."
+        ),
+        (
+            "CPU s / wall s is the contender's CPU time (its servers' and its driver's, from "
+            f"/proc) over its wall time: {args.nservers} means {args.nservers} cores busy, as "
+            "intended."
+        ),
+        (
+            "A server's reply to our assign_to is k*(d+1)*8 bytes (float64 sums and counts) "
+            f"whatever its rows (limit 8k(d+1)+64 KiB = {limit}); the reference's grows with "
+            "the rows (12 B each)."
+        ),
+    ]
 
+
+def bench_gpu(args, res: dict) -> None:
+    try:
+        import torch
+    except ImportError:
+        res["skipped"] = "--gpu needs torch"
+        return
+    if not torch.cuda.is_available():
+        res["skipped"] = "--gpu: no CUDA device (torch.cuda.is_available() is False)"
+        return
     from distributed_ondisk.kmeans.gpu import TorchAssign
 
-    assert torch.cuda.is_available(), "--gpu needs torch with a CUDA device"
+    torch.backends.cuda.matmul.allow_tf32 = False
     x = make_clustered(args.n, args.d, n_clusters=args.n_clusters, seed=args.seed)
     ds = TorchAssign(RowSource(x), "cuda:0")
     c = x[np.random.default_rng(0).choice(args.n, args.k, replace=False)]
     ds.assign_to(c)  # makes the slice resident, warms up kernels
-    ds.bare_search(c)
-    times = {}
-    for name, fn in (
-        ("assign_to (matmul+min+sums, to host)", lambda: ds.assign_to(c)),
-        ("bare bound (matmul+min)", lambda: ds.bare_search(c)),
-    ):
+    xt, ct = torch.from_numpy(x).cuda(), torch.from_numpy(c).cuda()
+    block = 65536
+
+    def sgemm():
+        for i in range(0, len(xt), block):
+            xt[i : i + block] @ ct.T
+
+    def cdist():
+        for i in range(0, len(xt), block):
+            torch.cdist(xt[i : i + block], ct).argmin(1)
+
+    def ours():
+        ds.assign_to(c)
+
+    def timed(fn):
+        fn()
+        torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(args.reps):
             fn()
         torch.cuda.synchronize()
-        times[name] = (time.perf_counter() - t0) / args.reps
-    cfg = KMeansConfig(args.k, args.check_iter, args.seed, args.max_points_per_centroid)
-    t0 = time.perf_counter()
-    r_gpu = train_kmeans(ds, cfg)
-    t_gpu = time.perf_counter() - t0
-    r_ref = train_kmeans(TorchAssign(RowSource(x), "cpu", dtype=torch.float64), cfg)
-    print(
-        f"# bench_kmeans --gpu: {torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
-        f"{os.cpu_count()} cores, n={args.n} d={args.d} k={args.k}, fp32, TF32 off"
+        return (time.perf_counter() - t0) / args.reps
+
+    s = bl.interleave(
+        {"ours": lambda: timed(ours), "sgemm": lambda: timed(sgemm), "cdist": lambda: timed(cdist)},
+        args.rounds,
     )
-    print("| step | ms per iteration |\n|---|---|")
-    for name, t in times.items():
-        print(f"| {name} | {1000 * t:.1f} |")
-    ratio = times["assign_to (matmul+min+sums, to host)"] / times["bare bound (matmul+min)"]
-    print(
-        f"| train_kmeans, {args.check_iter} iterations incl. setup, per iteration "
-        f"| {1000 * t_gpu / args.check_iter:.1f} |"
-    )
-    print(f"assign_to / bare bound = {ratio:.3f} (target <= 1.3)")
-    diff = np.abs(r_gpu.centroids - r_ref.centroids).max()
-    rel = r_gpu.objective / r_ref.objective - 1
-    print(
-        f"after {args.check_iter} iterations vs float64 torch-CPU reference: max |centroid diff| "
-        f"= {diff:.3g}, objective {r_gpu.objective:.8g} vs {r_ref.objective:.8g} "
-        f"({100 * rel:+.5f}%, target within 0.1%)"
+    m = {k: bl.summary(v) for k, v in s.items()}
+    flops = 2.0 * args.n * args.d * args.k
+    res["rows"].append({"name": "torch server assign_to", "s_per_iter": m["ours"]})
+    res["bounds"] += [
+        {"name": "cuBLAS sgemm (torch.matmul), same shapes", "s_per_iter": m["sgemm"],
+         "tflops": flops / m["sgemm"]["median"] / 1e12},
+        {"name": "torch.cdist + argmin", "s_per_iter": m["cdist"]},
+    ]  # fmt: skip
+    bl.ratio(res, "assign_to / sgemm bound", m["ours"]["median"] / m["sgemm"]["median"], "time")
+    bl.ratio(res, "assign_to / cdist+argmin", m["ours"]["median"] / m["cdist"]["median"], "time")
+    res["tables"].append(
+        bl.table(
+            f"GPU k-means step, {torch.cuda.get_device_name(0)}, {args.n} x {args.d}, "
+            f"k = {args.k}, fp32, TF32 off",
+            ["step", "ms per iteration", "fraction of sgemm bound"],
+            [
+                [name, bl.fmt_spread(v, 1, 1000), bl.fmt(m["sgemm"]["median"] / v["median"], 2)]
+                for name, v in (
+                    ("ours: torch server assign_to (matmul+min+sums, to host)", m["ours"]),
+                    ("bound: cuBLAS sgemm of the same shapes", m["sgemm"]),
+                    ("independent: torch.cdist + argmin", m["cdist"]),
+                )
+            ],
+        )
     )
 
 
-def main():
+def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
+    p.add_argument("--quick", action="store_true", help="200k x 64, k=1024 (a minute)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
     p.add_argument("--gpu", action="store_true", help="GPU mode (torch + CUDA)")
+    p.add_argument("--json", help="write the result here")
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--d", type=int, default=96)
     p.add_argument("--k", type=int, default=4096)
-    p.add_argument("--niter", type=int, default=10)
+    p.add_argument("--niter", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--n_clusters", type=int, default=20_000, help="mixture components")
     p.add_argument("--max_points_per_centroid", type=int, default=256)
     p.add_argument("--nservers", type=int, default=2)
-    p.add_argument("--reps", type=int, default=10, help="--gpu: timed repetitions")
-    p.add_argument("--check_iter", type=int, default=3, help="--gpu: iterations compared")
+    p.add_argument("--reps", type=int, default=10, help="--gpu: timed repetitions per round")
+    p.add_argument("--bare-worker", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.bare_worker:
+        a = args.bare_worker
+        return bare_worker(a[0], int(a[1]), int(a[2]), a[3], int(a[4]))
     if args.quick:
-        args.n, args.d, args.k, args.niter, args.n_clusters = 60_000, 32, 256, 4, 5000
-    bench_gpu(args) if args.gpu else bench_cpu(args)
+        args.n, args.d, args.k, args.n_clusters = 200_000, 64, 1024, 5000
+    if args.smoke:
+        args.n, args.d, args.k, args.n_clusters, args.niter, args.rounds = 4000, 16, 32, 100, 2, 1
+        args.reps = 2
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "bare_worker")}
+    res = bl.result("kmeans_gpu" if args.gpu else "kmeans", bl.mode_of(args), config)
+    bench_gpu(args, res) if args.gpu else bench_cpu(args, res)
+    bl.emit(res, args.json)
 
 
 if __name__ == "__main__":
