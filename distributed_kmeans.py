@@ -9,7 +9,7 @@ Self-test:    distributed_kmeans.py --test 0,1,2,3
 
 import sys
 
-from distributed_ondisk.kmeans.cli import main
+from distributed_ondisk.kmeans.cli import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -7,7 +7,7 @@ answers: launch scripts wait on it instead of sleeping.
 
 import sys
 
-from distributed_ondisk.rpc.cli import main
+from distributed_ondisk.rpc.cli import cli
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

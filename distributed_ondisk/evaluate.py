@@ -1,4 +1,4 @@
-"""Recall evaluation: exact ground truth, recall@r, QPS, and plots.
+"""Recall measures: exact ground truth, recall@r, 10-recall@10, the query samples.
 
 * Ground truth is computed by brute force over the database in bounded blocks
   (memory stays ``O(block_rows * d + nq * k)`` however large the database) and
@@ -8,8 +8,11 @@
   is recomputed, never reused.
 * ``recall@r`` is faiss's "1-recall@r": the fraction of queries whose true
   nearest neighbour is among the first ``r`` results.
-* Plots (matplotlib, Agg backend, written atomically): recall@1/@10 vs nprobe
-  and QPS vs recall@10, one curve per variant (in RAM, on disk, distributed).
+* ``10-recall@10`` (:func:`intersection_recall`): the share of the true 10
+  nearest found among the first 10 results.
+
+The timed evaluation of the search variants (table, plot, JSON rows) is
+:mod:`distributed_ondisk.search.evaluation`.
 
 ``python -m distributed_ondisk.evaluate --database DB --queries Q --k 100``
 computes (or finds in cache) the ground truth and prints its path.
@@ -22,16 +25,14 @@ import hashlib
 import json
 import logging
 import os
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Union
 
 import faiss
 import numpy as np
 
-from distributed_ondisk.atomic import atomic_path, atomic_write_text
+from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.errors import InputError, VectorFileError
 from distributed_ondisk.log import Progress
 
@@ -40,7 +41,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 RANKS = (1, 10, 100)
 METRICS = {"l2": faiss.METRIC_L2, "ip": faiss.METRIC_INNER_PRODUCT}
 DEFAULT_BLOCK_ROWS = 1 << 17
-SearchFn = Callable[[np.ndarray, int, int], tuple[np.ndarray, np.ndarray]]
 
 
 def brute_force_knn(
@@ -202,103 +202,6 @@ def sample_label(nq: int, seed: int) -> str:
 def holdout_label(nq: int) -> str:
     """The query source of rows held out of the index."""
     return f"{nq} held-out rows"
-
-
-@dataclass
-class EvalPoint:
-    variant: str
-    nprobe: int
-    nq: int
-    seconds: float
-    recall: dict[int, float] = field(default_factory=dict)
-    recall_10_at_10: float | None = None
-
-    @property
-    def qps(self) -> float:
-        return self.nq / self.seconds if self.seconds > 0 else float("inf")
-
-
-def evaluate(
-    variant: str,
-    search: SearchFn,
-    xq: np.ndarray,
-    k: int,
-    nprobes: Sequence[int],
-    gt: np.ndarray | None = None,
-    *,
-    warmup: int = 0,
-) -> list[EvalPoint]:
-    """Time ``search(xq, k, nprobe)`` once per nprobe over the whole batch, with recall."""
-    points = []
-    for nprobe in nprobes:
-        if warmup:
-            search(xq[:warmup], k, nprobe)
-        t0 = time.perf_counter()
-        _, I = search(xq, k, nprobe)
-        dt = time.perf_counter() - t0
-        points.append(
-            EvalPoint(
-                variant,
-                int(nprobe),
-                len(xq),
-                dt,
-                recall_at(I, gt) if gt is not None else {},
-                intersection_recall(I, gt) if gt is not None else None,
-            )
-        )
-    return points
-
-
-def format_table(points: Sequence[EvalPoint], ranks: Sequence[int] = RANKS) -> str:
-    head = f"{'variant':<14} {'nprobe':>6} {'QPS':>10} " + " ".join(
-        f"{'R@' + str(r):>7}" for r in ranks
-    )
-    head += f" {'10-R@10':>8}"
-    rows = [head]
-    for p in points:
-        rec = " ".join(f"{p.recall[r]:7.4f}" if r in p.recall else f"{'-':>7}" for r in ranks)
-        inter = f"{p.recall_10_at_10:8.4f}" if p.recall_10_at_10 is not None else f"{'-':>8}"
-        rows.append(f"{p.variant:<14} {p.nprobe:>6} {p.qps:>10.0f} {rec} {inter}")
-    return "\n".join(rows)
-
-
-def plot_curves(points: Sequence[EvalPoint], path: PathLike, title: str = "") -> None:
-    """recall@1/@10 vs nprobe and QPS vs recall@10, one curve per variant, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants: dict[str, list[EvalPoint]] = {}
-    for p in points:
-        variants.setdefault(p.variant, []).append(p)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for name, pts in variants.items():
-        pts = sorted(pts, key=lambda p: p.nprobe)
-        x = [p.nprobe for p in pts]
-        for r, style in ((1, "--"), (10, "-")):
-            if all(r in p.recall for p in pts):
-                ax1.plot(x, [p.recall[r] for p in pts], style, marker="o", label=f"{name} R@{r}")
-        if all(10 in p.recall for p in pts):
-            ax2.plot([p.recall[10] for p in pts], [p.qps for p in pts], marker="o", label=name)
-            for p in pts:
-                ax2.annotate(str(p.nprobe), (p.recall[10], p.qps), fontsize=7)
-    ax1.set(xscale="log", xlabel="nprobe", ylabel="recall", title="recall vs nprobe")
-    ax2.set(
-        yscale="log",
-        xlabel="recall@10",
-        ylabel="queries per second",
-        title="QPS vs recall@10 (labels: nprobe)",
-    )
-    for ax in (ax1, ax2):
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
 
 
 def parse_int_list(text: str, what: str = "nprobe") -> list[int]:

@@ -1,5 +1,5 @@
 import sys
 
-from distributed_ondisk.autobuild.cli import main
+from distributed_ondisk.autobuild.cli import cli
 
-sys.exit(main())
+sys.exit(cli())

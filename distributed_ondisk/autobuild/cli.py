@@ -1,4 +1,4 @@
-"""``python -m distributed_ondisk.autobuild``: build_index from the command line, with
+"""``python -m distributed_ondisk.autobuild`` (also ``distributed-ondisk build``): build_index from the command line, with
 autofaiss's option names (thin: parse, call :func:`build_index`, print the infos path)."""
 
 from __future__ import annotations
@@ -9,10 +9,12 @@ from collections.abc import Sequence
 
 from distributed_ondisk.cli import add_logging_args, run_main
 
+PROG = "python -m distributed_ondisk.autobuild"
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(prog: str | None = PROG) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="python -m distributed_ondisk.autobuild",
+        prog=prog,
         description="build an on-disk sharded IVF index from npy or "
         "parquet embedding files, locally or on Spark",
     )
@@ -91,5 +93,6 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(build_parser(), _main, argv)
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``python -m distributed_ondisk.autobuild`` / ``distributed-ondisk build``."""
+    return run_main(build_parser(prog or PROG), _main, argv)

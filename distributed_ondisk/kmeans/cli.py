@@ -24,8 +24,8 @@ from distributed_ondisk.rpc import add_secret_args, secret_from_args
 log = logging.getLogger("distributed_kmeans")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="distributed_kmeans.py", description=__doc__)
+def build_parser(prog: str | None = "distributed_kmeans.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     add_logging_args(p)
     g = p.add_argument_group("data")
     g.add_argument("--indata", help="training vectors (.fvecs/.bvecs/.npy/.fbin/...)")
@@ -240,9 +240,13 @@ def main_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(build_parser(), main_args, argv)
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``distributed_kmeans.py`` / ``distributed-ondisk kmeans``."""
+    return run_main(build_parser(prog or "distributed_kmeans.py"), main_args, argv)
+
+
+main = cli  # the name tests (and older callers) import
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())  # kmeans/local.py starts servers as python -m of this module

@@ -61,9 +61,9 @@ def count(text: str) -> int:
     return round(float(m.group(1)) * SUFFIX[m.group(2)])
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "distributed_ondisk plan") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="distributed_ondisk plan",
+        prog=prog,
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -186,5 +186,5 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    return run_main(build_parser(), main, argv)
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    return run_main(build_parser(prog or "distributed_ondisk plan"), main, argv)

@@ -23,8 +23,8 @@ def _add_encryption_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rpc.py", description=__doc__)
+def build_parser(prog: str | None = "rpc.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
     add_logging_args(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -127,9 +127,10 @@ def main_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_main(build_parser(), main_args, argv)
+def cli(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    """``rpc.py`` / ``distributed-ondisk rpc``."""
+    return run_main(build_parser(prog or "rpc.py"), main_args, argv)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
