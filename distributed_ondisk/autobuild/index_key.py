@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.loop import MIN_POINTS_PER_CENTROID
+from distributed_ondisk.ondisk.indexfile import IDX_BYTES
+from distributed_ondisk.plan.workload import code_size
 from distributed_ondisk.stages.train import TrainedIndexConfig, describe, parse_encoder
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -68,17 +70,9 @@ def parse_index_key(key: str, d: int) -> IndexSpec:
     return IndexSpec(nlist, cfg)
 
 
-def code_size(encoder: str, d: int) -> int:
-    kind, enc = parse_encoder(encoder)
-    if kind == "pq":
-        return (enc[0] * enc[1] + 7) // 8
-    bits = {"SQ4": 4, "SQ6": 6, "SQ8": 8, "SQfp16": 16}[encoder]
-    return (d * bits + 7) // 8
-
-
 def estimate_index_bytes(n: int, d: int, spec: IndexSpec) -> dict[str, int]:
     """Bytes of the finished index: lists (codes + ids), quantizer, transform."""
-    lists = n * (code_size(spec.cfg.encoder, d) + 8)
+    lists = n * (code_size(spec.cfg.encoder, d) + IDX_BYTES)
     quantizer = spec.nlist * (4 * d + 2 * spec.cfg.hnsw_m * 4 + 8)
     transform = 4 * d * d if spec.cfg.rotation != "none" else 0
     return {

@@ -20,7 +20,7 @@ from collections.abc import Callable
 import numpy as np
 
 from distributed_ondisk.plan.model import code_size
-from distributed_ondisk.plan.rates import DEFAULT_RATES, Rates
+from distributed_ondisk.plan.rates import DEFAULT_RATES, REF_EF_SEARCH, Rates
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +163,12 @@ def measure_rpc(nbytes: int = 64 << 20, repeat: int = 3) -> float:
     from distributed_ondisk.rpc import Client, Server
 
     secret = os.urandom(32)
-    with Server(_Echo(nbytes), secret=secret).start() as server:
-        with Client(server.address, secret=secret) as client:
-            client.call("blob")
-            return nbytes / best_time(lambda: client.call("blob"), repeat) / 1e6
+    with (
+        Server(_Echo(nbytes), secret=secret).start() as server,
+        Client(server.address, secret=secret) as client,
+    ):
+        client.call("blob")
+        return nbytes / best_time(lambda: client.call("blob"), repeat) / 1e6
 
 
 def measure_search(
@@ -189,7 +191,7 @@ def measure_search(
     index = _trained(x, nlist)
     add_rows(index, x, np.arange(n, dtype=np.int64))
     ivf = faiss.extract_index_ivf(index)
-    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = 128
+    faiss.downcast_index(ivf.quantizer).hnsw.efSearch = REF_EF_SEARCH
     nt = threads_in_use()
     t_quant = best_time(lambda: ivf.quantizer.search(index.chain.at(0).apply(q), 1), repeat)
     qps: dict[int, float] = {}
@@ -267,13 +269,19 @@ def describe(rates: Rates, info: dict) -> str:
             f"calibration ({info['seconds']:.0f} s, {info['threads']} threads): {rates.source}",
             f"  k-means assignment + sums  {rates.assign_gflops_per_core:8.1f} GFLOP/s per core",
             f"  HNSW32 build               {rates.hnsw_build_vps_per_core:8.0f} centroids/s per core",
-            f"  add to IVF{rates.add_ref_nlist}_HNSW32,SQ6  {rates.add_vps_per_core:8.0f} vectors/s "
-            f"per core (d={rates.add_ref_d})",
+            (
+                f"  add to IVF{rates.add_ref_nlist}_HNSW32,SQ6  {rates.add_vps_per_core:8.0f} "
+                f"vectors/s per core (d={rates.add_ref_d})"
+            ),
             f"  encoder training           {rates.train_vps_per_core:8.0f} sample rows/s per core",
-            f"  merge                      {rates.merge_mbps:8.0f} MB/s per process "
-            f"+ {rates.merge_job_s:.2f} s per job",
+            (
+                f"  merge                      {rates.merge_mbps:8.0f} MB/s per process "
+                f"+ {rates.merge_job_s:.2f} s per job"
+            ),
             f"  RPC (one connection)       {rates.rpc_mbps:8.0f} MB/s",
-            f"  search per core            {qps} QPS (quantize {rates.quant_us_per_query:.0f} us, "
-            f"scan {rates.scan_ns_per_code:.1f} ns/code)",
+            (
+                f"  search per core            {qps} QPS (quantize "
+                f"{rates.quant_us_per_query:.0f} us, scan {rates.scan_ns_per_code:.1f} ns/code)"
+            ),
         ]
     )

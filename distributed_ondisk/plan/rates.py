@@ -19,8 +19,12 @@ from typing import Any
 
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.stages.train import TrainedIndexConfig
 
 ENV_CALIBRATION = "DISTRIBUTED_ONDISK_CALIBRATION"
+#: The HNSW efSearch at which quantization is calibrated (the trained index's default,
+#: so a default plan needs no scaling); the model scales ``quant_us_per_query`` from it.
+REF_EF_SEARCH = TrainedIndexConfig.ef_search
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +51,7 @@ class Rates:
     rpc_mbps: float = 1500.0
     # client side of k-means: float64 replies added per second (memory-bound)
     reduce_mbps: float = 3000.0
-    # search: one core; quantization (HNSW at ef 128) per query and scan per code
+    # search: one core; quantization (HNSW at REF_EF_SEARCH) per query and scan per code
     quant_us_per_query: float = 150.0
     scan_ns_per_code: float = 60.0
     search_ref_nlist: int = 16384

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from distributed_ondisk.ondisk.indexfile import IDX_BYTES
 from distributed_ondisk.plan.model import Plan
 
 
@@ -28,15 +29,21 @@ def format_plan(p: Plan, markdown: bool = False) -> str:
     w, c, st = p.workload, p.cluster, p.settings
     gpu = f", {c.gpus} GPU(s)" if c.gpus else ""
     head = [
-        f"workload: n={w.n:,} d={w.d} {w.fmt} ({human_bytes(w.n * w.row_bytes)}), "
-        f"nlist={w.nlist:,}, {w.encoder} ({w.code_size} B + 8 B id = "
-        f"{human_bytes(w.index_bytes)} of lists), k-means {w.niter} iterations on "
-        f"{w.kmeans_rows:,} rows",
-        f"cluster: {c.nodes} node(s) x {c.cores} cores{gpu}, {c.ram_gb:g} GB RAM, "
-        f"{c.disk_gb:g} GB disk, {c.net_gbps:g} Gb/s",
+        (
+            f"workload: n={w.n:,} d={w.d} {w.fmt} ({human_bytes(w.n * w.row_bytes)}), "
+            f"nlist={w.nlist:,}, {w.encoder} ({w.code_size} B + {IDX_BYTES} B id = "
+            f"{human_bytes(w.index_bytes)} of lists), k-means {w.niter} iterations on "
+            f"{w.kmeans_rows:,} rows"
+        ),
+        (
+            f"cluster: {c.nodes} node(s) x {c.cores} cores{gpu}, {c.ram_gb:g} GB RAM, "
+            f"{c.disk_gb:g} GB disk, {c.net_gbps:g} Gb/s"
+        ),
         f"rates: {p.rates.source}",
-        f"settings: kmeans_servers={st.kmeans_servers} nvslices={st.nvslices} "
-        f"nhslices={st.nhslices} search_servers={st.search_servers}",
+        (
+            f"settings: kmeans_servers={st.kmeans_servers} nvslices={st.nvslices} "
+            f"nhslices={st.nhslices} search_servers={st.search_servers}"
+        ),
     ]
     cols = (
         "stage",

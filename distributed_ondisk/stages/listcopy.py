@@ -63,6 +63,9 @@ _EDGE_READ = 8 << 20
 # size: larger ones are fresh allocations, and a fresh page costs a fault each.
 READ_BATCHES = 4
 WRITES_IN_FLIGHT = 2
+# Batches held at most: two read buffers of READ_BATCHES, the pieces being written and
+# the one being gathered (the cost model's merge RAM is computed from this).
+MEMORY_BATCHES = 2 * READ_BATCHES + WRITES_IN_FLIGHT + 1
 
 
 def _pread_into(fd: int, view: memoryview, offset: int, path: Path) -> None:

@@ -28,6 +28,7 @@ from distributed_ondisk.errors import VectorFileError
 MAX_DIM = 1 << 20
 
 #: ``*vecs``: each row is an int32 dimension followed by ``d`` values.
+VECS_HEADER_BYTES = 4
 VECS_DTYPES = {"fvecs": np.dtype("<f4"), "ivecs": np.dtype("<i4"), "bvecs": np.dtype("u1")}
 #: big-ann-benchmarks raw files: uint32 n, uint32 d, then n*d values, row-major.
 BIN_DTYPES = {
@@ -62,7 +63,7 @@ class Layout:
 
     @property
     def row_bytes(self) -> int:
-        return (4 if self.row_header else 0) + self.d * self.dtype.itemsize
+        return (VECS_HEADER_BYTES if self.row_header else 0) + self.d * self.dtype.itemsize
 
     @property
     def data_bytes(self) -> int:
@@ -128,16 +129,18 @@ def _probe_vecs(p: Path, f, size: int, fmt: str) -> Layout:
             f"{p}: empty file, expected {fmt} vectors (a .{fmt} file stores "
             "its dimension in each row, so it cannot hold zero rows)"
         )
-    if size < 4:
-        raise VectorFileError(f"{p}: truncated: {size} bytes, shorter than one row header (4)")
-    d = int(np.frombuffer(f.read(4), dtype="<i4")[0])
+    if size < VECS_HEADER_BYTES:
+        raise VectorFileError(
+            f"{p}: truncated: {size} bytes, shorter than one row header ({VECS_HEADER_BYTES})"
+        )
+    d = int(np.frombuffer(f.read(VECS_HEADER_BYTES), dtype="<i4")[0])
     _check_dim(p, d, "row 0")
-    row = 4 + d * dtype.itemsize
+    row = VECS_HEADER_BYTES + d * dtype.itemsize
     if size % row:
         n_full = size // row
         raise VectorFileError(
             f"{p}: truncated or not .{fmt}: {size} bytes is not a multiple of the row size "
-            f"{row} (4-byte header + {d} x {dtype.itemsize}); row {n_full} has "
+            f"{row} ({VECS_HEADER_BYTES}-byte header + {d} x {dtype.itemsize}); row {n_full} has "
             f"{size - n_full * row} of {row} bytes (expected {(n_full + 1) * row} bytes in all)"
         )
     return Layout(p, fmt, dtype, size // row, d, 0, size, row_header=True)
