@@ -9,6 +9,7 @@ with rate and ETA every ``every_s`` seconds, so batch logs stay readable.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
 
 
 def format_seconds(s: float) -> str:
-    if s != s or s == float("inf"):
+    if math.isnan(s) or s == float("inf"):
         return "?"
     s = round(s)
     h, rem = divmod(s, 3600)
@@ -99,7 +100,9 @@ class Progress:
             self._bar.close()
             self._bar = None
 
-    def __enter__(self) -> Progress:
+    # typing.Self needs Python 3.11 (we support 3.10) and typing_extensions is no
+    # dependency; the class is not meant to be subclassed
+    def __enter__(self) -> Progress:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -202,9 +202,11 @@ def test_sigkilled_client_resumes_bit_identical(data, tmp_path):
 def test_servers_of_different_dimensions_are_refused(data, tmp_path, servers3):
     other = tmp_path / "d8.npy"
     np.save(other, make_clustered(500, 8, seed=1))
-    with LocalServers(str(other), 500, 1, secret_file=servers3.secret_file) as s8:
-        with pytest.raises(InputError, match="differ in dimension"):
-            connect_servers(servers3.addresses + s8.addresses, secret=servers3.secret)
+    with (
+        LocalServers(str(other), 500, 1, secret_file=servers3.secret_file) as s8,
+        pytest.raises(InputError, match="differ in dimension"),
+    ):
+        connect_servers(servers3.addresses + s8.addresses, secret=servers3.secret)
 
 
 def test_unreachable_server_is_named():

@@ -13,7 +13,6 @@ inconsistent row dimension, out-of-range rows, unsupported dtype/shape, NaN/Inf.
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import numpy as np
 

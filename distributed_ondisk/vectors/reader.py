@@ -32,10 +32,12 @@ class VectorFile:
         self.format: str = self.layout.format
         self.dtype: np.dtype = self.layout.dtype
         try:
-            self._file = open(self.path, "rb")
+            # open for the object's life (the memory map reads through it); close() or
+            # the with-block closes it
+            self._file = open(self.path, "rb")  # noqa: SIM115
         except OSError as e:
             raise VectorFileError(
-                f"{self.path}: cannot open vector file: " f"{e.strerror or e}"
+                f"{self.path}: cannot open vector file: {e.strerror or e}"
             ) from None
         self._mm: np.ndarray | None = None
         if self.n:
@@ -87,7 +89,9 @@ class VectorFile:
         self._mm = None
         self._file.close()
 
-    def __enter__(self) -> VectorFile:
+    # typing.Self needs Python 3.11 (we support 3.10) and typing_extensions is no
+    # dependency; the class is not meant to be subclassed
+    def __enter__(self) -> VectorFile:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:

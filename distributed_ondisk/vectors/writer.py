@@ -82,7 +82,8 @@ class VectorWriter:
         self.n = 0
         self._stack = contextlib.ExitStack()
         tmp = self._stack.enter_context(atomic_path(self.path))
-        self._f = self._stack.enter_context(open(tmp, "wb"))
+        # the ExitStack closes it (close() or abort()): the writer is itself the context
+        self._f = self._stack.enter_context(open(tmp, "wb"))  # noqa: SIM115
         self._header_len = 0
         if self.format == "npy":
             header = _npy_header(self.dtype, 0, self.d)
@@ -186,7 +187,9 @@ class VectorWriter:
         exc = exc or VectorFileError(f"{self.path}: write aborted")
         self._stack.__exit__(type(exc), exc, exc.__traceback__)
 
-    def __enter__(self) -> VectorWriter:
+    # typing.Self needs Python 3.11 (we support 3.10) and typing_extensions is no
+    # dependency; the class is not meant to be subclassed
+    def __enter__(self) -> VectorWriter:  # noqa: PYI034
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
