@@ -11,6 +11,9 @@ file is called the same everywhere.  Layout::
     WORKDIR/hslices/hslice_0001_of_0004.index      horizontal shard 1 of 4 (+ manifest)
     WORKDIR/hslices/hslice_0001_of_0004.invlists   its on-disk inverted lists
     WORKDIR/search_report.json, WORKDIR/report.json
+    WORKDIR/dataset.json, WORKDIR/queries.npy       prepared inputs (launch/prepare.py)
+    WORKDIR/rpc.secret, WORKDIR/recall.png, WORKDIR/timings/, WORKDIR/slurm/
+    WORKDIR/kmeans_servers/local/0.addr             a server's address (and .log)
 
 Slice names carry the slice count, so builds with different splits never mix.
 From the shell: ``python -m distributed_ondisk.workdir WORKDIR vslice 3 16``
@@ -115,6 +118,36 @@ class Workdir:
     @property
     def report(self) -> Path:
         return self.root / "report.json"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def queries(self) -> Path:
+        return self.root / "queries.npy"
+
+    @property
+    def secret(self) -> Path:
+        return self.root / "rpc.secret"
+
+    @property
+    def recall_plot(self) -> Path:
+        return self.root / "recall.png"
+
+    @property
+    def timings_dir(self) -> Path:
+        return self.root / "timings"
+
+    @property
+    def slurm_dir(self) -> Path:
+        """Slurm job scripts and logs."""
+        return self.root / "slurm"
+
+    def servers_dir(self, kind: str, tag: str) -> Path:
+        """Address files and logs of the ``kind`` servers ("kmeans", "search") of one
+        launch (``tag``: "local", or "job_<id>" on Slurm)."""
+        return self.root / f"{kind}_servers" / tag
 
 
 def default_invlists_for(index_path: PathLike) -> Path:

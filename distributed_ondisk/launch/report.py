@@ -32,17 +32,13 @@ from distributed_ondisk.errors import InputError
 from distributed_ondisk.workdir import Workdir
 
 
-def timings_dir(wd: Workdir) -> Path:
-    return wd.root / "timings"
-
-
 def record_timing(
     wd: Workdir, stage: str, start: float, end: float, task: str | None = None
 ) -> Path:
     if not stage.replace("_", "").isalnum():
         raise InputError(f"stage name {stage!r}: letters, digits and _ only")
     name = f"{stage}.{task}.json" if task not in (None, "") else f"{stage}.json"
-    path = timings_dir(wd) / name
+    path = wd.timings_dir / name
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         path, json.dumps({"stage": stage, "task": task, "start": start, "end": end}) + "\n"
@@ -52,7 +48,7 @@ def record_timing(
 
 def collect_timings(wd: Workdir) -> dict[str, float]:
     spans: dict[str, list[float]] = {}
-    for p in sorted(timings_dir(wd).glob("*.json")):
+    for p in sorted(wd.timings_dir.glob("*.json")):
         rec = json.loads(p.read_text("utf-8"))
         lo_hi = spans.setdefault(rec["stage"], [rec["start"], rec["end"]])
         lo_hi[0], lo_hi[1] = min(lo_hi[0], rec["start"]), max(lo_hi[1], rec["end"])
@@ -88,7 +84,7 @@ def search_points(path: Path) -> list[dict[str, Any]]:
 
 
 def write_report(wd: Workdir, nlist: int) -> dict[str, Any]:
-    dataset = json.loads((wd.root / "dataset.json").read_text("utf-8"))
+    dataset = json.loads(wd.dataset.read_text("utf-8"))
     from distributed_ondisk.launch.prepare import query_source
 
     report = {

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distributed_ondisk.errors import ClusterError
+from distributed_ondisk.launch.slurm import FINAL_STATES
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +39,6 @@ INSTALLER = REPO_ROOT / "scripts" / "install_system_deps.bash"
 DEFAULT_DIR = Path("/var/tmp/distributed_ondisk_slurm")
 CLIENT_COMMANDS = ("sinfo", "srun", "sbatch", "squeue", "scontrol", "scancel")
 DAEMONS = ("slurmctld", "slurmd", "munged")
-FINAL_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "NODE_FAIL",
-        "OUT_OF_MEMORY",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-    }
-)
 # The script waits at most 60 s for the node to become idle; leave it room.
 START_TIMEOUT_S = 150.0
 STOP_TIMEOUT_S = 90.0
