@@ -94,7 +94,7 @@ def test_benchmarks_run_with_the_variables_exported(exported, tmp_path):
         "200",
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "ours (RPC, reduced)" in r.stdout
+    assert "| ours | 2 servers (our RPC, reduced" in r.stdout  # the row of our RPC servers
     r = run(
         "benchmarks/bench_search.py",
         "--n",
