@@ -10,6 +10,8 @@ file is called the same everywhere.  Layout::
     WORKDIR/vslices/vslice_0003_of_0016.index      vertical slice 3 of 16 (+ manifest)
     WORKDIR/hslices/hslice_0001_of_0004.index      horizontal shard 1 of 4 (+ manifest)
     WORKDIR/hslices/hslice_0001_of_0004.invlists   its on-disk inverted lists
+    WORKDIR/ids/ids_0002_of_0016.parquet           build_index: id columns of piece 2 of 16
+    WORKDIR/metric.json, WORKDIR/train.npy          build_index: metric, encoder's rows
     WORKDIR/search_report.json, WORKDIR/report.json
     WORKDIR/dataset.json, WORKDIR/queries.npy       prepared inputs (launch/prepare.py)
     WORKDIR/rpc.secret, WORKDIR/recall.png, WORKDIR/timings/, WORKDIR/slurm/
@@ -40,6 +42,12 @@ DATA_EXTENSIONS = (".fvecs", ".bvecs", ".ivecs", ".npy", ".fbin", ".u8bin", ".i8
 def _check_part(i: int, n: int, what: str) -> None:
     if n < 1 or not 0 <= i < n:
         raise InputError(f"{what} {i} of {n}: need n >= 1 and 0 <= i < n")
+
+
+def _part(what: str, i: int, n: int, suffix: str) -> str:
+    """``<what>_<i>_of_<n><suffix>``: the one naming of part i of n (vslices, hslices, ids)."""
+    _check_part(i, n, what)
+    return f"{what}_{i:04d}_of_{n:04d}{suffix}"
 
 
 @dataclass(frozen=True)
@@ -91,21 +99,37 @@ class Workdir:
         return self.root / "hslices"
 
     def vslice(self, i: int, n: int) -> Path:
-        _check_part(i, n, "vslice")
-        return self.vslice_dir / f"vslice_{i:04d}_of_{n:04d}.index"
+        return self.vslice_dir / _part("vslice", i, n, ".index")
 
     def vslices(self, n: int) -> list[Path]:
         return [self.vslice(i, n) for i in range(n)]
 
     def hslice(self, j: int, m: int) -> Path:
-        _check_part(j, m, "hslice")
-        return self.hslice_dir / f"hslice_{j:04d}_of_{m:04d}.index"
+        return self.hslice_dir / _part("hslice", j, m, ".index")
 
     def hslice_invlists(self, j: int, m: int) -> Path:
         return self.hslice(j, m).with_suffix(".invlists")
 
     def hslices(self, m: int) -> list[Path]:
         return [self.hslice(j, m) for j in range(m)]
+
+    @property
+    def ids_dir(self) -> Path:
+        return self.root / "ids"
+
+    def ids(self, i: int, n: int) -> Path:
+        """build_index's id columns of piece ``i`` of ``n`` (parquet, with the index id)."""
+        return self.ids_dir / _part("ids", i, n, ".parquet")
+
+    @property
+    def metric(self) -> Path:
+        """build_index's metric_type, d and largest norm (JSON)."""
+        return self.root / "metric.json"
+
+    @property
+    def training_rows(self) -> Path:
+        """build_index's temporary copy of the rows the encoder trains on."""
+        return self.root / "train.npy"
 
     @staticmethod
     def manifest(path: PathLike) -> Path:

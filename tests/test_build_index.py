@@ -96,7 +96,7 @@ def test_index_key_chosen_from_budget_with_reasons():
 
 
 def test_kmeans_placement_driver_when_the_sample_fits():
-    from distributed_ondisk.autobuild.api import kmeans_placement
+    from distributed_ondisk.autobuild.placement import kmeans_placement
 
     need, on_driver = kmeans_placement(65536, 64, 256, 1 << 30, 2, local=False)
     assert on_driver and need == 65536 * (256 + 28) + 4 * 4096 * 256
@@ -223,12 +223,19 @@ def faiss_file_ids(path, flags=0):
 
 
 def test_local_build_parquet_with_ids(tmp_path):
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from distributed_ondisk.search.combined import CombinedIndex
 
     x = make_clustered(9000, 16, seed=5)
     write_parquet_parts(tmp_path / "pq", x, [0, 4000, 6500, 9000])
+    # ids of earlier builds (the names before the Workdir's, another piece count): the
+    # folder is read as one dataset, so the build must remove them
+    stale = tmp_path / "index.parts" / "ids"
+    stale.mkdir(parents=True)
+    for name in ("ids_00000_of_00004.parquet", "ids_0001_of_0002.parquet"):
+        pq.write_table(pa.table({"key": ["k0", "k1"], "i": np.arange(2)}), stale / name)
     index, infos = build_index(
         f"file://{tmp_path / 'pq'}",
         str(tmp_path / "index"),
@@ -260,6 +267,10 @@ def test_local_build_parquet_with_ids(tmp_path):
     assert sorted(i.tolist()) == list(range(n))
     keys = dict(zip(i.tolist(), ids.column("key").to_pylist()))
     assert keys[4321] == "k4321"
+    npieces = infos["nb_pieces"]
+    assert {p.name for p in stale.iterdir()} == {
+        f"ids_{j:04d}_of_{npieces:04d}.parquet" for j in range(npieces)
+    }
     # exact rows come back first from the reopened index
     again = CombinedIndex(tmp_path / "index.parts" / "hslices")
     _, I = again.search(x[:50], 1, nprobe=16)

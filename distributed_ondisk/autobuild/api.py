@@ -24,149 +24,34 @@ opens the files; ``open_index(index_path)`` opens all of it)::
     index_path.parts/metric.json        metric_type, d, largest norm (for "ip")
     index_path.parts/trained.index      (+ manifest) transform + HNSW quantizer + encoder
     index_path.parts/centroids.npy
-    index_path.parts/hslices/hslice_J_of_M.index (+ manifest), lists: the .ivfdata files
-    index_path.parts/ids/ids_P_of_N.parquet   id_columns + "i" (the index id), per piece
+    index_path.parts/hslices/hslice_JJJJ_of_MMMM.index (+ manifest), lists: the .ivfdata files
+    index_path.parts/ids/ids_PPPP_of_NNNN.parquet   id_columns + "i" (the index id), per piece
+    index_path_tmp/  (temporary_indices_folder)    vslices and the encoder's rows, removed
+
+Every name under the two folders comes from :class:`~distributed_ondisk.workdir.Workdir`;
+the names beside ``index_path`` from :mod:`~distributed_ondisk.autobuild.faiss_files`.
+The arguments are checked in :mod:`~distributed_ondisk.autobuild.options` and the
+steps run by :mod:`~distributed_ondisk.autobuild.steps`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import functools
 import json
 import logging
-import os
-import re
-import shutil
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from distributed_ondisk.atomic import atomic_write_text
-from distributed_ondisk.autobuild import tasks
 from distributed_ondisk.autobuild.evaluation import choose_queries, measure_recall
-from distributed_ondisk.autobuild.faiss_files import (
-    check_index_path,
-    data_file,
-    index_files,
-    parts_dir,
-    write_faiss_indexes,
-)
-from distributed_ondisk.autobuild.index_key import (
-    choose_index_key,
-    estimate_index_bytes,
-    parse_memory,
-)
+from distributed_ondisk.autobuild.index_key import estimate_index_bytes
 from distributed_ondisk.autobuild.inputs import list_embedding_files, probe_files
-from distributed_ondisk.autobuild.mips import METRICS, augment, open_index, write_metric
-from distributed_ondisk.autobuild.plan import (
-    holdout_rows,
-    plan_pieces,
-    rows_by_piece,
-    rows_per_piece_for,
-)
-from distributed_ondisk.autobuild.training import PlannedDataset
-from distributed_ondisk.errors import InputError
+from distributed_ondisk.autobuild.mips import open_index
+from distributed_ondisk.autobuild.options import build_paths, check_options
+from distributed_ondisk.autobuild.placement import kmeans_rows_hint
+from distributed_ondisk.autobuild.steps import Build, Stages, plan_build
+from distributed_ondisk.kmeans.loop import KMeansResult
 
 log = logging.getLogger(__name__)
-ROW_WORKING_BYTES = 28  # per training row: label int64, distance, one-hot sparse entry
-
-
-def _local_dir(path: str | os.PathLike, what: str) -> Path:
-    text = os.fspath(path)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
-    elif "://" in text:
-        raise InputError(
-            f"{what} {text!r}: must be a local (or shared, mounted) path: the "
-            "on-disk shards are memory-mapped; only the embeddings may be URLs"
-        )
-    return Path(os.path.expanduser(text)).absolute()
-
-
-def _runner(distributed: str | None, nb_cores: int | None) -> Any:
-    if distributed is None:
-        from distributed_ondisk.autobuild.local import LocalRunner
-
-        return LocalRunner(nb_cores or os.cpu_count() or 1)
-    if distributed == "pyspark":
-        from distributed_ondisk.autobuild.pyspark import SparkRunner
-
-        return SparkRunner()
-    raise InputError(f"distributed={distributed!r}: expected None or 'pyspark'")
-
-
-def kmeans_rows_hint(n: int, cfg: Any, on_driver: bool) -> np.ndarray:
-    """The global rows ``train_kmeans`` will ask for (its fingerprint rows, and its seeded
-    sample when k-means runs on the driver), so the scan brings them back.  Only a
-    hint: rows it misses are read by tasks later."""
-    from distributed_ondisk.kmeans.loop import fingerprint_rows, sample_rows, seeded_rng
-
-    rows = fingerprint_rows(n)
-    if on_driver:
-        sample = sample_rows(n, cfg, seeded_rng(cfg))
-        rows = np.arange(n, dtype=np.int64) if sample is None else np.union1d(rows, sample)
-    return np.unique(rows)
-
-
-def kmeans_placement(
-    n_train: int, d: int, k: int, memory: int, nb_workers: int, local: bool
-) -> tuple[int, bool]:
-    """(bytes k-means needs in one process, whether it runs on the driver).
-
-    On the driver it holds the sample and the assignment's working memory
-    (labels, distances, the one-hot sums, faiss's distance tiles); autofaiss
-    trains there too, and a Spark job per iteration costs more than the
-    assignment of any sample that fits.  Otherwise (Spark only) each worker
-    holds its share of the blocks plus the same working memory.
-    """
-    tiles = 4 * 4096 * min(k, 1024)  # faiss's blas distance tile (4096 x 1024 floats)
-    driver = n_train * (4 * d + ROW_WORKING_BYTES) + tiles
-    if local or driver <= memory // 2:
-        need, on_driver = driver, True
-    else:
-        need = -(-n_train // nb_workers) * (4 * d + ROW_WORKING_BYTES) + tiles
-        on_driver = False
-    log.info(
-        "k-means on %d rows of d=%d: %s, about %.0f MiB per process (half of "
-        "current_memory_available: %.0f MiB)",
-        n_train,
-        d,
-        "on the driver" if on_driver else f"over {nb_workers} workers",
-        need / 2**20,
-        memory / 2**21,
-    )
-    if need > memory // 2:
-        raise InputError(
-            f"k-means on {n_train} rows of d={d} needs about "
-            f"{need / 2**20:.0f} MiB {'on the driver' if on_driver else 'per worker'}"
-            f", over half of current_memory_available ({memory / 2**20:.0f} MiB): "
-            "lower max_points_per_centroid or raise the memory"
-        )
-    return need, on_driver
-
-
-def _key_for(index_key: str | None, d: int, d_index: int) -> str | None:
-    """A user's key names the data's d (``RR64``); with "ip" the stages work in d + 1."""
-    if not index_key or d == d_index:
-        return index_key
-    return re.sub(rf"\b(RR|PCA){d},", rf"\g<1>{d_index},", index_key)
-
-
-class _Stages:
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        log.info("stage %s", name)
-        out = fn()
-        self.seconds[name] = round(time.perf_counter() - t0, 3)
-        log.info("stage %s done in %.2f s", name, self.seconds[name])
-        return out
 
 
 def build_index(
@@ -207,29 +92,16 @@ def build_index(
     ``eval_queries`` rows are the recall's queries: a seeded sample of the indexed
     rows (default), or with ``eval_holdout=True`` the last rows, held out of the index.
     """
-    from distributed_ondisk.kmeans.loop import KMeansConfig, train_kmeans
-    from distributed_ondisk.stages.train import TrainedIndexConfig, make_trained_index
-    from distributed_ondisk.vectors import write_vectors
-    from distributed_ondisk.workdir import Workdir
-
-    if distributed == "pyspark":
-        from distributed_ondisk.extras import require
-
-        require("spark", "distributed='pyspark'")
-    if metric_type not in METRICS:
-        raise InputError(f"metric_type {metric_type!r}: expected one of {', '.join(METRICS)}")
-    if not isinstance(nb_indices_to_keep, int) or nb_indices_to_keep < 1:
-        raise InputError(f"nb_indices_to_keep must be an integer >= 1, got {nb_indices_to_keep!r}")
-    budget = parse_memory(max_index_memory_usage)
-    memory = parse_memory(current_memory_available)
-    if not isinstance(eval_queries, int) or eval_queries < 0:
-        raise InputError(f"eval_queries must be an integer >= 0, got {eval_queries!r}")
-    out_path = _local_dir(index_path, "index_path")
-    check_index_path(out_path, nb_indices_to_keep)
-    index_dir = parts_dir(out_path)
-    temp_dir = _local_dir(temporary_indices_folder or f"{out_path}_tmp", "temporary_indices_folder")
-    infos_path = _local_dir(index_infos_path, "index_infos_path")
-    stages = _Stages()
+    limits = check_options(
+        distributed=distributed,
+        metric_type=metric_type,
+        nb_indices_to_keep=nb_indices_to_keep,
+        max_index_memory_usage=max_index_memory_usage,
+        current_memory_available=current_memory_available,
+        eval_queries=eval_queries,
+    )
+    paths = build_paths(index_path, index_infos_path, temporary_indices_folder, nb_indices_to_keep)
+    stages = Stages()
 
     def probe() -> list:
         return probe_files(
@@ -239,192 +111,106 @@ def build_index(
             id_columns,
         )
 
-    files = stages.run("probe_inputs", probe)
-    total, d = sum(f.rows for f in files), next(f.d for f in files if f.rows)
-    n = holdout_rows(total, eval_queries)[0] if eval_holdout else total
-    # "ip": the stages see one more coordinate per row (see mips.py)
-    d_index = d + 1 if metric_type == "ip" else d
-    spec, reasons = choose_index_key(n, d_index, budget, _key_for(index_key, d, d_index))
-    for line in reasons:
-        log.info("index key: %s", line)
-    if nb_indices_to_keep > spec.nlist:
-        raise InputError(
-            f"nb_indices_to_keep={nb_indices_to_keep} is more than nlist="
-            f"{spec.nlist}: a shard holds at least one list"
-        )
-    n_train = min(n, spec.nlist * max_points_per_centroid)
-    runner = _runner(distributed, nb_cores)
-    train_bytes, on_driver = kmeans_placement(
-        n_train, d_index, spec.nlist, memory, runner.nb_workers, distributed is None
+    b = plan_build(
+        stages.run("probe_inputs", probe),
+        paths,
+        limits,
+        stages,
+        distributed=distributed,
+        nb_cores=nb_cores,
+        metric_type=metric_type,
+        index_key=index_key,
+        nb_indices_to_keep=nb_indices_to_keep,
+        id_columns=id_columns,
+        kmeans_niter=kmeans_niter,
+        max_points_per_centroid=max_points_per_centroid,
+        seed=seed,
+        eval_queries=eval_queries,
+        eval_holdout=eval_holdout,
+        fault=_fault,
     )
-    pieces = plan_pieces(
-        [f.rows for f in files], rows_per_piece_for(n, d, runner.nb_workers, memory), limit=n
-    )
-    ctx = tasks.BuildContext(
-        tuple(files),
-        tuple(pieces),
-        os.fspath(index_dir),
-        os.fspath(temp_dir),
-        nb_indices_to_keep,
-        tuple(id_columns or ()),
-        runner.task_threads,
-        _fault,
-        metric_type,
-        lists_files=tuple(
-            os.fspath(data_file(p)) for p in index_files(out_path, nb_indices_to_keep)
-        ),
-    )
-    log.info(
-        "%d vectors of d=%d in %d file(s) -> %d pieces on %s (%d workers); %d held out"
-        " (eval_holdout)",
-        n,
-        d,
-        len(files),
-        len(pieces),
-        runner.name,
-        runner.nb_workers,
-        total - n,
-    )
-    kcfg = KMeansConfig(
-        k=spec.nlist, niter=kmeans_niter, seed=seed, max_points_per_centroid=max_points_per_centroid
-    )
-    wanted = kmeans_rows_hint(n, kcfg, on_driver)
-    groups = dict(rows_by_piece(wanted, pieces))
-    scanned = stages.run(
-        "scan_inputs",
-        lambda: runner.map(
-            functools.partial(tasks.scan_piece_keeping, ctx),
-            [(i, groups.get(i)) for i in range(len(pieces))],
-            desc="scan",
-        ),
-    )
-    kept = [x for x, _ in scanned if x is not None]
-    max_norm = None
-    if metric_type == "ip":
-        max_norm = float(np.sqrt(max(sq for _, sq in scanned)))
-        ctx = dataclasses.replace(ctx, max_norm=max_norm)
-        kept = [augment(x, max_norm) for x in kept]
-        log.info("metric ip: rows augmented to d=%d (largest norm %.6g)", d_index, max_norm)
-    del scanned
+    b.scan(kmeans_rows_hint(b.n, b.kcfg, b.on_driver))
     queries, query_source = choose_queries(
-        runner, ctx, files, n, total, eval_queries, seed, eval_holdout
+        b.runner, b.ctx, b.files, b.n, b.total, eval_queries, seed, eval_holdout
     )
-    wd = Workdir.from_arg(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    data = PlannedDataset(runner, ctx, n, d_index, on_driver=on_driver)
-    data.prefetched(wanted, np.concatenate(kept))
-    del kept
-    try:
-        km = stages.run("kmeans", lambda: train_kmeans(data, kcfg))
-        write_vectors(wd.centroids, km.centroids)
-        train_path = temp_dir / "train.npy"
-        write_vectors(train_path, data.training_rows())
-    finally:
-        data.close()
-    cfg = TrainedIndexConfig(
-        encoder=spec.cfg.encoder, rotation=spec.cfg.rotation, hnsw_m=spec.cfg.hnsw_m, seed=seed
-    )
-    stages.run(
-        "trained_index",
-        lambda: make_trained_index(wd.centroids, train_path, wd.trained, cfg, force=True),
-    )
-    vslices = stages.run(
-        "vslices",
-        lambda: runner.map(
-            functools.partial(tasks.build_vslice, ctx), range(len(pieces)), desc="vslices"
-        ),
-    )
-    if id_columns:
-        stages.run(
-            "ids",
-            lambda: runner.map(
-                functools.partial(tasks.write_ids, ctx), range(len(pieces)), desc="ids"
-            ),
-        )
-    tasks.check_vslice_set(ctx, n)
-    shards = stages.run(
-        "merge",
-        lambda: runner.map(
-            functools.partial(tasks.merge_shard, ctx), range(nb_indices_to_keep), desc="merge"
-        ),
-    )
-    faiss_files = stages.run(
-        "faiss_files",
-        lambda: write_faiss_indexes(
-            wd.trained,
-            [wd.hslice(j, nb_indices_to_keep) for j in range(nb_indices_to_keep)],
-            out_path,
-            d if metric_type == "ip" else None,
-        ),
-    )
-    write_metric(index_dir, metric_type, max_norm, d)
-    index = open_index(index_dir)
-    if index.ntotal != n or sum(f["vectors"] for f in faiss_files) != n:
-        raise RuntimeError(f"internal: the shards hold {index.ntotal} vectors, expected {n}")
+    km = b.kmeans()
+    b.trained_index(seed)
+    vslices, shards, faiss_files = b.shards(bool(id_columns))
+    index = open_index(paths.parts)
+    if index.ntotal != b.n or sum(f["vectors"] for f in faiss_files) != b.n:
+        raise RuntimeError(f"the shards hold {index.ntotal} vectors, expected {b.n}")
     recall = stages.run(
-        "evaluate", lambda: measure_recall(index, runner, ctx, queries, spec.nlist, query_source)
+        "evaluate",
+        lambda: measure_recall(index, b.runner, b.ctx, queries, b.spec.nlist, query_source),
     )
     if not keep_temporary:
-        for i in range(len(pieces)):
-            for p in (ctx.vslice_path(i), Workdir.manifest(ctx.vslice_path(i))):
-                p.unlink(missing_ok=True)
-        train_path.unlink(missing_ok=True)
-        shutil.rmtree(temp_dir / "vslices", ignore_errors=True)
-        if temporary_indices_folder is None:
-            with contextlib.suppress(OSError):  # ours, and empty unless other files
-                temp_dir.rmdir()
-    est = estimate_index_bytes(n, d_index, spec)
-    infos = {
-        "index_key": spec.key(d_index),
-        "index_key_reasoning": reasons,
-        "index_path": str(out_path),
+        b.remove_temporaries()
+    infos = _infos(b, km, vslices, shards, faiss_files, recall, query_source, seed, kmeans_niter)
+    paths.infos.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths.infos, json.dumps(infos, indent=1) + "\n")
+    log.info(
+        "index %s (%s, %d vectors) in %.1f s; infos in %s",
+        paths.index_path,
+        infos["index_key"],
+        b.n,
+        infos["total_s"],
+        paths.infos,
+    )
+    return index, infos
+
+
+def _infos(
+    b: Build,
+    km: KMeansResult,
+    vslices: list[dict],
+    shards: list[dict],
+    faiss_files: list[dict],
+    recall: Any,
+    query_source: str,
+    seed: int,
+    kmeans_niter: int,
+) -> dict[str, Any]:
+    """The infos JSON (``index_infos_path``): what was built, from what, how long it took."""
+    est = estimate_index_bytes(b.n, b.d_index, b.spec)
+    return {
+        "index_key": b.spec.key(b.d_index),
+        "index_key_reasoning": b.reasons,
+        "index_path": str(b.paths.index_path),
         "index_files": faiss_files,
-        "parts_path": str(index_dir),
-        "metric_type": metric_type,
-        "max_norm": max_norm,
-        "distributed": runner.name,
-        "workers": runner.nb_workers,
-        "nb_vectors": n,
-        "nb_input_rows": total,
+        "parts_path": str(b.paths.parts),
+        "metric_type": b.ctx.metric_type,
+        "max_norm": b.max_norm,
+        "distributed": b.runner.name,
+        "workers": b.runner.nb_workers,
+        "nb_vectors": b.n,
+        "nb_input_rows": b.total,
         "queries": query_source,
-        "d": d,
-        "index_d": d_index,
-        "nb_files": len(files),
-        "nb_pieces": len(pieces),
-        "nb_indices": nb_indices_to_keep,
-        "nlist": spec.nlist,
+        "d": b.d,
+        "index_d": b.d_index,
+        "nb_files": len(b.files),
+        "nb_pieces": len(b.ctx.pieces),
+        "nb_indices": b.nb_shards,
+        "nlist": b.spec.nlist,
         "seed": seed,
         "kmeans": {
             "n_train": km.n_train,
             "niter": kmeans_niter,
             "objective": km.objective,
-            "placement": "driver" if on_driver else "distributed",
+            "placement": "driver" if b.on_driver else "distributed",
         },
         "size_bytes": {
             "vslices": sum(v["bytes"] for v in vslices),
             "hslices": sum(s["bytes"] for s in shards),
-            "trained_index": wd.trained.stat().st_size,
+            "trained_index": b.paths.parts_wd.trained.stat().st_size,
         },
         "memory_estimates_bytes": {
             "index": est,
-            "kmeans_training": train_bytes,
-            "max_index_memory_usage": budget,
-            "current_memory_available": memory,
+            "kmeans_training": b.train_bytes,
+            "max_index_memory_usage": b.limits.budget,
+            "current_memory_available": b.limits.memory,
         },
-        "timings_s": stages.seconds,
-        "total_s": round(sum(stages.seconds.values()), 3),
+        "timings_s": b.stages.seconds,
+        "total_s": round(sum(b.stages.seconds.values()), 3),
         "recall": recall,
-        "id_columns": list(id_columns or []),
+        "id_columns": list(b.ctx.id_columns),
     }
-    infos_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(infos_path, json.dumps(infos, indent=1) + "\n")
-    log.info(
-        "index %s (%s, %d vectors) in %.1f s; infos in %s",
-        out_path,
-        infos["index_key"],
-        n,
-        infos["total_s"],
-        infos_path,
-    )
-    return index, infos

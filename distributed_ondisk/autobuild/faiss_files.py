@@ -49,11 +49,17 @@ from distributed_ondisk.ondisk.indexfile import read_index, write_index
 log = logging.getLogger(__name__)
 PARTS_SUFFIX = ".parts"
 DATA_SUFFIX = ".ivfdata"
+TEMP_SUFFIX = "_tmp"
 
 
 def parts_dir(index_path: Path) -> Path:
     """The working layout of the index at ``index_path`` (trained index, shards, ids)."""
     return index_path.with_name(index_path.name + PARTS_SUFFIX)
+
+
+def temp_dir_for(index_path: Path) -> Path:
+    """The default temporary folder (vslices, the encoder's rows): ``index_path_tmp``."""
+    return index_path.with_name(index_path.name + TEMP_SUFFIX)
 
 
 def index_files(index_path: Path, nb_indices: int) -> list[Path]:

@@ -24,8 +24,8 @@ import numpy as np
 
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.errors import IndexFileError, InputError
+from distributed_ondisk.workdir import Workdir
 
-METRIC_FILE = "metric.json"
 METRICS = ("l2", "ip")
 
 
@@ -50,9 +50,9 @@ def augment(x: np.ndarray, max_norm: float) -> np.ndarray:
     return out
 
 
-def write_metric(index_dir: Path, metric_type: str, max_norm: float | None, d: int) -> None:
+def write_metric(wd: Workdir, metric_type: str, max_norm: float | None, d: int) -> None:
     doc = {"metric_type": metric_type, "d": d, "max_norm": max_norm}
-    atomic_write_text(Path(index_dir) / METRIC_FILE, json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(wd.metric, json.dumps(doc, indent=1) + "\n")
 
 
 class InnerProductIndex:
@@ -92,7 +92,7 @@ def parts_root(index_path: str | Path) -> Path:
     from distributed_ondisk.autobuild.faiss_files import parts_dir
 
     p = Path(os.path.expanduser(os.fspath(index_path))).absolute()
-    if p.is_dir() and (p / "hslices").is_dir():
+    if p.is_dir() and Workdir(p).hslice_dir.is_dir():
         return p
     parts = parts_dir(p)
     if parts.is_dir():
@@ -111,9 +111,9 @@ def open_index(index_path: str | Path) -> Any:
     ``index_path`` ranks by inner product but returns augmented L2 distances."""
     from distributed_ondisk.search.combined import CombinedIndex
 
-    root = parts_root(index_path)
-    l2 = CombinedIndex(root / "hslices", trained=root / "trained.index")
-    meta = root / METRIC_FILE
+    wd = Workdir(parts_root(index_path))
+    l2 = CombinedIndex(wd.hslice_dir, trained=wd.trained)
+    meta = wd.metric
     if not meta.exists():
         return l2
     try:

@@ -29,11 +29,16 @@ from distributed_ondisk.kmeans.base import AssignResult
 from distributed_ondisk.ondisk import manifest as mf
 from distributed_ondisk.ondisk.trained import load_trained_index
 from distributed_ondisk.ondisk.vslice import KIND as VSLICE_KIND
-from distributed_ondisk.stages.vslice import add_rows, omp_threads, write_vslice
+from distributed_ondisk.stages.vslice import (
+    DEFAULT_BLOCK_ROWS,
+    add_rows,
+    omp_threads,
+    write_vslice,
+)
 from distributed_ondisk.workdir import Workdir
 
 log = logging.getLogger(__name__)
-ADD_BLOCK_ROWS = 65536
+ADD_BLOCK_ROWS = DEFAULT_BLOCK_ROWS  # rows added at a time: the vslice stage's block
 # the HNSW quantizer's efSearch while adding (k=1): 64 assigns as 128 (the search
 # default) did on 200k x 64 (99.999 % the exact nearest centroid) in half the time
 ADD_EF_SEARCH = 64
@@ -65,9 +70,7 @@ class BuildContext:
         return self.temp_wd.vslice(piece_no, len(self.pieces))
 
     def ids_path(self, piece_no: int) -> Path:
-        return (
-            Path(self.index_dir) / "ids" / f"ids_{piece_no:05d}_of_{len(self.pieces):05d}.parquet"
-        )
+        return self.index_wd.ids(piece_no, len(self.pieces))
 
     def rows(self, file_no: int, a: int, b: int) -> np.ndarray:
         """Rows ``[a, b)`` of a file as the index sees them (augmented for "ip")."""
@@ -153,9 +156,7 @@ def build_vslice(ctx: BuildContext, piece_no: int) -> dict[str, Any]:
                     np.arange(start, start + b - a, dtype=np.int64),
                 )
         if index.ntotal != p.rows:
-            raise IndexFileError(
-                f"internal: vslice {out} got {index.ntotal} rows, " f"expected {p.rows}"
-            )
+            raise RuntimeError(f"vslice {out} got {index.ntotal} rows, expected {p.rows}")
         write_vslice(
             index,
             out,
@@ -173,6 +174,19 @@ def _set_add_ef_search(index: faiss.Index) -> None:
     quantizer = faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
     if isinstance(quantizer, faiss.IndexHNSW):
         quantizer.hnsw.efSearch = min(int(quantizer.hnsw.efSearch), ADD_EF_SEARCH)
+
+
+def remove_stale_ids(ctx: BuildContext) -> list[Path]:
+    """Remove the id files of other plans from the ids folder (on the driver, before the
+    ids tasks): readers take the whole folder as one parquet dataset, so a file left by
+    an earlier build (another piece count, or the ``ids_00000_of_00004`` names of
+    versions before the Workdir naming) would add its rows twice."""
+    wanted = {ctx.ids_path(i) for i in range(len(ctx.pieces))}
+    stale = [p for p in ctx.index_wd.ids_dir.glob("ids_*_of_*.parquet") if p not in wanted]
+    for p in stale:
+        log.info("removing %s: ids of an earlier build", p)
+        p.unlink(missing_ok=True)
+    return stale
 
 
 def write_ids(ctx: BuildContext, piece_no: int) -> int:
@@ -214,8 +228,8 @@ def merge_shard(ctx: BuildContext, shard_no: int) -> dict[str, Any]:
         ctx.fault("merge", shard_no)
     return {
         "shard": shard_no,
-        "rows": int(doc["rows"]),
-        "bytes": sum(int(e["size"]) for e in doc["files"].values()),
+        "rows": doc.rows,
+        "bytes": sum(e.size for e in doc.files.values()),
     }
 
 
