@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# Installs the system packages the integration tests need: slurm-wlm and munge
-# for the single-node Slurm cluster (scripts/slurm_single_node.bash), and a Java
+# Installs the system packages the integration tests and benchmarks need: slurm-wlm
+# and munge for the single-node Slurm cluster (scripts/slurm_single_node.bash), fio
+# for the merge benchmark's write bound (benchmarks/bench_build.py), and a Java
 # runtime for the local Spark tests when no `java` is on the PATH.  Only as
 # root on Debian/Ubuntu with apt-get; anywhere else it says in one line that
-# the Slurm tests will be skipped, and succeeds.  Reruns are cheap: dpkg -s
+# the Slurm tests (and the fio bound) will be skipped, and succeeds.  Reruns are cheap: dpkg -s
 # answers in milliseconds, and apt-get update runs only when something is missing.
 set -euo pipefail
 
-PACKAGES=(slurm-wlm munge)
+PACKAGES=(slurm-wlm munge fio)
 
 skip() {
-    echo "install_system_deps: $1; the Slurm integration tests will be skipped" >&2
+    echo "install_system_deps: $1; the Slurm integration tests will be skipped" \
+        "and the merge benchmark reports its fio bound as not measured" >&2
     exit 0
 }
 
