@@ -60,8 +60,12 @@ def test_stage_commands_are_the_reliability_suites(tmp_path):
     s, wd, db = reliability_settings(w), Workdir.from_arg(w), w / "data.fvecs"
 
     def script_form(argv: list[str]) -> list[str]:
+        """``python -m distributed_ondisk train ARGS`` as ``make_trained_index.py ARGS``."""
         assert argv[0] == "python"
-        return [Path(argv[1]).name, *argv[2:]] if argv[1].endswith(".py") else argv[1:]
+        if argv[1] == "-m":
+            assert argv[2] == "distributed_ondisk"
+            return [commands.STAGE_COMMAND[argv[3]], *argv[4:]]
+        return [Path(argv[1]).name, *argv[2:]]
 
     servers = ["h:1", "h:2"]
     assert script_form(commands.kmeans_client(s, wd, servers, s.ncores)) == rh.stage_command(

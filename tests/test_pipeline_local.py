@@ -47,11 +47,14 @@ def run_target(target: str, workdir: Path, data: Path, **extra: str):
 
 def server_processes(workdir: Path) -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], check=False, capture_output=True, text=True).stdout
-    return [
-        l
-        for l in out.splitlines()
-        if str(workdir) in l and "--server" in l or str(workdir) in l and "search_server.py" in l
-    ]
+    return [l for l in out.splitlines() if str(workdir) in l and is_server(l)]
+
+
+def is_server(command_line: str) -> bool:
+    """A k-means or search server, started as a script or as a subcommand."""
+    return any(
+        s in command_line for s in ("--server", "search_server.py", "distributed_ondisk serve")
+    )
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,8 @@ from distributed_ondisk.ranges import split_range
 from distributed_ondisk.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[2]
-# stage -> the script of a source checkout that runs it; see stage_argv.
+# stage -> the subcommand of ``python -m distributed_ondisk`` that runs it, and the
+# script of a source checkout with the same flags (see stage_argv).
 STAGE_COMMAND = {
     "kmeans": "distributed_kmeans.py",
     "train": "make_trained_index.py",
@@ -31,8 +32,10 @@ LAUNCHER_MODULE = "distributed_ondisk.launch.cli"
 
 
 def stage_argv(python: str, stage: str) -> list[str]:
-    """How a stage's process starts (the one line to change for ``-m distributed_ondisk``)."""
-    return [python, str(REPO / STAGE_COMMAND[stage])]
+    """How a stage's process starts: the installed package's subcommand, so the nodes
+    need no checkout (``[python, str(REPO / STAGE_COMMAND[stage])]`` runs the scripts)."""
+    assert stage in STAGE_COMMAND, stage
+    return [python, "-m", "distributed_ondisk", stage]
 
 
 def launcher_argv(python: str, target: str, *args: str) -> list[str]:

@@ -305,5 +305,8 @@ def test_local_pipeline_kmeans_server_killed_then_rerun_is_identical(reference, 
 def leftover_servers(w: Path) -> list[str]:
     out = subprocess.run(["ps", "-eo", "args"], check=False, capture_output=True, text=True).stdout
     return [
-        l for l in out.splitlines() if str(w) in l and ("--server" in l or "search_server.py" in l)
+        l
+        for l in out.splitlines()
+        if str(w) in l
+        and any(s in l for s in ("--server", "search_server.py", "distributed_ondisk serve"))
     ]
