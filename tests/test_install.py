@@ -292,7 +292,8 @@ def test_installed_wheel_runs_the_local_pipeline(installed, tmp_path):
     report = json.loads((work / "w" / "report.json").read_text())
     full = [p for p in report["search"] if p["nprobe"] == 16]
     assert {p["variant"] for p in full} == {"in-RAM", "on-disk", "distributed"}
-    assert all(p["recall_at_10"] >= 0.9 for p in full), full
+    # the queries are sampled indexed rows: 1-recall is trivially high, 10-R@10 is not
+    assert all(p["recall_at_10"] >= 0.9 and p["10_recall_at_10"] >= 0.8 for p in full), full
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> str:
