@@ -58,16 +58,16 @@ def update_readme(result_path: Path, readme: Path = README) -> None:
     except ValueError:
         source = str(result_path)
     for name, res in data["benchmarks"].items():
-        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.DOTALL)
+        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(<!-- /bench:{name} -->)", re.DOTALL)
         if not pat.search(text):
             print(f"report: README has no <!-- bench:{name} --> block", file=sys.stderr)
             continue
         body = render(name, res, source)
-        text = pat.sub(lambda m, body=body: m.group(1) + body + m.group(2), text)
+        text = pat.sub(lambda m, body=body: m.group(1) + body + "\n" + m.group(2), text)
     summary = (f"Figures from `{source}` ({data['mode']} run, {data['wall_s']:.0f} s): "
                f"{machine_line(data['machine'])}.")  # fmt: skip
-    pat = re.compile(r"(<!-- bench:summary -->\n).*?(\n<!-- /bench:summary -->)", re.DOTALL)
-    text = pat.sub(lambda m: m.group(1) + summary + m.group(2), text)
+    pat = re.compile(r"(<!-- bench:summary -->\n).*?(<!-- /bench:summary -->)", re.DOTALL)
+    text = pat.sub(lambda m: m.group(1) + summary + "\n" + m.group(2), text)
     readme.write_text(text)
 
 

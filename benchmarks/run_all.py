@@ -61,7 +61,7 @@ def run_one(name: str, script: str, extra: list[str], mode: str, tmp: Path, time
                "error": f"rc {rc}: {err.strip()[-1500:]}"}  # fmt: skip
         print(f"# {name} FAILED: {res['error']}", file=sys.stderr)
     res["wall_s"] = wall
-    res["command"] = " ".join(["python", f"benchmarks/{script}", *cmd[3:]]).replace(
+    res["command"] = " ".join(["python", f"benchmarks/{script}", *cmd[2:]]).replace(
         str(part), "PART.json"
     )
     return res
