@@ -39,7 +39,10 @@ def test_run_all_smoke_schema(tmp_path: Path) -> None:
         assert res["tables"], name
         for t in res["tables"]:
             assert t["rows"] and all(len(row) == len(t["columns"]) for row in t["rows"]), name
-        assert res["rows"] and res["bounds"], name
+        assert res["rows"], name
+        # every comparison has its bound measured in the run; the Spark build compares
+        # equal-work builds with each other (no hardware bound for a whole pipeline)
+        assert res["bounds"] or name == "spark", name
         for ratio in res["ratios"]:
             assert set(ratio) == {"name", "value", "meaning"}
     # every bound in the issue is present and measured (fio: measured or said why not)
