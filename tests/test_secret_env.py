@@ -95,22 +95,6 @@ def test_benchmarks_run_with_the_variables_exported(exported, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "| ours | 2 servers (our RPC, reduced" in r.stdout  # the row of our RPC servers
-    r = run(
-        "benchmarks/bench_search.py",
-        "--n",
-        "6000",
-        "--d",
-        "8",
-        "--nlist",
-        "32",
-        "--nq",
-        "50",
-        "--nprobe",
-        "4",
-        "--repeat",
-        "1",
-        "--workdir",
-        tmp_path / "bs",
-    )
+    r = run("benchmarks/bench_search.py", "--smoke", "--workdir", tmp_path / "bs")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ours, 2 servers" in r.stdout
