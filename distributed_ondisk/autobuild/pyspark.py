@@ -7,6 +7,8 @@ the driver), so an iteration ships only the centroids (a broadcast) and
 brings back one reduced ``AssignResult`` (O(k*d)) per block, summed on the
 driver in block order.  Results come back in partition order,
 whatever the executors' scheduling, so the sums are those of the local run.
+The launcher's Spark backend (:mod:`distributed_ondisk.launch.spark`) runs the
+pipeline's command-line tasks through this same ``map``.
 """
 
 from __future__ import annotations

@@ -150,6 +150,15 @@ def kmeans_servers(run: Run, group: ServerGroup, nserv: int) -> list[str]:
     return group.await_all()
 
 
+def run_one(run: Run, name: str, argv: list[str]) -> None:
+    """One stage process here, to its end; TaskFailed naming it if it fails."""
+    run.local().run(Task(name, tuple(argv)))
+
+
+def run_trained(run: Run) -> None:
+    run_one(run, "trained_index", commands.trained(run.s, run.wd, *run.data()))
+
+
 def run_kmeans_local(run: Run) -> None:
     c = run.wd.centroids
     with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
@@ -162,8 +171,7 @@ def run_kmeans_local(run: Run) -> None:
         return
     with run.servers() as group:
         addrs = kmeans_servers(run, group, run.s.kmeans_servers)
-        argv = commands.kmeans_client(run.s, run.wd, addrs, run.s.ncores)
-        run.local().run(Task("kmeans", tuple(argv)))
+        run_one(run, "kmeans", commands.kmeans_client(run.s, run.wd, addrs, run.s.ncores))
 
 
 def local_array(run: Run, name: str, target: str, n: int) -> Job:
@@ -191,8 +199,7 @@ def run_search_eval(run: Run) -> None:
             argv = commands.search_server(run.s, run.wd, i, n, "127.0.0.1", d / f"{i}.addr")
             group.start(f"search server {i}", argv, d / f"{i}.addr", d / f"{i}.log")
         addrs = group.await_all()
-        argv = commands.search_eval(run.s, run.wd, db, n_db, addrs, label)
-        run.local().run(Task("search", tuple(argv)))
+        run_one(run, "search", commands.search_eval(run.s, run.wd, db, n_db, addrs, label))
 
 
 def write_report(run: Run) -> dict[str, Any]:
@@ -212,12 +219,7 @@ def local_pipeline(run: Run) -> None:
         raise InputError(f"K={run.s.k} centroids but only {n_db} indexed vectors")
     stages: list[tuple[str, Callable[[], Any]]] = [
         ("kmeans", lambda: run_kmeans_local(run)),
-        (
-            "trained_index",
-            lambda: run.local().run(
-                Task("trained_index", tuple(commands.trained(run.s, run.wd, *run.data())))
-            ),
-        ),
+        ("trained_index", lambda: run_trained(run)),
         ("vslices", lambda: local_array(run, "vslices", "vslice", run.s.nvslices)),
         ("hslices", lambda: local_array(run, "hslices", "hslice", run.s.nhslices)),
         ("search", lambda: run_search_eval(run)),

@@ -151,7 +151,8 @@ def add_setting_args(parser: argparse.ArgumentParser) -> None:
                 type=kind,
                 default=None,
                 metavar=env,
-                help=f"{f.metadata['help']} (default {f.default!r})",
+                help=f.metadata["help"]
+                + ("" if "default" in f.metadata["help"] else f" (default {f.default!r})"),
             )
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from distributed_ondisk.atomic import atomic_write_text
 from distributed_ondisk.errors import ClusterError, InputError
 from distributed_ondisk.launch import commands
-from distributed_ondisk.launch.backend import TASK_CPUS_ENV, TASK_ID_ENV, TaskFailed
+from distributed_ondisk.launch.backend import TASK_CPUS_ENV, TASK_ID_ENV
 from distributed_ondisk.launch.local import Server, ServerGroup
-from distributed_ondisk.launch.pipeline import Run, timed, write_report
+from distributed_ondisk.launch.pipeline import Run, run_one, run_trained, timed, write_report
 
 log = logging.getLogger("run_on_cluster")
 
@@ -48,12 +48,6 @@ def task_index() -> int:
 
 def task_threads() -> int:
     return int(os.environ.get(TASK_CPUS_ENV) or os.environ.get("SLURM_CPUS_PER_TASK") or 1)
-
-
-def run_stage(run: Run, argv: list[str]) -> None:
-    rc = subprocess.run(argv, env=run.env, check=False).returncode
-    if rc != 0:
-        raise TaskFailed(f"{Path(argv[1]).name if len(argv) > 1 else argv[0]} exited {rc}")
 
 
 def _publish(server: Server, group: ServerGroup, addr_file: Path) -> str:
@@ -90,7 +84,7 @@ def within_kmeans_server(run: Run) -> None:
             log.info("k-means servers on: %s", " ".join(hosts))
             servers = [_await_address(run, d / f"{i}.addr", hosts) for i in range(nprocs)]
             with timed(run, "kmeans"):
-                run_stage(run, commands.kmeans_client(run.s, run.wd, servers, None))
+                run_one(run, "kmeans", commands.kmeans_client(run.s, run.wd, servers, None))
             rc = 0
         finally:
             atomic_write_text(d / "done", f"{rc}\n")
@@ -145,7 +139,7 @@ def within_search_server(run: Run) -> None:
 
 def trained_index(run: Run) -> None:
     with timed(run, "trained_index"):
-        run_stage(run, commands.trained(run.s, run.wd, *run.data()))
+        run_trained(run)
 
 
 def vslice(run: Run, i: int | None = None, timing: bool = True) -> None:
@@ -163,7 +157,7 @@ def _maybe_timed(run: Run, stage: str, task: str, argv: list[str], timing: bool)
     if not timing:  # a local array copy: the whole stage is timed by its launcher
         os.execvpe(argv[0], argv, run.env)
     with timed(run, stage, task):
-        run_stage(run, argv)
+        run_one(run, stage, argv)
 
 
 def search(run: Run) -> None:
