@@ -12,6 +12,7 @@ from build_helpers import build_all, copy_vslice, flip_byte, make_workdir, run_s
 
 from distributed_ondisk.errors import IndexFileError, InputError, VectorFileError
 from distributed_ondisk.ondisk import manifest as mf
+from distributed_ondisk.ondisk.schema import Counts, VsliceManifest
 from distributed_ondisk.ondisk.vslice import read_layout, region_checksums
 from distributed_ondisk.stages.merge import MergeJob, merge_hslice
 from distributed_ondisk.stages.train import (
@@ -167,19 +168,19 @@ def test_merge_refuses_untrained_input(built, tmp_path):
     p = tmp_path / "untrained.index"
     faiss.write_index(ivf, str(p))
     lay = read_layout(p)
-    doc = mf.load_manifest(wd.vslice(1, 2))
-    mf.write_manifest(
-        p,
-        "vslice",
-        {"index": p},
-        trained_fingerprint=doc["trained_fingerprint"],
+    fp = mf.load_manifest(wd.vslice(1, 2), VsliceManifest).trained_fingerprint
+    m = VsliceManifest(
+        params={},
+        trained_fingerprint=fp,
         structure=lay.structure,
         rows=0,
-        id_range=[8000, 8001],
-        list_sizes=mf.encode_counts(lay.sizes),
+        id_range=(8000, 8001),
+        list_sizes=Counts.of(lay.sizes),
         regions=region_checksums(lay),
         quantizer="placeholder",
+        data=None,
     )
+    mf.write_manifest(p, m, {"index": p})
     with pytest.raises(IndexFileError, match="untrained.index: index is not trained"):
         merge([wd.vslice(0, 2), p], tmp_path / "h.index")
 

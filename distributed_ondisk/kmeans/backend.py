@@ -115,11 +115,19 @@ def choose_backend(gpu: int | None = None, backend: str = "auto") -> BackendChoi
     return BackendChoice("cpu")
 
 
-def build_dataset(choice: BackendChoice, source: RowSource, nthreads: int | None = None) -> Any:
-    """The ``DatasetAssign`` of a :func:`choose_backend` answer over ``source``."""
+def build_dataset(
+    choice: BackendChoice,
+    source: RowSource,
+    nthreads: int | None = None,
+    bound_bytes: int | None = None,
+) -> Any:
+    """The ``DatasetAssign`` of a :func:`choose_backend` answer over ``source``
+    (``bound_bytes``: memory of the CPU backend's bounds, None = its default)."""
     log.info("k-means backend: %s", choice.describe())
     if choice.kind == "cpu":
-        return CPUAssign(source, nthreads)
+        if bound_bytes is None:
+            return CPUAssign(source, nthreads)
+        return CPUAssign(source, nthreads, bound_bytes=bound_bytes)
     if choice.kind == "faiss-gpu":
         from distributed_ondisk.kmeans.gpu import FaissGPUAssign
 

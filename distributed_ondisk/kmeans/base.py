@@ -40,17 +40,20 @@ class AssignResult:
     the sum of squared distances to the nearest centroid (float64 accumulation,
     so adding the results of several shards gives the same value, up to the
     last bits, as one shard holding all rows). ``search_s`` is the time the
-    producer spent, for the per-iteration log.
+    producer spent, for the per-iteration log; ``recomputed`` the rows whose
+    distances to every centroid were computed (all of them for Lloyd's
+    assignment, fewer with bounds; -1: not said).
     """
 
     sums: np.ndarray
     counts: np.ndarray
     objective: float
     search_s: float = 0.0
+    recomputed: int = -1
 
     @staticmethod
     def empty(k: int, d: int) -> AssignResult:
-        return AssignResult(np.zeros((k, d), np.float64), np.zeros(k, np.int64), 0.0)
+        return AssignResult(np.zeros((k, d), np.float64), np.zeros(k, np.int64), 0.0, 0.0, 0)
 
     def add(self, other: AssignResult) -> AssignResult:
         """In-place sum (shards are always added in the same order: reproducible)."""
@@ -62,6 +65,9 @@ class AssignResult:
         self.counts += other.counts
         self.objective += float(other.objective)
         self.search_s = max(self.search_s, float(other.search_s))
+        # unknown if one part does not say
+        both = self.recomputed >= 0 and other.recomputed >= 0
+        self.recomputed = self.recomputed + int(other.recomputed) if both else -1
         return self
 
 
@@ -94,6 +100,12 @@ class DatasetAssign(Protocol):
 
     def select(self, indices: np.ndarray | None) -> int:
         """Restrict the view to these sorted row numbers (None: all rows); returns count()."""
+
+
+def accelerated(data: object) -> bool:
+    """Whether ``data.assign_accel`` skips distances with bounds (:mod:`.accel`);
+    a dataset without it is driven with ``assign_to`` (Lloyd's assignment)."""
+    return bool(getattr(data, "accelerated", False)) and hasattr(data, "assign_accel")
 
 
 def check_centroids(centroids: np.ndarray, d: int, where: str = "") -> np.ndarray:

@@ -57,6 +57,19 @@ def build_parser(prog: str | None = "distributed_kmeans.py") -> argparse.Argumen
         "[torch] extra)",
     )
     g.add_argument("--nt", type=int, default=None, help="CPU threads (default: all cores)")
+    g.add_argument(
+        "--lloyd",
+        action="store_true",
+        help="plain Lloyd assignment (every distance every iteration) instead of the exact "
+        "bounded one that skips distances which cannot change an assignment",
+    )
+    g.add_argument(
+        "--bound_gb",
+        type=float,
+        default=None,
+        help="server/in-process: memory for the per-row bounds of the accelerated "
+        "assignment (default 2 GiB: 5M rows get about 100 centroid groups)",
+    )
     g = p.add_argument_group("server mode")
     g.add_argument("--server", action="store_true", help="serve the [i0, i1) slice")
     g.add_argument(
@@ -131,6 +144,14 @@ def _checkpoint_path(args: argparse.Namespace) -> str | None:
     return None
 
 
+def bound_bytes_of(args: argparse.Namespace) -> int | None:
+    if args.bound_gb is None:
+        return None
+    if not args.bound_gb > 0:
+        raise InputError(f"--bound_gb must be > 0, got {args.bound_gb}")
+    return int(args.bound_gb * (1 << 30))
+
+
 def write_centroids(path: str, centroids: np.ndarray) -> None:
     """Atomic write of the centroids (also used after every iteration)."""
     from distributed_ondisk.vectors import write_vectors
@@ -141,7 +162,9 @@ def write_centroids(path: str, centroids: np.ndarray) -> None:
 def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
     if args.k is None:
         raise InputError("--k is required")
-    cfg = KMeansConfig(args.k, args.niter, args.seed, args.max_points_per_centroid)
+    cfg = KMeansConfig(
+        args.k, args.niter, args.seed, args.max_points_per_centroid, lloyd=args.lloyd
+    )
     each = (lambda it, c: write_centroids(args.out, c)) if args.store_each_iteration else None
     checkpoint = _checkpoint_path(args)
     # A killed earlier run may have left temporaries of these outputs: a rerun removes
@@ -182,7 +205,7 @@ def main_server(args: argparse.Namespace) -> int:
     source = _source(args)
     log.info("checking %s for NaN/Inf", source.describe())
     source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
-    ds = build_dataset(backend, source, args.nt)
+    ds = build_dataset(backend, source, args.nt, bound_bytes_of(args))
     host = args.host or ("127.0.0.1" if secret is None else ("0.0.0.0" if args.ipv4 else "::"))
     serve_dataset(
         ds,
@@ -236,7 +259,7 @@ def main_args(args: argparse.Namespace) -> int:
     except InputError as e:  # name the data: "k > n" is about this file
         raise InputError(f"{source.describe()}: {e}") from e
     source.check_finite(block_rows_for(source.d), keep_bytes=resident_budget_bytes())
-    run_loop(args, build_dataset(backend, source, args.nt))
+    run_loop(args, build_dataset(backend, source, args.nt, bound_bytes_of(args)))
     return 0
 
 

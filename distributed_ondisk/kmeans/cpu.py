@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from distributed_ondisk.kmeans.accel import DEFAULT_BOUND_BYTES, BoundedAssigner, blas_threads
 from distributed_ondisk.kmeans.base import (
     AssignResult,
     block_rows_for,
@@ -35,6 +36,7 @@ RPC_METHODS = (
     "perform_search",
     "assign_to",
     "assign_full",
+    "assign_accel",
     "select",
     "describe",
 )
@@ -92,17 +94,29 @@ class LocalView:
 
 
 class CPUAssign:
-    """Exact assignment with faiss on ``nthreads`` threads (None: faiss's default)."""
+    """Exact assignment with faiss on ``nthreads`` threads (None: faiss's default).
+
+    ``assign_accel`` is the same reduced assignment with bounds kept across calls
+    (:mod:`.accel`), in at most ``bound_bytes`` of bounds.
+    """
 
     RPC_METHODS = RPC_METHODS
     backend = "cpu"
+    #: assign_accel skips distances with bounds (False: it is assign_to)
+    accelerated = True
 
     def __init__(
-        self, source: RowSource, nthreads: int | None = None, block_rows: int | None = None
+        self,
+        source: RowSource,
+        nthreads: int | None = None,
+        block_rows: int | None = None,
+        bound_bytes: int = DEFAULT_BOUND_BYTES,
     ) -> None:
         self.view = LocalView(source, block_rows)
         self.source = source
         self.nthreads = nthreads
+        self.bound_bytes = bound_bytes
+        self._bounds: BoundedAssigner | None = None
         if nthreads:
             import faiss
 
@@ -121,12 +135,14 @@ class CPUAssign:
             "n": self.source.n,
             "d": self.source.d,
             "count": self.count(),
+            "accelerated": self.accelerated,
         }
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
         return self.view.get_subset(indices)
 
     def select(self, indices: np.ndarray | None) -> int:
+        self._bounds = None  # bounds are per view
         return self.view.select(indices)
 
     def _searcher(
@@ -172,7 +188,23 @@ class CPUAssign:
             res.counts += np.bincount(I, minlength=k)
             res.objective += float(D.sum(dtype=np.float64))
         res.search_s = time.perf_counter() - t0
+        res.recomputed = self.count()
         return res
+
+    def assign_accel(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> AssignResult:
+        """:meth:`assign_to`'s result (up to float ties), computing only the distances
+        that the bounds kept from the previous call cannot rule out."""
+        if not self.accelerated:
+            return self.assign_to(centroids, weights)
+        c = check_centroids(centroids, self.dim())
+        w = check_weights(weights, self.count())
+        bounds = self._bounds
+        if bounds is None or bounds.n != self.count():
+            bounds = self._bounds = BoundedAssigner(self.count(), self.dim(), self.bound_bytes)
+        with blas_threads(self.nthreads):
+            return bounds.assign(self.view.blocks(), c, w, onehot_sums)
 
     def assign_full(
         self, centroids: np.ndarray, weights: np.ndarray | None = None

@@ -39,6 +39,8 @@ class FaissGPUAssign(CPUAssign):
     """The CPU backend with its searches on GPU ``gpu`` (-1: all GPUs)."""
 
     backend = "faiss-gpu"
+    #: the bounds' matrix products run on the CPU: the GPU's full search is faster
+    accelerated = False
 
     def __init__(
         self,
@@ -75,6 +77,8 @@ class TorchAssign:
 
     RPC_METHODS = RPC_METHODS
     backend = "torch"
+    #: no bounds here yet: assign_accel is assign_to (the loop then calls assign_to)
+    accelerated = False
 
     def __init__(
         self,
@@ -142,6 +146,7 @@ class TorchAssign:
             "n": self.source.n,
             "d": self.source.d,
             "count": self.count(),
+            "accelerated": self.accelerated,
         }
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
@@ -228,6 +233,11 @@ class TorchAssign:
         return AssignResult(
             sums.cpu().numpy(), counts.cpu().numpy(), float(obj.item()), time.perf_counter() - t0
         )
+
+    def assign_accel(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> AssignResult:
+        return self.assign_to(centroids, weights)
 
     def assign_full(
         self, centroids: np.ndarray, weights: np.ndarray | None = None

@@ -22,7 +22,7 @@ from typing import Union
 import numpy as np
 
 from distributed_ondisk.errors import InputError, RPCError
-from distributed_ondisk.kmeans.base import DatasetAssign, imbalance_factor
+from distributed_ondisk.kmeans.base import DatasetAssign, accelerated, imbalance_factor
 from distributed_ondisk.kmeans.checkpoint import (
     Checkpoint,
     check_resumable,
@@ -46,6 +46,9 @@ class KMeansConfig:
     niter: int = 25
     seed: int = 1234
     max_points_per_centroid: int = 256
+    #: plain Lloyd assignment (every distance, every iteration) instead of the exact
+    #: bounded one (:mod:`.accel`), for comparison and as a fallback
+    lloyd: bool = False
 
     def validate(self, n: int) -> None:
         if self.k < 1:
@@ -199,12 +202,17 @@ def train_kmeans(
         cfg.niter,
         cfg.seed,
     )
+    # Bounds are a cache on the servers: after a resume the first call rebuilds them
+    # with a full assignment, the result is the same either way.
+    use_accel = not cfg.lloyd and accelerated(data)
+    assign = data.assign_accel if use_accel else data.assign_to  # type: ignore[attr-defined]
+    log.info("assignment: %s", "bounded (exact, accelerated)" if use_accel else "Lloyd")
     t_start = time.perf_counter()
     with Progress(max(cfg.niter - start, 0), "k-means", unit="iter") as progress:
         for it in range(start, cfg.niter):
             t0 = time.perf_counter()
             try:
-                res = data.assign_to(centroids)
+                res = assign(centroids)
             except RPCError as e:
                 raise RPCError(f"k-means iteration {it + 1}/{cfg.niter} failed: {e}") from e
             t_search = time.perf_counter() - t0
@@ -226,11 +234,15 @@ def train_kmeans(
                 "nsplit": nsplit,
                 "search_s": t_search,
                 "time_s": time.perf_counter() - t0,
+                # fraction of rows whose distances were all computed (1: Lloyd)
+                "recomputed": (
+                    float(res.recomputed) / n_train if getattr(res, "recomputed", -1) >= 0 else 1.0
+                ),
             }
             stats.append(s)
             log.info(
                 "iteration %d (%.2f s, search %.2f s, total %.1f s): objective=%.6g "
-                "imbalance=%.3f nsplit=%d",
+                "imbalance=%.3f nsplit=%d recomputed=%.3f",
                 it,
                 s["time_s"],
                 t_search,
@@ -238,6 +250,7 @@ def train_kmeans(
                 s["obj"],
                 imbalance,
                 nsplit,
+                s["recomputed"],
             )
             if checkpoint is not None:
                 save_checkpoint(

@@ -19,6 +19,7 @@ from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import (
     AssignResult,
     DatasetAssign,
+    accelerated,
     check_centroids,
     check_indices,
     check_selection,
@@ -44,6 +45,7 @@ class ShardedAssign:
         "perform_search",
         "assign_to",
         "assign_full",
+        "assign_accel",
         "select",
         "describe",
     )
@@ -62,6 +64,8 @@ class ShardedAssign:
                 "server must serve the same dimension"
             )
         self.d = dims[0]
+        #: assign_accel: bounded on the shards that can, Lloyd's on the others
+        self.accelerated = any(accelerated(s) for s in self.shards)
         self._refresh_counts()
 
     def _map(self, fn: Callable[[DatasetAssign], T]) -> list[T]:
@@ -82,6 +86,7 @@ class ShardedAssign:
             "shards": [shard_name(s) for s in self.shards],
             "d": self.d,
             "count": self.count(),
+            "accelerated": self.accelerated,
         }
 
     def dim(self) -> int:
@@ -132,6 +137,22 @@ class ShardedAssign:
         parts = self._map(lambda s: s.assign_to(c, w[id(s)]))
         total = AssignResult.empty(len(c), self.d)
         for p in parts:
+            total.add(p)
+        return total
+
+    def assign_accel(
+        self, centroids: np.ndarray, weights: np.ndarray | None = None
+    ) -> AssignResult:
+        c = check_centroids(centroids, self.d)
+        w = self._split(weights)
+
+        def one(s: DatasetAssign) -> AssignResult:
+            if accelerated(s):
+                return s.assign_accel(c, w[id(s)])  # type: ignore[attr-defined]
+            return s.assign_to(c, w[id(s)])
+
+        total = AssignResult.empty(len(c), self.d)
+        for p in self._map(one):
             total.add(p)
         return total
 

@@ -12,33 +12,40 @@ rewrite the manifest too), so they use XXH3 (about 20 GB/s here) rather than
 sha256 (1.8 GB/s): a shard's digest is computed while it is written and the
 merge verifies slices as it streams them, and neither may cost more than the
 write itself.
+
+Each kind's keys are its dataclass in :mod:`~distributed_ondisk.ondisk.schema`; this
+module reads, writes and verifies them.
 """
 
 from __future__ import annotations
 
-import base64
+import dataclasses
 import glob
 import json
 import logging
 import os
-import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, TypeVar, Union, overload
 
-import numpy as np
 import xxhash
 
 from distributed_ondisk.atomic import TMP_MARKER, atomic_write_text
 from distributed_ondisk.errors import IndexFileError
+from distributed_ondisk.ondisk.schema import (
+    FORMAT_VERSION,
+    KINDS,
+    FileEntry,
+    Manifest,
+    TrainedLink,
+)
 
 log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
+M = TypeVar("M", bound=Manifest)
 MANIFEST_SUFFIX = ".manifest.json"
-FORMAT_VERSION = 2  # 2: XXH3-128 digests (1 had sha256)
-DIGEST = "xxh3_128"
 _HASH_BUF = 8 << 20
 
 
@@ -77,64 +84,43 @@ def file_digest(path: PathLike) -> str:
     return h.hexdigest()
 
 
-def encode_counts(counts: np.ndarray) -> dict[str, Any]:
-    """Per-list counts, compact enough for millions of lists (zlib + base64 of uint64)."""
-    arr = np.ascontiguousarray(counts, dtype="<u8")
-    return {
-        "n": int(arr.size),
-        "total": int(arr.sum()),
-        "zlib_b64_u64": base64.b64encode(zlib.compress(arr.tobytes(), 6)).decode("ascii"),
-    }
-
-
-def decode_counts(enc: Mapping[str, Any]) -> np.ndarray:
-    try:
-        arr = np.frombuffer(zlib.decompress(base64.b64decode(enc["zlib_b64_u64"])), dtype="<u8")
-    except (KeyError, ValueError, zlib.error) as e:
-        raise IndexFileError(f"malformed per-list counts in manifest: {e}") from e
-    if arr.size != enc.get("n") or int(arr.sum()) != enc.get("total"):
-        raise IndexFileError("per-list counts in manifest do not match their recorded size/total")
-    return arr.astype(np.int64)
-
-
-def describe_file(path: PathLike, relative_to: Path, digest: str | None = None) -> dict[str, Any]:
+def describe_file(path: PathLike, relative_to: Path, digest: str | None = None) -> FileEntry:
     p = Path(path)
-    return {
-        "name": os.path.relpath(os.path.abspath(p), os.path.abspath(relative_to)),
-        "size": p.stat().st_size,
-        DIGEST: digest or file_digest(p),
-    }
+    return FileEntry(
+        name=os.path.relpath(os.path.abspath(p), os.path.abspath(relative_to)),
+        size=p.stat().st_size,
+        xxh3_128=digest or file_digest(p),
+    )
 
 
 def write_manifest(
     output: PathLike,
-    kind: str,
+    manifest: M,
     files: Mapping[str, PathLike],
     known_digests: Mapping[str, str] | None = None,
-    **fields: Any,
-) -> dict[str, Any]:
-    """Write the manifest of ``output``; ``files`` maps a role ("index", "invlists") to a path.
+) -> M:
+    """Write the manifest of ``output``: ``manifest`` with its ``files`` (a role, "index",
+    "invlists", to a path) described and the tool version; returns what was written.
 
     ``known_digests`` gives digests computed while writing, to skip re-reading big files.
     No timestamps: rebuilding the same piece gives a byte-identical manifest.
     """
     out = Path(output)
-    base = out.parent
-    doc: dict[str, Any] = {
-        "format": FORMAT_VERSION,
-        "kind": kind,
-        "tool": tool_version(),
-        "files": {
-            role: describe_file(p, base, (known_digests or {}).get(role))
-            for role, p in files.items()
-        },
+    entries = {
+        role: describe_file(p, out.parent, (known_digests or {}).get(role))
+        for role, p in files.items()
     }
-    doc.update(fields)
+    done = dataclasses.replace(manifest, tool=tool_version(), files=entries)
+    doc = done.to_json()
+    try:  # checked as a reader will check it: never publish what no reader accepts
+        type(manifest).from_doc(doc, str(manifest_path(out)))
+    except IndexFileError as e:
+        raise RuntimeError(f"the writer of {out} built an invalid manifest: {e}") from e
     atomic_write_text(manifest_path(out), json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    return doc
+    return done
 
 
-def load_manifest(output: PathLike, kind: str | None = None) -> dict[str, Any]:
+def _read_doc(output: PathLike) -> dict[str, Any]:
     mp = manifest_path(output)
     try:
         doc = json.loads(mp.read_text("utf-8"))
@@ -147,53 +133,103 @@ def load_manifest(output: PathLike, kind: str | None = None) -> dict[str, Any]:
         raise IndexFileError(f"{mp}: unreadable manifest: {e}") from e
     if not isinstance(doc, dict) or doc.get("format") != FORMAT_VERSION:
         raise IndexFileError(f"{mp}: not a manifest of format {FORMAT_VERSION}")
-    if kind is not None and doc.get("kind") != kind:
-        raise IndexFileError(
-            f"{output}: manifest says it is a {doc.get('kind')!r}, " f"expected a {kind!r}"
-        )
     return doc
 
 
+def manifest_kind(output: PathLike) -> str | None:
+    """The kind a readable manifest of ``output`` says (unchecked otherwise), else None:
+    for telling a folder's shards from the other files there."""
+    try:
+        kind = _read_doc(output).get("kind")
+    except IndexFileError:
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+@overload
+def load_manifest(output: PathLike, kind: type[M]) -> M: ...
+
+
+@overload
+def load_manifest(output: PathLike, kind: str | None = None) -> dict[str, Any]: ...
+
+
+def load_manifest(output: PathLike, kind: str | type[Manifest] | None = None) -> Any:
+    """The manifest of ``output``, checked against its kind's schema: the typed record when
+    ``kind`` is a manifest class, the JSON document when it is a kind name or None (for
+    code that handles any kind: verification sweeps, tools)."""
+    doc = _read_doc(output)
+    want = kind.KIND if isinstance(kind, type) else kind
+    if want is not None and doc.get("kind") != want:
+        raise IndexFileError(
+            f"{output}: manifest says it is a {doc.get('kind')!r}, " f"expected a {want!r}"
+        )
+    cls = kind if isinstance(kind, type) else KINDS.get(doc.get("kind"))  # type: ignore[arg-type]
+    m = cls.from_doc(doc, str(manifest_path(output))) if cls is not None else None
+    return m if isinstance(kind, type) else doc
+
+
+def _files_of(output: PathLike, loaded: Manifest | dict[str, Any]) -> dict[str, FileEntry]:
+    if isinstance(loaded, Manifest):
+        return loaded.files
+    # a kind this version has no schema for: its files are still checked
+    where, files = str(manifest_path(output)), loaded.get("files", {})
+    if not isinstance(files, dict):
+        raise IndexFileError(f"{where}: manifest key 'files' is not an object")
+    return {role: FileEntry.from_doc(e, where, f"files.{role}.") for role, e in files.items()}
+
+
+@overload
 def verify_manifest(
-    output: PathLike, kind: str | None = None, *, checksums: bool = True, threads: int = 1
-) -> dict[str, Any]:
-    """Load the manifest of ``output`` and check that its files exist with the recorded
-    sizes (and digests unless ``checksums=False``); IndexFileError naming the file otherwise."""
-    doc = load_manifest(output, kind)
+    output: PathLike, kind: type[M], *, checksums: bool = ..., threads: int = ...
+) -> M: ...
+
+
+@overload
+def verify_manifest(
+    output: PathLike, kind: str | None = None, *, checksums: bool = ..., threads: int = ...
+) -> dict[str, Any]: ...
+
+
+def verify_manifest(
+    output: PathLike,
+    kind: str | type[Manifest] | None = None,
+    *,
+    checksums: bool = True,
+    threads: int = 1,
+) -> Any:
+    """:func:`load_manifest`, then check that its files exist with the recorded sizes (and
+    digests unless ``checksums=False``); IndexFileError naming the file otherwise."""
+    loaded = load_manifest(output, kind)
     base = Path(output).parent
-    entries = list(doc.get("files", {}).items())
+    entries = list(_files_of(output, loaded).items())
     for role, ent in entries:
-        p = base / ent["name"]
+        p = base / ent.name
         try:
             size = p.stat().st_size
         except OSError as e:
             raise IndexFileError(f"{output}: its {role} file {p} is missing or unreadable") from e
-        if size != ent["size"]:
+        if size != ent.size:
             raise IndexFileError(
                 f"{output}: {role} file {p} has {size} bytes, "
-                f"manifest says {ent['size']} (truncated or rewritten?)"
+                f"manifest says {ent.size} (truncated or rewritten?)"
             )
     if checksums:
-        paths = [base / ent["name"] for _, ent in entries]
+        paths = [base / ent.name for _, ent in entries]
         with ThreadPoolExecutor(max(1, threads)) as ex:
             sums = list(ex.map(file_digest, paths))
         for (role, ent), p, s in zip(entries, paths, sums):
-            if s != ent.get(DIGEST):
+            if s != ent.digest:
                 raise IndexFileError(
                     f"{output}: {role} file {p} checksum differs from its "
                     "manifest (corrupted or rewritten)"
                 )
-    return doc
+    return loaded
 
 
-def verify_many(outputs: Iterable[PathLike], kind: str, threads: int = 1) -> list[dict[str, Any]]:
-    """verify_manifest on many outputs, checksumming files in parallel threads."""
-    outs = list(outputs)
-    with ThreadPoolExecutor(max(1, threads)) as ex:
-        return list(ex.map(lambda o: verify_manifest(o, kind), outs))
-
-
-def is_complete(output: PathLike, kind: str, params: Mapping[str, Any] | None = None) -> bool:
+def is_complete(
+    output: PathLike, kind: str | type[Manifest], params: Mapping[str, Any] | None = None
+) -> bool:
     """True when ``output`` and its manifest verify, and (if given) were made with ``params``.
 
     Raises IndexFileError when the piece is complete but was made with other
@@ -202,7 +238,7 @@ def is_complete(output: PathLike, kind: str, params: Mapping[str, Any] | None = 
     if not Path(output).exists() or not manifest_path(output).exists():
         return False
     try:
-        doc = verify_manifest(output, kind)
+        doc = verify_manifest(output, kind.KIND if isinstance(kind, type) else kind)
     except IndexFileError as e:
         log.info("rebuilding %s: %s", output, e)
         return False
@@ -214,30 +250,30 @@ def is_complete(output: PathLike, kind: str, params: Mapping[str, Any] | None = 
     return True
 
 
-def trained_link(trained: PathLike, fingerprint: str, part: PathLike) -> dict[str, Any]:
+def trained_link(trained: PathLike, fingerprint: str, part: PathLike) -> TrainedLink:
     """The record of the trained index a part (slice, shard) was built from: its path
     relative to the part's directory (followed first, so a tree moved as a whole still
     leads to it), its absolute path when written (for parts moved alone) and its
     fingerprint (what a found file must match)."""
     t = os.path.abspath(trained)
-    return {
-        "path": os.path.relpath(t, os.path.dirname(os.path.abspath(part))),
-        "absolute": t,
-        "fingerprint": fingerprint,
-    }
+    return TrainedLink(
+        path=os.path.relpath(t, os.path.dirname(os.path.abspath(part))),
+        absolute=t,
+        fingerprint=fingerprint,
+    )
 
 
-def linked_trained_paths(doc: Mapping[str, Any], part: PathLike) -> list[Path]:
+def linked_trained_paths(link: TrainedLink | None, part: PathLike) -> list[Path]:
     """Where a part's manifest says its trained index is, in the order to try."""
-    link = doc.get("trained_index")
-    if not isinstance(link, Mapping):
+    if link is None:
         return []
     out = []
-    rel, absolute = link.get("path"), link.get("absolute")
-    if isinstance(rel, str) and rel:
-        out.append(Path(part).parent / rel if not os.path.isabs(rel) else Path(rel))
-    if isinstance(absolute, str) and os.path.isabs(absolute):
-        out.append(Path(absolute))
+    if link.path:
+        out.append(
+            Path(part).parent / link.path if not os.path.isabs(link.path) else Path(link.path)
+        )
+    if os.path.isabs(link.absolute):
+        out.append(Path(link.absolute))
     return out
 
 

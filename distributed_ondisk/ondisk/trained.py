@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Union
 
@@ -25,10 +25,11 @@ import numpy as np
 from distributed_ondisk.errors import IndexFileError, VectorFileError
 from distributed_ondisk.ondisk import manifest as mf
 from distributed_ondisk.ondisk.indexfile import ivf_of, structure_digest
+from distributed_ondisk.ondisk.schema import TrainedLink, TrainedManifest
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
-KIND = "trained_index"
+KIND = TrainedManifest.KIND
 
 
 def fingerprint_bytes(data: bytes | np.ndarray) -> str:
@@ -93,10 +94,8 @@ def load_trained_index(path: PathLike) -> tuple[faiss.Index, str]:
     except OSError as e:
         raise IndexFileError(f"{p}: cannot read trained index: {e.strerror}") from e
     fp = fingerprint_bytes(data)
-    if mf.manifest_path(p).exists():
-        doc = mf.load_manifest(p, KIND)
-        if doc.get("fingerprint") != fp:
-            raise IndexFileError(f"{p}: file differs from its manifest (rewritten after it?)")
+    if mf.manifest_path(p).exists() and mf.load_manifest(p, TrainedManifest).fingerprint != fp:
+        raise IndexFileError(f"{p}: file differs from its manifest (rewritten after it?)")
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except RuntimeError as e:
@@ -124,6 +123,22 @@ def file_fingerprint(path: PathLike) -> str:
     except OSError as e:
         raise IndexFileError(f"{path}: cannot read trained index: {e.strerror}") from e
     return h.hexdigest()
+
+
+def trained_candidates(
+    parts: Iterable[tuple[Path, TrainedLink | None]], layout: Callable[[Path], Path]
+) -> list[Path]:
+    """Where to look for the trained index of parts (slices, shards) given as (path, the
+    link their manifest records): where each link says, then the work directory layout,
+    ``layout(root)`` being the trained index of a work dir at ``root``, with each part's
+    folder and that folder's parent as the root."""
+    parts = list(parts)
+    cands: list[Path] = []
+    for path, link in parts:
+        cands += mf.linked_trained_paths(link, path)
+    for d in dict.fromkeys(path.parent for path, _ in parts):
+        cands += [layout(d), layout(d.parent)]
+    return cands
 
 
 def find_trained(candidates: Sequence[PathLike], wanted: str) -> tuple[Path | None, list[str]]:

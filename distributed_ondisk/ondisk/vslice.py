@@ -38,8 +38,21 @@ from distributed_ondisk.ondisk.indexfile import (
     read_index,
     structure_digest,
 )
+from distributed_ondisk.ondisk.paths import InputKind
+from distributed_ondisk.ondisk.schema import Regions, VsliceManifest
 
 PathLike = Union[str, "os.PathLike[str]"]
+KIND = VsliceManifest.KIND
+# what the merge and --adopt accept as vslices (a folder: its *.index files)
+INPUTS = InputKind(
+    what="vslice",
+    kind=KIND,
+    folder_glob="*.index",
+    folder_has_none="*.index slice (name the files, or a glob pattern, for other names)",
+    missing="no such vslice file",
+    none_given="no input vslices given",
+    not_found=IndexFileError,
+)
 MAX_BLOCKS = 1024
 _READ = 8 << 20
 
@@ -128,7 +141,7 @@ def _block_sum(f: Any, start: int, end: int) -> int:
     return _digest_range(f, start, end, xxhash.xxh3_64()).intdigest()
 
 
-def region_checksums(layout: SliceLayout) -> dict[str, Any]:
+def region_checksums(layout: SliceLayout) -> Regions:
     """Checksums of header, list blocks and trailer (one sequential read of the file)."""
     bl = layout.block_lists()
     bounds = layout.block_bounds(bl)
@@ -136,29 +149,26 @@ def region_checksums(layout: SliceLayout) -> dict[str, Any]:
         header = _hash_range(f, 0, int(layout.offsets[0]))
         blocks = [_block_sum(f, int(a), int(b)) for a, b in itertools.pairwise(bounds)]
         trailer = _hash_range(f, int(layout.offsets[-1]), layout.file_size)
-    return {
-        "block_lists": bl,
-        "header_digest": header,
-        "trailer_digest": trailer,
-        "block_xxh3_64": blocks,
-    }
+    return Regions(
+        block_lists=bl, header_digest=header, trailer_digest=trailer, block_xxh3_64=tuple(blocks)
+    )
 
 
-def check_header_trailer(layout: SliceLayout, sums: dict[str, Any]) -> None:
+def check_header_trailer(layout: SliceLayout, sums: Regions) -> None:
     with open(layout.path, "rb") as f:
-        if _hash_range(f, 0, int(layout.offsets[0])) != sums["header_digest"]:
+        if _hash_range(f, 0, int(layout.offsets[0])) != sums.header_digest:
             raise IndexFileError(f"{layout.path}: header differs from its manifest checksum")
-        if _hash_range(f, int(layout.offsets[-1]), layout.file_size) != sums["trailer_digest"]:
+        if _hash_range(f, int(layout.offsets[-1]), layout.file_size) != sums.trailer_digest:
             raise IndexFileError(f"{layout.path}: trailer differs from its manifest checksum")
 
 
 class BlockVerifier:
     """Verifies the list blocks of one slice from consecutive byte ranges read in order."""
 
-    def __init__(self, layout: SliceLayout, sums: dict[str, Any]) -> None:
+    def __init__(self, layout: SliceLayout, sums: Regions) -> None:
         self.path = layout.path
-        self.bounds = layout.block_bounds(int(sums["block_lists"])).tolist()
-        self.expected = sums["block_xxh3_64"]
+        self.bounds = layout.block_bounds(sums.block_lists).tolist()
+        self.expected = sums.block_xxh3_64
         if len(self.expected) != len(self.bounds) - 1:
             raise IndexFileError(
                 f"{self.path}: manifest has {len(self.expected)} block "
@@ -194,7 +204,7 @@ class BlockVerifier:
 
     def feed(self, data: memoryview, offset: int) -> None:
         if offset != self.pos:
-            raise IndexFileError(f"internal: {self.path} read out of order at {offset}")
+            raise RuntimeError(f"{self.path} read out of order at {offset}")  # a caller's bug
         self._finish_blocks()
         i = 0
         while i < len(data):
@@ -203,6 +213,3 @@ class BlockVerifier:
             i += take
             self.pos += take
             self._finish_blocks()
-
-
-KIND = "vslice"

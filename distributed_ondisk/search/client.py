@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
@@ -37,6 +38,9 @@ from distributed_ondisk.errors import (
 )
 from distributed_ondisk.search.combined import TrainedSearcher
 from distributed_ondisk.search.shardset import check_coverage
+
+if TYPE_CHECKING:  # annotations only (typing.Self is Python 3.11+)
+    from typing_extensions import Self
 
 log = logging.getLogger(__name__)
 DEFAULT_CHUNK_ROWS = 2048
@@ -281,7 +285,7 @@ class DistributedSearchClient:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def __enter__(self) -> DistributedSearchClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

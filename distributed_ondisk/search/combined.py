@@ -28,12 +28,12 @@ import faiss
 import numpy as np
 
 from distributed_ondisk.errors import IndexFileError, InputError
+from distributed_ondisk.ondisk.hslice import check_trained, open_hslice, stack_hslices
 from distributed_ondisk.search.shardset import (
     ShardMeta,
     check_coverage,
     expand_shard_args,
     find_trained_index,
-    open_shard,
     read_shard_meta,
 )
 
@@ -112,25 +112,18 @@ class CombinedIndex(TrainedSearcher):
         complete: bool = True,
         checksums: bool = False,
     ) -> None:
-        from distributed_ondisk.ondisk.indexfile import structure_digest
-        from distributed_ondisk.ondisk.trained import fingerprint_matches, load_trained_index
+        from distributed_ondisk.ondisk.trained import load_trained_index
 
         paths = expand_shard_args(shards)
         metas = [read_shard_meta(p, checksums=checksums) for p in paths]
         # an explicit --trained overrides the shards' record, but is checked against it
         self.trained_path = Path(trained) if trained is not None else find_trained_index(metas)
         index, file_fp = load_trained_index(self.trained_path)
-        wanted = list(dict.fromkeys(m.trained_fingerprint for m in metas))
-        for fp in wanted:  # once per fingerprint: a content check reads every centroid
-            if not fingerprint_matches(index, file_fp, fp):
-                m = next(m for m in metas if m.trained_fingerprint == fp)
-                raise IndexFileError(
-                    f"shard {m.path} was built from another trained index "
-                    f"than {self.trained_path} (it needs fingerprint "
-                    f"{fp}, that file has {file_fp})"
-                )
         # the shards' identity of their trained index (what servers report to clients)
-        super().__init__(index, file_fp if file_fp in wanted else wanted[0])
+        fp = check_trained(
+            index, file_fp, self.trained_path, [(m.path, m.trained_fingerprint) for m in metas]
+        )
+        super().__init__(index, fp)
         for m in metas:
             if m.nlist not in (None, self.nlist) or m.l1 > self.nlist:
                 raise IndexFileError(
@@ -144,46 +137,18 @@ class CombinedIndex(TrainedSearcher):
             splits=[m.part[1] for m in metas if m.part],
         )
         self.shards: list[ShardMeta] = sorted(metas, key=lambda m: m.l0)
-        structure = structure_digest(index)
         self.owned = np.zeros(self.nlist, dtype=bool)
         for m in self.shards:
             self.owned[m.l0 : m.l1] = True
-        self._keep: list = []  # C++ objects the stack points to (not owned by it)
-        stack = self._build_stack(structure)
-        self.ivf.replace_invlists(stack, False)
-        ntotal = int(sum(stack.list_size(j) for j in np.flatnonzero(self.owned).tolist()))
-        self.ivf.ntotal = self.index.ntotal = ntotal
-        self.ntotal = ntotal
+        # the trained index searches the shards' lists in place (kept alive with it)
+        self.ntotal = stack_hslices(self.index, [open_hslice(m.path) for m in self.shards])
         log.info(
             "opened %d shard(s), lists %s of %d, %d vectors, read-only",
             len(self.shards),
             self.ranges_text(),
             self.nlist,
-            ntotal,
+            self.ntotal,
         )
-
-    def _build_stack(self, structure: str) -> faiss.InvertedLists:
-        code_size = int(self.ivf.code_size)
-        segments: list[faiss.InvertedLists] = []
-        pos = 0
-        for m in self.shards:
-            if m.l0 == m.l1:
-                continue
-            if m.l0 > pos:
-                segments.append(faiss.ArrayInvertedLists(m.l0 - pos, code_size))
-            shard = open_shard(m, code_size, structure)
-            self._keep.append(shard)
-            segments.append(faiss.SliceInvertedLists(shard.invlists, m.l0, m.l1))
-            pos = m.l1
-        if pos < self.nlist:
-            segments.append(faiss.ArrayInvertedLists(self.nlist - pos, code_size))
-        self._keep += segments
-        vec = faiss.InvertedListsPtrVector()
-        for s in segments:
-            vec.push_back(s)
-        stack = faiss.VStackInvertedLists(vec.size(), vec.data())
-        self._keep.append(stack)
-        return stack
 
     def ranges_text(self) -> str:
         return ", ".join(f"[{m.l0}, {m.l1})" for m in self.shards)

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -34,7 +33,8 @@ import numpy as np
 from distributed_ondisk.errors import IndexFileError, InputError, OutputError
 from distributed_ondisk.ondisk import manifest as mf
 from distributed_ondisk.ondisk.indexfile import IDX_BYTES, ivf_of, read_index, structure_digest
-from distributed_ondisk.ondisk.vslice import KIND, SliceLayout, read_layout, region_checksums
+from distributed_ondisk.ondisk.schema import Counts, VsliceManifest
+from distributed_ondisk.ondisk.vslice import SliceLayout, read_layout, region_checksums
 from distributed_ondisk.ranges import find_overlaps
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class Found:
     id_range: tuple[int, int]
     centroids: np.ndarray | None  # its coarse quantizer's content, if it kept it
     d: int
-    doc: dict[str, Any] | None  # its manifest, when it already has one
+    manifest: VsliceManifest | None  # when it already has one
 
 
 def _id_range(layout: SliceLayout) -> tuple[int, int]:
@@ -109,8 +109,8 @@ def inspect(path: Path) -> Found:
         raise IndexFileError(f"{path}: coarse quantizer cannot return its centroids") from e
     d = int(index.d)
     del index, ivf, q
-    doc = mf.load_manifest(path, KIND) if mf.manifest_path(path).exists() else None
-    return Found(path, layout, _id_range(layout), centroids, d, doc)
+    m = mf.load_manifest(path, VsliceManifest) if mf.manifest_path(path).exists() else None
+    return Found(path, layout, _id_range(layout), centroids, d, m)
 
 
 def _describe(f: Found) -> str:
@@ -170,28 +170,27 @@ def _fingerprint(
     """
     from distributed_ondisk.ondisk.trained import content_fingerprint_of, fingerprint_matches
 
-    done = [f for f in found if f.doc is not None]
+    done = [(f, f.manifest) for f in found if f.manifest is not None]
     if trained is not None:
-        for f in done:
-            theirs = f.doc.get("trained_fingerprint")
-            if not fingerprint_matches(trained[0], trained[1], theirs):
+        for f, m in done:
+            if not fingerprint_matches(trained[0], trained[1], m.trained_fingerprint):
                 raise IndexFileError(
                     f"{f.path}: its manifest names another trained index "
-                    f"(fingerprint {str(theirs)[:12]}) than the given one "
+                    f"(fingerprint {m.trained_fingerprint[:12]}) than the given one "
                     f"({trained[1][:12]})"
                 )
         return trained[1]
-    fps = sorted({str(f.doc.get("trained_fingerprint")) for f in done})
+    fps = sorted({m.trained_fingerprint for _, m in done})
     if len(fps) > 1:
         raise IndexFileError(
-            f"slices {done[0].path} and {done[-1].path} have manifests "
+            f"slices {done[0][0].path} and {done[-1][0].path} have manifests "
             "naming different trained indexes"
         )
-    todo = [f for f in found if f.doc is None]
+    todo = [f for f in found if f.manifest is None]
     if not todo:
         return fps[0]
     blind = [f for f in todo if f.centroids is None]
-    if blind or centroids is None or (done and all(f.centroids is None for f in done)):
+    if blind or centroids is None or (done and all(f.centroids is None for f, _ in done)):
         what = blind[0].path if blind else todo[0].path
         raise InputError(
             f"cannot tell which trained index {what} comes from: it (or the "
@@ -221,27 +220,24 @@ def _check_writable(todo: Sequence[Path]) -> None:
             ) from e
 
 
-def write_adopted_manifest(f: Found, fingerprint: str, trained_path: Path | None) -> dict[str, Any]:
+def write_adopted_manifest(f: Found, fingerprint: str, trained_path: Path | None) -> VsliceManifest:
     i0, i1 = f.id_range
-    extra: dict[str, Any] = {}
-    if trained_path is not None:
-        extra["trained_index"] = mf.trained_link(trained_path, fingerprint, f.path)
-    return mf.write_manifest(
-        f.path,
-        KIND,
-        {"index": f.path},
+    m = VsliceManifest(
         params={"adopted": True, "trained_fingerprint": fingerprint, "rows": [i0, i1]},
         regions=region_checksums(f.layout),
         trained_fingerprint=fingerprint,
         structure=f.layout.structure,
         rows=f.layout.ntotal,
-        id_range=[i0, i1],
-        list_sizes=mf.encode_counts(f.layout.sizes),
+        id_range=(i0, i1),
+        list_sizes=Counts.of(f.layout.sizes),
         quantizer="kept" if f.centroids is not None else "placeholder",
         data=None,
         adopted=True,
-        **extra,
+        trained_index=(
+            mf.trained_link(trained_path, fingerprint, f.path) if trained_path is not None else None
+        ),
     )
+    return mf.write_manifest(f.path, m, {"index": f.path})
 
 
 def adopt_vslices(
@@ -264,7 +260,7 @@ def adopt_vslices(
     with ThreadPoolExecutor(max(1, threads)) as ex:
         found = list(ex.map(inspect, map(Path, paths)))
     for f in found:
-        if f.doc is not None:
+        if f.manifest is not None:
             try:
                 open_vslice(f.path)
             except IndexFileError as e:
@@ -281,7 +277,7 @@ def adopt_vslices(
             f"{list(found[a].id_range)}, {found[b].path} holds "
             f"{list(found[b].id_range)}"
         )
-    todo = [f for f in found if f.doc is None]
+    todo = [f for f in found if f.manifest is None]
     for f in todo:
         write_adopted_manifest(f, fp, trained)
         open_vslice(f.path)  # reads back as the merge will check it

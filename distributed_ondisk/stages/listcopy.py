@@ -85,7 +85,7 @@ class _SliceReader:
         self.path = s.path
         self.sizes = s.layout.sizes
         self.offsets = s.layout.offsets
-        self.verifier = BlockVerifier(s.layout, s.doc["regions"])
+        self.verifier = BlockVerifier(s.layout, s.manifest.regions)
         self.pos = self.verifier.start_of_block(int(self.offsets[l0]))
         self.tail_end = self.verifier.end_of_block(int(self.offsets[l1]))
         self.fd = os.open(s.path, os.O_RDONLY)
@@ -178,9 +178,8 @@ def _gather(
             continue
         data = pc.take(parts, pa.array(order[first:end])).buffers()[2]
         if data is None or data.size < nbytes:
-            raise IndexFileError(
-                f"internal: gathered {0 if data is None else data.size} "
-                f"bytes, expected {nbytes}"
+            raise RuntimeError(  # the gather plan and its buffer disagree: a bug
+                f"gathered {0 if data is None else data.size} bytes, expected {nbytes}"
             )
         yield data.slice(0, nbytes)
 
@@ -275,7 +274,7 @@ def _copy(
             for r in gatherer.readers:
                 r.finish()
         if pos != total:
-            raise IndexFileError(f"internal: wrote {pos} bytes of lists, expected {total}")
+            raise RuntimeError(f"wrote {pos} bytes of lists, expected {total}")  # a bug
         os.fsync(fd)
         return h.hexdigest()
     finally:

@@ -15,31 +15,27 @@ structure, manifest agrees with the file, disjoint id ranges.
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import faiss
 import numpy as np
 
 from distributed_ondisk.errors import IndexFileError, InputError
 from distributed_ondisk.ondisk import manifest as mf
-from distributed_ondisk.ondisk.hslice import KIND, write_hslice_index
-from distributed_ondisk.ondisk.vslice import KIND as VSLICE_KIND
-from distributed_ondisk.ondisk.vslice import (
-    BlockVerifier,
-    SliceLayout,
-    check_header_trailer,
-    read_layout,
-)
+from distributed_ondisk.ondisk import vslice as vs
+from distributed_ondisk.ondisk.hslice import write_hslice_index
+from distributed_ondisk.ondisk.paths import expand_inputs
+from distributed_ondisk.ondisk.schema import Counts, HsliceManifest, Part, VsliceManifest
+from distributed_ondisk.ondisk.vslice import SliceLayout, check_header_trailer, read_layout
 from distributed_ondisk.ranges import find_overlaps, resolve_range
 from distributed_ondisk.stages.listcopy import write_lists
-from distributed_ondisk.workdir import default_invlists_for
+from distributed_ondisk.workdir import Workdir, default_invlists_for
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, "os.PathLike[str]"]
@@ -68,45 +64,15 @@ class MergeJob:
 @dataclass
 class Vslice:
     path: Path
-    doc: dict[str, Any]
+    manifest: VsliceManifest
     layout: SliceLayout
     id_range: tuple[int, int]
-    verifier: BlockVerifier | None = field(default=None, repr=False)
 
 
 def resolve_inputs(specs: Sequence[str]) -> list[Path]:
-    """Files, directories (their ``*.index``) or glob patterns -> sorted distinct paths.
-
-    A name that matches nothing is an error, never skipped.
-    """
-    out: list[Path] = []
-    for spec in specs:
-        p = Path(spec)
-        if p.is_dir():
-            found = sorted(q for q in p.glob("*.index") if not q.name.startswith("."))
-            if not found:
-                raise IndexFileError(
-                    f"{spec}: directory holds no *.index slice (name the "
-                    "files, or a glob pattern, for other names)"
-                )
-        elif glob.has_magic(spec):
-            found = sorted(Path(q) for q in glob.glob(spec) if not Path(q).name.startswith("."))
-            if not found:
-                raise IndexFileError(f"{spec}: pattern matches no file")
-        elif p.exists():
-            found = [p]
-        else:
-            raise IndexFileError(f"{spec}: no such vslice file")
-        out.extend(found)
-    seen: dict[Path, str] = {}
-    for p in out:
-        key = p.resolve()
-        if key in seen:
-            raise InputError(f"vslice {p} is given twice (also as {seen[key]})")
-        seen[key] = str(p)
-    if not out:
-        raise InputError("no input vslices given")
-    return out
+    """Files, directories (their ``*.index``) or glob patterns -> sorted distinct vslice
+    paths; a name that matches nothing is an error, never skipped."""
+    return expand_inputs(specs, vs.INPUTS)
 
 
 def open_vslice(path: Path) -> Vslice:
@@ -118,28 +84,27 @@ def open_vslice(path: Path) -> Vslice:
             "alone can be checked and adopted with merge_to_ondisk.py "
             "--adopt)"
         )
-    doc = mf.load_manifest(path, VSLICE_KIND)
+    m = mf.load_manifest(path, VsliceManifest)
     try:
         size = path.stat().st_size
     except OSError as e:
         raise IndexFileError(f"{path}: unreadable: {e.strerror}") from e
-    if size != doc["files"]["index"]["size"]:
+    if size != m.files["index"].size:
         raise IndexFileError(
             f"{path}: {size} bytes, its manifest says "
-            f"{doc['files']['index']['size']} (truncated or rewritten?)"
+            f"{m.files['index'].size} (truncated or rewritten?)"
         )
     layout = read_layout(path)
     if not layout.is_trained:
         raise IndexFileError(f"{path}: index is not trained")
-    if layout.structure != doc.get("structure"):
+    if layout.structure != m.structure:
         raise IndexFileError(f"{path}: index structure differs from its manifest")
-    if layout.ntotal != doc["rows"] or not np.array_equal(
-        layout.sizes, mf.decode_counts(doc["list_sizes"])
+    if layout.ntotal != m.rows or not np.array_equal(
+        layout.sizes, m.list_sizes.array(str(mf.manifest_path(path)))
     ):
         raise IndexFileError(f"{path}: list sizes differ from its manifest")
-    check_header_trailer(layout, doc["regions"])
-    i0, i1 = doc["id_range"]
-    return Vslice(path, doc, layout, (int(i0), int(i1)))
+    check_header_trailer(layout, m.regions)
+    return Vslice(path, m, layout, m.id_range)
 
 
 def check_vslices(
@@ -152,17 +117,17 @@ def check_vslices(
     with ThreadPoolExecutor(max(1, threads)) as ex:
         slices = list(ex.map(open_vslice, paths))
     ref = slices[0]
-    ref_fp = ref.doc["trained_fingerprint"]
+    ref_fp = ref.manifest.trained_fingerprint
     if trained is not None and not fingerprint_matches(trained[0], trained[1], ref_fp):
         raise IndexFileError(
             f"{ref.path} was built from a different trained index than "
             f"the given one (fingerprints {ref_fp[:12]} vs {trained[1][:12]})"
         )
     for s in slices:
-        if s.doc["trained_fingerprint"] != ref_fp:
+        if s.manifest.trained_fingerprint != ref_fp:
             raise IndexFileError(
                 f"{s.path} was built from a different trained index than "
-                f"{ref.path} (fingerprints {s.doc['trained_fingerprint'][:12]} "
+                f"{ref.path} (fingerprints {s.manifest.trained_fingerprint[:12]} "
                 f"vs {ref_fp[:12]})"
             )
         if (s.layout.structure, s.layout.nlist, s.layout.code_size) != (
@@ -182,15 +147,12 @@ def check_vslices(
 def locate_trained(given: Path | None, slices: Sequence[Vslice], fingerprint: str) -> Path | None:
     """The trained index file of the slices, to record in the shard's manifest: the given
     one, else where the slices' manifests say, else next to the slices' folder."""
-    from distributed_ondisk.ondisk.trained import find_trained
+    from distributed_ondisk.ondisk.trained import find_trained, trained_candidates
 
     if given is not None:
         return given
-    cands: list[Path] = []
-    for s in slices:
-        cands += mf.linked_trained_paths(s.doc, s.path)
-    for d in dict.fromkeys(s.path.parent for s in slices):
-        cands += [d / "trained.index", d.parent / "trained.index"]
+    parts = [(s.path, s.manifest.trained_index) for s in slices]
+    cands = trained_candidates(parts, lambda root: Workdir(root).trained)
     found, tried = find_trained(cands, fingerprint)
     if found is None:
         log.warning(
@@ -201,7 +163,7 @@ def locate_trained(given: Path | None, slices: Sequence[Vslice], fingerprint: st
     return found
 
 
-def merge_hslice(job: MergeJob) -> dict[str, Any]:
+def merge_hslice(job: MergeJob) -> HsliceManifest:
     """Build one horizontal shard (skipped when already complete); returns its manifest."""
     from distributed_ondisk.ondisk.trained import load_trained_index
 
@@ -219,52 +181,43 @@ def merge_hslice(job: MergeJob) -> dict[str, Any]:
     inputs = [
         {
             "name": os.path.abspath(s.path),
-            "digest": s.doc["files"]["index"][mf.DIGEST],
+            "digest": s.manifest.files["index"].digest,
             "id_range": list(s.id_range),
         }
         for s in slices
     ]
-    params = {
-        "lists": [l0, l1],
-        "inputs": inputs,
-        "trained_fingerprint": slices[0].doc["trained_fingerprint"],
-    }
-    if not job.force and mf.is_complete(out, KIND, params):
+    fp = slices[0].manifest.trained_fingerprint
+    params = {"lists": [l0, l1], "inputs": inputs, "trained_fingerprint": fp}
+    if not job.force and mf.is_complete(out, HsliceManifest, params):
         log.info("%s is complete, skipping (use --force to rebuild)", out)
-        return mf.load_manifest(out, KIND)
+        return mf.load_manifest(out, HsliceManifest)
     log.info("merging lists [%d, %d) of %d vslices into %s", l0, l1, len(slices), out)
     # data first, then the index that points at it: the index never names a missing file
     sizes, il_digest = write_lists(slices, l0, l1, il_path, job.threads, job.batch_bytes)
     write_hslice_index(slices[0].path, out, il_path, l0, sizes)
-    fp = params["trained_fingerprint"]
-    # not in params: moving the trained index must not make a complete shard "other"
-    extra: dict[str, Any] = {}
     trained_path = locate_trained(job.trained, slices, fp)
-    if trained_path is not None:
-        extra["trained_index"] = mf.trained_link(trained_path, fp, out)
-    if job.nslice is not None:
-        # which part of which split: a missing shard can then be named at search time
-        extra["hslice"] = {"no": int(job.slice_no), "of": int(job.nslice)}
-    doc = mf.write_manifest(
-        out,
-        KIND,
-        {"index": out, "invlists": il_path},
-        known_digests={"invlists": il_digest},
+    m = HsliceManifest(
         params=params,
         trained_fingerprint=fp,
         nlist=nlist,
         structure=slices[0].layout.structure,
-        list_range=[l0, l1],
-        list_sizes=mf.encode_counts(sizes),
+        list_range=(l0, l1),
+        list_sizes=Counts.of(sizes),
         rows=int(sizes.sum()),
         quantizer="placeholder",
-        **extra,
+        # not in params: moving the trained index must not make a complete shard "other"
+        trained_index=mf.trained_link(trained_path, fp, out) if trained_path else None,
+        # which part of which split: a missing shard can then be named at search time
+        hslice=Part(no=int(job.slice_no), of=int(job.nslice)) if job.nslice is not None else None,
+    )
+    m = mf.write_manifest(
+        out, m, {"index": out, "invlists": il_path}, known_digests={"invlists": il_digest}
     )
     log.info(
         "wrote %s + %s (%d vectors, %d bytes of lists)",
         out,
         il_path,
-        doc["rows"],
-        doc["files"]["invlists"]["size"],
+        m.rows,
+        m.files["invlists"].size,
     )
-    return doc
+    return m

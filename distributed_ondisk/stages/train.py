@@ -20,10 +20,11 @@ import faiss
 import numpy as np
 
 from distributed_ondisk.atomic import atomic_path
-from distributed_ondisk.errors import IndexFileError, InputError
+from distributed_ondisk.errors import InputError
 from distributed_ondisk.ondisk import manifest as mf
 from distributed_ondisk.ondisk.indexfile import structure_digest
-from distributed_ondisk.ondisk.trained import KIND, fingerprint_bytes, load_centroids
+from distributed_ondisk.ondisk.schema import TrainedManifest
+from distributed_ondisk.ondisk.trained import fingerprint_bytes, load_centroids
 from distributed_ondisk.ranges import resolve_range
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,7 @@ def build_trained_index(
         vt.this.disown()
         ivf.this.disown()
     if not index.is_trained or index.ntotal != 0 or ivf.quantizer.ntotal != k:
-        raise IndexFileError("internal: built index is not trained and empty")
+        raise RuntimeError("built index is not trained and empty")  # a faiss or a build bug
     return index
 
 
@@ -139,8 +140,8 @@ def make_trained_index(
     i0: int | None = None,
     i1: int | None = None,
     force: bool = False,
-) -> dict[str, Any]:
-    """Build, check and atomically write the trained index with its manifest."""
+) -> TrainedManifest:
+    """Build, check and atomically write the trained index with its manifest; returns it."""
     from distributed_ondisk.vectors import open_vectors
 
     parse_encoder(cfg.encoder)
@@ -157,19 +158,16 @@ def make_trained_index(
     params = {"centroids_digest": mf.file_digest(centroids_path), "sample": [s0, s1], **asdict(cfg)}
     out = Path(out)
     mf.remove_stale_for(out)
-    if not force and mf.is_complete(out, KIND, params):
+    if not force and mf.is_complete(out, TrainedManifest, params):
         log.info("%s is complete, skipping (use --force to rebuild)", out)
-        return mf.load_manifest(out, KIND)
+        return mf.load_manifest(out, TrainedManifest)
     log.info("training %s on sample rows [%d, %d) of %s", describe(cfg, k, d), s0, s1, data_path)
     index = build_trained_index(centroids, vf.read(s0, s1), cfg)
     data = faiss.serialize_index(index)
     with atomic_path(out) as tmp:
         tmp.write_bytes(data.tobytes())
     ivf = faiss.extract_index_ivf(index)
-    doc = mf.write_manifest(
-        out,
-        KIND,
-        {"index": out},
+    m = TrainedManifest(
         params=params,
         fingerprint=fingerprint_bytes(data),
         structure=structure_digest(index),
@@ -180,5 +178,6 @@ def make_trained_index(
         data_rows=vf.n,
         code_size=int(ivf.code_size),
     )
-    log.info("wrote %s (%s, %d bytes)", out, doc["description"], len(data))
-    return doc
+    m = mf.write_manifest(out, m, {"index": out})
+    log.info("wrote %s (%s, %d bytes)", out, m.description, len(data))
+    return m

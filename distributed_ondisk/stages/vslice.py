@@ -33,9 +33,10 @@ from distributed_ondisk.errors import InputError
 from distributed_ondisk.log import Progress
 from distributed_ondisk.ondisk import manifest as mf
 from distributed_ondisk.ondisk.indexfile import placeholder_quantizer, structure_digest, write_index
+from distributed_ondisk.ondisk.schema import Counts, VsliceManifest
 from distributed_ondisk.ondisk.trained import load_trained_index
 from distributed_ondisk.ondisk.transform import transform_rows
-from distributed_ondisk.ondisk.vslice import KIND, read_layout, region_checksums
+from distributed_ondisk.ondisk.vslice import read_layout, region_checksums
 from distributed_ondisk.ranges import resolve_range
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ def write_vslice(
     data: str,
     keep_quantizer: bool = False,
     trained: PathLike | None = None,
-) -> dict[str, Any]:
+) -> VsliceManifest:
     """Write a filled vslice atomically (quantizer replaced by a placeholder unless
     kept), check it reads back with the same structure and list sizes, then write its
     manifest (what the merge verifies); returns the manifest.  Shared by the
@@ -122,28 +123,24 @@ def write_vslice(
                 write_index(index, tmp)
     layout = read_layout(out)
     if layout.structure != structure or not np.array_equal(layout.sizes, sizes):
-        raise InputError(f"internal: {out} does not read back as written")
-    return mf.write_manifest(
-        out,
-        KIND,
-        {"index": out},
+        raise RuntimeError(f"{out} does not read back as written")  # faiss or disk broken
+    m = VsliceManifest(
         params=params,
         regions=region_checksums(layout),
         trained_fingerprint=trained_fingerprint,
         structure=structure,
         rows=i1 - i0,
-        id_range=[i0, i1],
-        list_sizes=mf.encode_counts(sizes),
+        id_range=(i0, i1),
+        list_sizes=Counts.of(sizes),
         quantizer="kept" if keep_quantizer else "placeholder",
         data=data,
         # where the merge finds the trained index to link shards to
-        **(
-            {"trained_index": mf.trained_link(trained, trained_fingerprint, out)} if trained else {}
-        ),
+        trained_index=mf.trained_link(trained, trained_fingerprint, out) if trained else None,
     )
+    return mf.write_manifest(out, m, {"index": out})
 
 
-def make_vslice(job: VsliceJob) -> dict[str, Any]:
+def make_vslice(job: VsliceJob) -> VsliceManifest:
     """Build one vertical slice (skipped when already complete); returns its manifest."""
     from distributed_ondisk.vectors import open_vectors
 
@@ -165,14 +162,14 @@ def make_vslice(job: VsliceJob) -> dict[str, Any]:
         "data_rows": vf.n,
         "keep_quantizer": job.keep_quantizer,
     }
-    if not job.force and mf.is_complete(out, KIND, params):
+    if not job.force and mf.is_complete(out, VsliceManifest, params):
         log.info("%s is complete, skipping (use --force to rebuild)", out)
-        return mf.load_manifest(out, KIND)
+        return mf.load_manifest(out, VsliceManifest)
     log.info("vslice %s: rows [%d, %d) of %s", out, i0, i1, job.data)
     with omp_threads(job.threads):
         fill(index, vf, i0, i1, job.block_rows)
     if index.ntotal != i1 - i0:
-        raise InputError(f"added {index.ntotal} vectors, expected {i1 - i0}")
+        raise RuntimeError(f"added {index.ntotal} vectors, expected {i1 - i0}")  # a bug
     doc = write_vslice(
         index,
         out,
