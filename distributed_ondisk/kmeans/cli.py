@@ -19,6 +19,7 @@ from distributed_ondisk.kmeans.base import block_rows_for
 from distributed_ondisk.kmeans.loop import KMeansConfig, KMeansResult, train_kmeans
 from distributed_ondisk.kmeans.source import RowSource, resident_budget_bytes
 from distributed_ondisk.ondisk.manifest import remove_stale_for, write_manifest
+from distributed_ondisk.ondisk.schema import CentroidsManifest
 from distributed_ondisk.rpc import add_secret_args, secret_from_args
 
 log = logging.getLogger("distributed_kmeans")
@@ -177,10 +178,7 @@ def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
         write_centroids(args.out, res.centroids)
         # Written last: its presence says the run finished (the pipeline skips on it),
         # and it carries the objective into the pipeline's report.
-        write_manifest(
-            args.out,
-            "centroids",
-            {"centroids": args.out},
+        m = CentroidsManifest(
             k=cfg.k,
             d=int(res.centroids.shape[1]),
             niter=cfg.niter,
@@ -188,6 +186,7 @@ def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
             max_points_per_centroid=cfg.max_points_per_centroid,
             objective=float(res.objective),
         )
+        write_manifest(args.out, m, {"centroids": args.out})
         log.info(
             "wrote %d centroids to %s (objective %.6g)", len(res.centroids), args.out, res.objective
         )
