@@ -94,6 +94,14 @@ def build_parser(prog: str | None = "distributed_kmeans.py") -> argparse.Argumen
     g.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds a server may take to answer one call"
     )
+    g.add_argument(
+        "--reduce",
+        choices=("auto", "plain", "tree"),
+        default="auto",
+        help="plain: the client adds every server's reply; tree: the servers add their "
+        "sums among themselves and the client sends and receives one k x d message "
+        "per iteration; auto: the tree from 8 servers on",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--out", help="centroids file (.npy, .fvecs, ...), written atomically")
     g.add_argument("--checkpoint", help="checkpoint file (.npz) written after every iteration")
@@ -228,6 +236,7 @@ def main_client(args: argparse.Namespace) -> int:
         secret=secret_from_args(args),
         wait_s=args.wait_servers,
         timeout=args.timeout,
+        reduce=args.reduce,
     )
     try:
         run_loop(args, data)

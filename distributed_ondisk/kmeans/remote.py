@@ -55,6 +55,7 @@ class RemoteAssign:
         self._dim: int | None = None
         self._count: int | None = None
         self._accelerated: bool | None = None
+        self.tree = False  # serves tree_assign (set by describe())
 
     @property
     def accelerated(self) -> bool:
@@ -88,6 +89,7 @@ class RemoteAssign:
         # calls a server sees (the crash tests count them)
         if isinstance(info, dict):
             self._accelerated = bool(info.get("accelerated", False))
+            self.tree = bool(info.get("tree", False))
         return info
 
     def get_subset(self, indices: np.ndarray) -> np.ndarray:
@@ -133,12 +135,17 @@ def connect_servers(
     secret: bytes | None,
     wait_s: float = 300.0,
     timeout: float | None = DEFAULT_CALL_TIMEOUT,
+    reduce: str = "auto",
 ) -> ShardedAssign:
     """Wait (at most ``wait_s`` in all) until every server answers, then stack them in order.
 
     An unreachable server is named in the RPCTimeout; servers whose dimensions
-    differ are refused before any work.
+    differ are refused before any work.  ``reduce``: "plain" (the client adds every
+    server's reply), "tree" (the servers reduce among themselves, :mod:`.tree`) or
+    "auto" (the tree from ``tree.TREE_MIN_SERVERS`` servers on).
     """
+    from distributed_ondisk.kmeans.tree import TreeAssign, choose_reduce
+
     deadline = time.monotonic() + wait_s
     shards = []
     try:
@@ -147,6 +154,8 @@ def connect_servers(
             shards.append(RemoteAssign(address, secret=secret, timeout=timeout))
         for s in shards:
             log.info("server %s: %s", s.name, s.describe())
+        if choose_reduce(reduce, shards) == "tree":
+            return TreeAssign(shards)
         return ShardedAssign(shards, parallel=True)
     except BaseException:
         for s in shards:
@@ -165,9 +174,18 @@ def serve_dataset(
     name: str = "kmeans",
 ) -> None:
     """Serve ``ds`` until SIGTERM/SIGINT; once listening, write "host:port" to
-    ``when_ready`` (atomically: a launcher that sees the file can use it)."""
+    ``when_ready`` (atomically: a launcher that sees the file can use it).  The
+    server also answers ``tree_assign`` (:mod:`.tree`), calling the other servers
+    with the same ``secret``."""
+    from distributed_ondisk.kmeans.tree import TreeNode
+
     server = Server(
-        ds, host=host, port=port, secret=secret, allow_insecure_loopback=insecure, name=name
+        TreeNode(ds, secret),
+        host=host,
+        port=port,
+        secret=secret,
+        allow_insecure_loopback=insecure,
+        name=name,
     ).start()
     address = server.address
     if host in ("", "0.0.0.0", "::"):
