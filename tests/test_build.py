@@ -71,7 +71,7 @@ def test_hslices_cover_all_lists_with_ids_in_order(built):
                 ids = faiss.rev_swig_ptr(hs.invlists.get_ids(lno), n)
                 assert (np.diff(ids) > 0).all()  # slices in id order, ids ascending
         total += hs.index.ntotal
-        stored = open(wd.hslice_invlists(j, 2), "rb").read()
+        stored = wd.hslice_invlists(j, 2).read_bytes()
         assert hs.invlists.filename.endswith(wd.hslice_invlists(j, 2).name)
         assert len(stored) == hs.invlists.totsize
     assert total == len(x)

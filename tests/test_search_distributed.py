@@ -104,7 +104,7 @@ def test_concurrent_clients_get_their_own_nprobe(built, servers, combined):
                     D, I = client.search(q, 10, nprobe=nprobe)
                     np.testing.assert_array_equal(I, expected[nprobe][1])
                     np.testing.assert_array_equal(D, expected[nprobe][0])
-        except BaseException as e:  # reported in the main thread
+        except BaseException as e:  # noqa: BLE001 - any failure, reported in the main thread
             errors.append(e)
 
     threads = [threading.Thread(target=run, args=(p,)) for p in (1, 32, 1, 32)]
@@ -144,7 +144,7 @@ def test_server_killed_mid_query_is_named_or_flagged_partial(built, combined):
                 while True:
                     client.search(np.tile(q, (4, 1)), 10, nprobe=64)
                     first_done.set()
-            except BaseException as e:
+            except BaseException as e:  # noqa: BLE001 - what ended the loop, checked below
                 outcome.append(e)
                 first_done.set()
 
