@@ -53,6 +53,8 @@ MAX_GROUPS = 256
 #: Bytes of one (rows x k) distance block: small enough to stay in cache between
 #: the product and the min/argmin passes over it.
 DIST_BLOCK_BYTES = 4 << 20
+#: Rows tested at once: their bounds (TEST_ROWS x groups float32) stay in cache.
+TEST_ROWS = 2048
 #: 1/this of the centroids, those that moved most, are checked against every row.
 FAR_FRACTION = 64
 #: Lloyd steps that group the centroids (any grouping is exact; compact ones prune more).
@@ -234,26 +236,14 @@ class BoundedAssigner:
             xn = np.einsum("ij,ij->i", xb, xb)
             err = slack * (xn + cmax2)
             if use_bounds:
-                lb -= gdrift
-                diff = xb - c[ids]
-                dist = np.einsum("ij,ij->i", diff, diff)
-                # Lower bounds on the exact distances to the far-moved centroids (the
-                # computed ones minus their float error), folded into their groups'.
-                dfar = xb @ far_t
-                dfar += far_cn
-                dfar += xn[:, None]
-                dfar -= err[:, None]
-                np.maximum(dfar, 0, out=dfar)
-                np.sqrt(dfar, out=dfar)
-                dfar[far[None, :] == ids[:, None]] = np.inf  # a row's own centroid
-                for j in range(len(far)):  # a loop over a few centroids, not rows
-                    col = lb[:, far_group[j]]
-                    np.minimum(col, dfar[:, j], out=col)
-                    lb[:, far_group[j]] = col
-                # keep the row if even the float error of Lloyd's search cannot make
-                # another centroid nearer (dist is within d ulps: 4 d u relative)
-                thr = np.sqrt(dist * (1 + 4 * self.d * U32) + 2 * err)
-                redo = np.flatnonzero(thr >= lb.min(1))
+                dist = np.empty(b, np.float32)
+                redo_parts = []
+                # in sub-blocks whose bounds stay in cache across the passes over them
+                for r in range(0, b, TEST_ROWS):
+                    sl = slice(r, min(b, r + TEST_ROWS))
+                    args = (xb[sl], xn[sl], err[sl], ids[sl], lb[sl], dist[sl], c, gdrift)
+                    redo_parts.append(r + self._test(*args, far, far_t, far_cn, far_group))
+                redo = np.concatenate(redo_parts) if redo_parts else np.arange(0)
             else:
                 dist = np.empty(b, np.float32)
                 redo = np.arange(b)
@@ -277,6 +267,43 @@ class BoundedAssigner:
             "bounds" if use_bounds else "full pass",
         )
         return res
+
+    def _test(
+        self,
+        xb: np.ndarray,
+        xn: np.ndarray,
+        err: np.ndarray,
+        ids: np.ndarray,
+        lb: np.ndarray,
+        dist: np.ndarray,
+        c: np.ndarray,
+        gdrift: np.ndarray,
+        far: np.ndarray,
+        far_t: np.ndarray,
+        far_cn: np.ndarray,
+        far_group: np.ndarray,
+    ) -> np.ndarray:
+        """Update the bounds of these rows for the drift, fill ``dist`` (to their own
+        centroid); the rows whose bounds cannot keep their centroid."""
+        lb -= gdrift
+        diff = xb - c[ids]
+        dist[:] = np.einsum("ij,ij->i", diff, diff)
+        # Lower bounds on the exact distances to the far-moved centroids (the
+        # computed ones minus their float error), folded into their groups'.
+        dfar = xb @ far_t
+        dfar += far_cn
+        dfar += xn[:, None]
+        dfar -= err[:, None]
+        np.maximum(dfar, 0, out=dfar)
+        np.sqrt(dfar, out=dfar)
+        dfar[far[None, :] == ids[:, None]] = np.inf  # a row's own centroid
+        for j in range(len(far)):  # a loop over a few centroids, not rows
+            col = lb[:, far_group[j]]  # a view: updated in place
+            np.minimum(col, dfar[:, j], out=col)
+        # keep the row if even the float error of Lloyd's search cannot make
+        # another centroid nearer (dist is within d ulps: 4 d u relative)
+        thr = np.sqrt(dist * (1 + 4 * self.d * U32) + 2 * err)
+        return np.flatnonzero(thr >= lb.min(1))
 
     def _recompute(
         self,
