@@ -4,7 +4,12 @@
 CPU (default: 1M x 96 clustered, k=4096, 4 iterations, 2 servers x 1 thread), the
 contenders interleaved over ``--rounds`` rounds (order rotating), medians and spread:
 
-* ours: distributed_kmeans servers over our RPC (reduced assign_to), 1 thread each;
+* ours: distributed_kmeans servers over our RPC (reduced, exact accelerated assignment:
+  bounds kept on the servers skip the distances that cannot change an assignment),
+  1 thread each;
+* ours (Lloyd): the same servers driven with plain Lloyd assignment (``--lloyd``);
+  the accelerated run's objective is compared with it at every iteration, and the
+  final assignments of the rows under both runs' centroids;
 * faiss.Kmeans in this process with as many threads as there are servers;
 * the reference: faiss.contrib.clustering.kmeans driving faiss.contrib.rpc servers.
   faiss.contrib.rpc serves each connection in a new thread, where OpenMP's thread
@@ -234,15 +239,40 @@ def run_bounds(path: str, bounds, centroids: np.ndarray, niter: int, tmp: Path) 
     }
 
 
+def load_data(args) -> np.ndarray:
+    """The clustered synthetic mixture, or the bundled GloVe vectors (shuffled: they are
+    sorted by word frequency, and each server must see alike rows)."""
+    if args.data == "glove":
+        from distributed_ondisk.launch.prepare import bundled_glove_path
+
+        x = np.load(bundled_glove_path()).astype(np.float32)
+        x = np.ascontiguousarray(x[np.random.default_rng(0).permutation(len(x))])
+        x = x[: args.n] if args.n < len(x) else x
+        args.n, args.d = x.shape
+        return x
+    return make_clustered(args.n, args.d, n_clusters=args.n_clusters, seed=args.seed)
+
+
+def agreement(x: np.ndarray, a: np.ndarray, b: np.ndarray, threads: int) -> float:
+    """Fraction of rows whose nearest centroid has the same id under ``a`` and ``b``."""
+    import faiss
+
+    faiss.omp_set_num_threads(threads)
+    _, ia = faiss.knn(x, a, 1)
+    _, ib = faiss.knn(x, b, 1)
+    return float((ia == ib).mean())
+
+
 def bench_cpu(args, res: dict) -> None:
     import faiss
 
     from distributed_ondisk.kmeans.local import LocalServers
     from distributed_ondisk.kmeans.remote import connect_servers
 
+    x = load_data(args)
     n, d, k, ns = args.n, args.d, args.k, args.nservers
     cfg = KMeansConfig(k, args.niter, args.seed, args.max_points_per_centroid)
-    x = make_clustered(n, d, n_clusters=args.n_clusters, seed=args.seed)
+    lloyd_cfg = KMeansConfig(k, args.niter, args.seed, args.max_points_per_centroid, lloyd=True)
     bounds = [split_range(n, ns, j) for j in range(ns)]
     samples: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-kmeans-") as tmpname:
@@ -255,16 +285,26 @@ def bench_cpu(args, res: dict) -> None:
                 data = connect_servers(servers.addresses, secret=servers.secret)
                 ours_pids = [p.pid for p in servers.procs]
                 last_centroids: list[np.ndarray] = []
+                final: dict[str, np.ndarray] = {}
 
-                def ours() -> dict:
-                    r = train_kmeans(data, cfg)
+                def ours_with(c: KMeansConfig, name: str) -> dict:
+                    r = train_kmeans(data, c)
+                    final[name] = r.centroids
                     last_centroids[:] = [r.centroids]
                     sent, received = zip(*(s.last_call_bytes for s in data.shards))
                     return {
                         "objective": float(r.objective),
+                        "objectives": [float(s["obj"]) for s in r.stats],
+                        "recomputed": [float(s["recomputed"]) for s in r.stats],
                         "bytes_to_server": max(sent),
                         "bytes_from_server": max(received),
                     }
+
+                def ours() -> dict:
+                    return ours_with(cfg, "ours")
+
+                def ours_lloyd() -> dict:
+                    return ours_with(lloyd_cfg, "ours (Lloyd)")
 
                 def fkmeans() -> dict:
                     faiss.omp_set_num_threads(ns)
@@ -283,14 +323,18 @@ def bench_cpu(args, res: dict) -> None:
 
                 contenders = {
                     "ours": lambda: timed_with_cpu(ours, ours_pids),
+                    "ours (Lloyd)": lambda: timed_with_cpu(ours_lloyd, ours_pids),
                     "faiss.Kmeans": lambda: timed_with_cpu(fkmeans, []),
                     "reference": lambda: timed_with_cpu(lambda: ref.run(cfg), ref.pids()),
                     "bounds": bounds_run,
                 }
+                if args.no_others:  # the accelerated path against Lloyd and the bounds only
+                    del contenders["faiss.Kmeans"], contenders["reference"]
                 samples = bl.interleave(contenders, args.rounds)
                 data.close()
         finally:
             ref.close()
+    res["agreement"] = agreement(x, final["ours"], final["ours (Lloyd)"], ns)
     report_cpu(args, res, samples)
 
 
@@ -307,14 +351,19 @@ def report_cpu(args, res: dict, samples: dict[str, list[dict]]) -> None:
     knn = bl.summary([s["knn_s"] for s in b])
     gflops = bl.summary([s["gflops_per_thread"] for s in b])
     work = {
-        "ours": f"{ns} servers (our RPC, reduced assign_to: sums on the servers) x 1 thread",
+        "ours": (
+            f"{ns} servers (our RPC, reduced assign_accel: sums on the servers, exact "
+            "bounds skip distances) x 1 thread"
+        ),
+        "ours (Lloyd)": f"the same {ns} servers, plain Lloyd (--lloyd) x 1 thread",
         "faiss.Kmeans": f"faiss.Kmeans in process, {ns} threads",
         "reference": (
             f"faiss.contrib.clustering.kmeans + {ns} faiss.contrib.rpc servers x 1 thread "
             "(set in each call's thread)"
         ),
     }
-    ref_obj = float(np.median([s["objective"] for s in samples["faiss.Kmeans"]]))
+    ref_name = "faiss.Kmeans" if "faiss.Kmeans" in samples else "ours (Lloyd)"
+    ref_obj = float(np.median([s["objective"] for s in samples[ref_name]]))
     for name, v in samples.items():
         if name == "bounds":
             continue
@@ -353,10 +402,29 @@ def report_cpu(args, res: dict, samples: dict[str, list[dict]]) -> None:
     m = {name: w["median"] for name, w in wall.items()}
     bl.ratio(res, "ours / FLOP bound", m["ours"] / flop["median"], "time; >= 1, lower is better")
     bl.ratio(res, "ours / bare in-RAM search", m["ours"] / knn["median"], "time; lower is better")
-    bl.ratio(res, "ours / reference", m["ours"] / m["reference"], "time; < 1: ours faster")
-    bl.ratio(res, "ours / faiss.Kmeans", m["ours"] / m["faiss.Kmeans"], "time; < 1: ours faster")
-    bl.ratio(res, "reference / FLOP bound", m["reference"] / flop["median"], "time; >= 1")
-    bl.ratio(res, "faiss.Kmeans / FLOP bound", m["faiss.Kmeans"] / flop["median"], "time; >= 1")
+    bl.ratio(res, "ours / ours (Lloyd)", m["ours"] / m["ours (Lloyd)"], "time; < 1: bounds win")
+    bl.ratio(
+        res, "ours (Lloyd) / bare in-RAM search", m["ours (Lloyd)"] / knn["median"], "time; >= 1"
+    )
+    if "reference" in m:
+        bl.ratio(res, "ours / reference", m["ours"] / m["reference"], "time; < 1: ours faster")
+        bl.ratio(res, "reference / FLOP bound", m["reference"] / flop["median"], "time; >= 1")
+    if "faiss.Kmeans" in m:
+        bl.ratio(res, "ours / faiss.Kmeans", m["ours"] / m["faiss.Kmeans"], "time; < 1: faster")
+        bl.ratio(res, "faiss.Kmeans / FLOP bound", m["faiss.Kmeans"] / flop["median"], "time")
+    # the accelerated run against Lloyd's, iteration by iteration (same seed, same servers)
+    acc, lloyd = samples["ours"][-1], samples["ours (Lloyd)"][-1]
+    rel = [abs(a / b - 1) for a, b in zip(acc["objectives"], lloyd["objectives"])]
+    res["accelerated"] = {
+        "objective_max_rel_diff": max(rel) if rel else 0.0,
+        "objective_rel_diff_per_iteration": rel,
+        "recomputed_per_iteration": acc["recomputed"],
+        "recomputed_mean": float(np.mean(acc["recomputed"])) if acc["recomputed"] else 1.0,
+        "assignment_agreement": res.get("agreement"),
+    }
+    bl.ratio(res, "objective: max |ours / Lloyd - 1| over iterations", max(rel, default=0), "")
+    bl.ratio(res, "rows with the same centroid (ours vs Lloyd)", res.get("agreement", 1.0), "")
+    bl.ratio(res, "rows recomputed per iteration (mean)", res["accelerated"]["recomputed_mean"], "")
     limit = 8 * args.k * (args.d + 1) + 64 * 1024
     rows = []
     for r in res["rows"]:
@@ -370,7 +438,7 @@ def report_cpu(args, res: dict, samples: dict[str, list[dict]]) -> None:
                 bl.fmt(w["median"] / niter, 3),
                 bl.fmt(r["cpu_s"]["median"] / w["median"], 2),
                 bl.fmt(flop["median"] / w["median"], 2),
-                f"{r['objective']:.6g} ({rel:+.3f} %)",
+                f"{r['objective']:.6g} ({rel:+.4f} %)",
                 bl.fmt(r["bytes_to_server"]) if r["bytes_to_server"] is not None else "—",
                 bl.fmt(r["bytes_from_server"]) if r["bytes_from_server"] is not None else "—",
             ]
@@ -383,7 +451,7 @@ def report_cpu(args, res: dict, samples: dict[str, list[dict]]) -> None:
         )  # fmt: skip
     res["tables"].append(
         bl.table(
-            f"k-means, {args.n} x {args.d}, k = {args.k}, {niter} iterations, "
+            f"k-means, {args.data} {args.n} x {args.d}, k = {args.k}, {niter} iterations, "
             f"median (min–max) of {args.rounds} interleaved rounds",
             [
                 "contender",
@@ -392,7 +460,7 @@ def report_cpu(args, res: dict, samples: dict[str, list[dict]]) -> None:
                 "s / iteration",
                 "CPU s / wall s",
                 "fraction of FLOP bound",
-                "objective (vs faiss.Kmeans)",
+                f"objective (vs {ref_name})",
                 "bytes/iter/server to",
                 "from",
             ],
@@ -497,6 +565,17 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny sizes, seconds (tests)")
     p.add_argument("--gpu", action="store_true", help="GPU mode (torch + CUDA)")
     p.add_argument("--json", help="write the result here")
+    p.add_argument(
+        "--data",
+        choices=("synthetic", "glove"),
+        default="synthetic",
+        help="clustered synthetic rows, or the bundled GloVe vectors (400k x 50)",
+    )
+    p.add_argument(
+        "--no-others",
+        action="store_true",
+        help="ours (accelerated), ours (Lloyd) and the bounds only: no faiss.Kmeans, no reference",
+    )
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--d", type=int, default=96)
     p.add_argument("--k", type=int, default=4096)
