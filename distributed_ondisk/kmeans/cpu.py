@@ -203,8 +203,9 @@ class CPUAssign:
         bounds = self._bounds
         if bounds is None or bounds.n != self.count():
             bounds = self._bounds = BoundedAssigner(self.count(), self.dim(), self.bound_bytes)
+        search = self._searcher(c)  # Lloyd's own search settles near-ties
         with blas_threads(self.nthreads):
-            return bounds.assign(self.view.blocks(), c, w, onehot_sums)
+            return bounds.assign(self.view.blocks(), c, w, onehot_sums, search)
 
     def assign_full(
         self, centroids: np.ndarray, weights: np.ndarray | None = None
