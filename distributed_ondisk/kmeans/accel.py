@@ -29,6 +29,10 @@ The bounds are a cache: any call with any centroids is answered exactly (the
 drift is taken from the centroids of the previous call, whatever they were), a
 new view (``select``) or another ``k`` drops them, and the first call after that
 is a full assignment.  numpy/scipy only.
+
+Why one module of ~400 lines: the bounds' state, their update from the drift, the
+keep test with its float slack and the recomputation share one set of arrays whose
+invariants hold only together; split apart, each piece would have to re-prove them.
 """
 
 from __future__ import annotations
