@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from distributed_ondisk.errors import InputError
+from distributed_ondisk.kmeans.tree import TREE_MIN_SERVERS
 from distributed_ondisk.plan.model import (
     RAM_USABLE,
     Cluster,
@@ -47,8 +48,10 @@ def test_code_sizes_match_faiss():
 
 
 def test_kmeans_bytes_are_what_the_rpc_code_sends():
-    """Client inbound per iteration = servers x the AssignResult message, outbound =
-    servers x the centroids message (up to the small RPC headers)."""
+    """Below the tree's threshold: client inbound per iteration = servers x the
+    AssignResult message, outbound = servers x the centroids message (up to the small
+    RPC headers).  From there on (the servers' reduction tree): one float32 reply in
+    and the centroids once out, whatever the number of servers."""
     from distributed_ondisk.kmeans.base import AssignResult
     from distributed_ondisk.kmeans.remote import message_bytes
 
@@ -61,26 +64,31 @@ def test_kmeans_bytes_are_what_the_rpc_code_sends():
     request = message_bytes(("assign_to", (np.zeros((k, d), np.float32), None), {}))
     assert s.net_in == pytest.approx(servers * niter * reply, rel=1e-3)
     assert s.net_out == pytest.approx(servers * niter * request, rel=1e-3)
+    assert servers < TREE_MIN_SERVERS <= 2 * servers
     double = make_plan(w, Cluster(nodes=2 * servers, cores=8)).stage("k-means")
-    assert double.net_in == pytest.approx(2 * s.net_in)
+    tree_reply = message_bytes(AssignResult(np.zeros((k, d), np.float32), np.zeros(k), 0.0))
+    assert double.net_in == pytest.approx(niter * tree_reply, rel=1e-3)
+    assert double.net_in <= 1.1 * niter * reply
+    assert double.net_out == pytest.approx(niter * request, rel=1e-3)
 
 
 def test_deep1b_kmeans_is_flagged_network_bound_and_client_ram_counted():
     p = make_plan(DEEP1B, NODES20, Settings(kmeans_servers=20, nvslices=200, nhslices=50))
     km = p.stage("k-means")
     reply = 10**6 * 97 * 8
-    assert km.ram_per_proc >= 21 * reply  # 20 replies + the sum, held at once
-    assert any("network-bound" in f and "20 x" in f for f in p.flags)
+    # 20 servers reduce in a tree: the client holds one float32 reply, not 20 float64
+    assert 10**6 * 96 * 4 <= km.ram_per_proc < 21 * reply
+    assert km.net_in == pytest.approx(DEEP1B.niter * 10**6 * (96 * 4 + 8), rel=1e-3)
+    assert any("network-bound" in f and "tree of 20 servers" in f for f in p.flags)
     assert p.bottleneck.name == "k-means"
-    # the same k-means on nodes with little RAM cannot hold the replies
-    small_ram = Cluster(nodes=20, cores=40, gpus=4, ram_gb=16, disk_gb=2000)
-    small = make_plan(DEEP1B, small_ram, Settings(kmeans_servers=20))
-    assert any(f.startswith("CANNOT FIT: the k-means client") for f in small.flags)
-    # left to choose, the planner takes fewer servers: faster, and the client fits
+    # below the tree's threshold the client holds every reply: on nodes with little
+    # RAM it cannot, and the tree over more servers fits
+    small_ram = Cluster(nodes=20, cores=40, gpus=4, ram_gb=8, disk_gb=2000)
+    plain = make_plan(DEEP1B, small_ram, Settings(kmeans_servers=TREE_MIN_SERVERS - 1))
+    assert any(f.startswith("CANNOT FIT: the k-means client") for f in plain.flags)
     chosen = make_plan(DEEP1B, small_ram)
-    assert chosen.settings.kmeans_servers < 20
     assert not any("k-means client" in f for f in chosen.flags)
-    assert chosen.stage("k-means").wall_s < km.wall_s
+    assert chosen.stage("k-means").wall_s < plain.stage("k-means").wall_s
 
 
 def test_suggested_layout_fits_ram_and_disk():

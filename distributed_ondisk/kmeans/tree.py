@@ -7,8 +7,9 @@ servers, 15.5 GB into the client per iteration.  Here the servers form a tree
 sends the centroids once, to the root, with the tree; every server forwards them
 to its children over the same authenticated RPC (same secret), assigns its own
 rows, adds its children's float64 sums to its own in a fixed order, and answers
-its parent.  The root answers the client with float32 sums (float64 accumulated
-everywhere before that, a centroid is float32 anyway), so the client receives
+its parent.  Every reply carries float32 sums (each server accumulates its rows
+and its children's replies in float64; a centroid is float32 anyway, and each
+level adds one float32 rounding), so the client receives
 ``k * (4 d + 8)`` bytes per iteration whatever the number of servers: less than
 one plain reply.  The plain path stays the default below ``TREE_MIN_SERVERS``,
 where the extra hop costs more than it saves.
@@ -90,7 +91,7 @@ class TreeNode:
 
     def _call_child(self, address: str, plan: Any, c: np.ndarray, accel: bool) -> AssignResult:
         try:
-            res = self._child(address)._call("tree_assign", c, plan, accel, False)
+            res = self._child(address)._call("tree_assign", c, plan, accel, True)
         except Exception as e:  # whatever failed below, the error names that server
             with self._lock:
                 dead = self._clients.pop(address, None)
@@ -105,7 +106,7 @@ class TreeNode:
         self, centroids: np.ndarray, children: Any, accel: bool = True, wire32: bool = True
     ) -> AssignResult:
         """This server's reduced assignment plus its subtree's (children called first,
-        in parallel with our own rows); float32 sums when ``wire32`` (the root's reply)."""
+        in parallel with our own rows); float32 sums when ``wire32``."""
         c = check_centroids(centroids, self.ds.dim())
         kids = check_plan(children)
         futures = [self._pool.submit(self._call_child, a, p, c, bool(accel)) for a, p in kids]

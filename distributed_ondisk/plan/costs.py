@@ -6,11 +6,16 @@ What each stage costs is read off the code that runs it:
 
 * k-means (``kmeans/loop.py``, ``cpu.py``, ``remote.py``, ``shards.py``): at most
   ``k * max_points_per_centroid`` training rows (a sample held in RAM as float32
-  by each server), every iteration the client sends the centroids (k*d float32)
-  to every server and gets back the reduced assignment (k*d float64 sums + k
-  int64 counts) from every server, holds all replies at once and adds them.  So
-  the client's inbound bytes and RAM grow with servers * k * d.  Servers read
-  bounded 64 MiB blocks; one server per node (it uses all the node's GPUs).
+  by each server).  CPU servers assign with bounds (``accel.py``): an iteration
+  costs ``accel.work_fraction()`` of Lloyd's (measured), plus the bounds' memory;
+  GPU servers run Lloyd's.  Below ``tree.TREE_MIN_SERVERS`` servers the client
+  sends the centroids (k*d float32) to every server and gets back the reduced
+  assignment (k*d float64 sums + k int64 counts) from every server, holds all
+  replies and adds them: its inbound bytes and RAM grow with servers * k * d.
+  From there on the servers reduce in a tree (``tree.py``): the client sends the
+  centroids once and receives one float32 reply; each level of the tree moves
+  ``FANOUT`` float32 replies into a server and adds them.  Servers read bounded
+  64 MiB blocks; one server per node (it uses all the node's GPUs).
 * trained index (``stages/train.py``): one process; the sample rows, the
   HNSW32 quantizer over the k centroids (efConstruction 200).
 * vslices (``stages/vslice.py``): one job per node at a time with all its cores;
@@ -31,7 +36,11 @@ from __future__ import annotations
 
 import math
 
+from distributed_ondisk.kmeans.accel import DEFAULT_BOUND_BYTES as KMEANS_BOUND_BYTES
+from distributed_ondisk.kmeans.accel import work_fraction as kmeans_work_fraction
 from distributed_ondisk.kmeans.base import DEFAULT_BLOCK_BYTES as KMEANS_BLOCK_BYTES
+from distributed_ondisk.kmeans.tree import FANOUT as KMEANS_TREE_FANOUT
+from distributed_ondisk.kmeans.tree import TREE_MIN_SERVERS as KMEANS_TREE_MIN_SERVERS
 from distributed_ondisk.plan.rates import REF_EF_SEARCH, Rates
 from distributed_ondisk.plan.workload import (
     DISK_USABLE,
@@ -72,15 +81,30 @@ def kmeans_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
             compute += per_server * d * 4 / (r.pcie_gbs * GB)
     else:
         cores = max(1, min(c.cores, c.cores * c.nodes // servers))
-        compute = flops / (cores * r.assign_gflops_per_core * 1e9)
+        # the bounds skip most distances after the first iterations (measured)
+        compute = flops / (cores * r.assign_gflops_per_core * 1e9) * kmeans_work_fraction()
         resident = True
     reply = k * d * 8 + k * 8
-    out_iter = servers * k * d * 4 if c.remote else 0.0
-    in_iter = servers * reply if c.remote else 0.0
+    tree = c.remote and servers >= KMEANS_TREE_MIN_SERVERS
+    if tree:  # one float32 reply in, the centroids once out
+        reply_in = k * d * 4 + k * 8
+        out_iter, in_iter = float(k * d * 4), float(reply_in)
+    else:
+        reply_in = reply
+        out_iter = servers * k * d * 4 if c.remote else 0.0
+        in_iter = servers * reply if c.remote else 0.0
     comm = 0.0
-    if c.remote:  # the client's NIC carries every server's centroids and reply
+    if c.remote:  # the client's NIC carries the centroids and the replies it receives
         comm = max(out_iter, in_iter) / c.net_Bps + in_iter / (r.rpc_mbps * MB)
-    reduce = servers * reply / (r.reduce_mbps * MB) if servers > 1 else 0.0
+    if tree:
+        # every level: a server receives and adds FANOUT float32 replies (levels overlap
+        # with nothing: a parent waits for its children)
+        levels = math.ceil(math.log(servers + 1, KMEANS_TREE_FANOUT)) - 1
+        per_level = KMEANS_TREE_FANOUT * reply_in * (1 / c.net_Bps + 1 / (r.rpc_mbps * MB))
+        comm += levels * per_level
+        reduce = levels * KMEANS_TREE_FANOUT * reply_in / (r.reduce_mbps * MB)
+    else:
+        reduce = servers * reply / (r.reduce_mbps * MB) if servers > 1 else 0.0
     it = compute + comm + reduce
     slice_bytes = per_server * w.row_bytes
     # no sample: every iteration streams the server's rows from the page cache or disk
@@ -90,8 +114,15 @@ def kmeans_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
         disk_iter = slice_bytes / (r.disk_read_mbps * MB)
         it += disk_iter
     held = per_server * d * 4 if sampled else 0.0
-    server_ram = held + 2 * KMEANS_BLOCK_BYTES + k * d * (4 + 8 + 12) + 16 * k
-    client_ram = (servers + 1) * reply + 2 * k * d * 4 if c.remote else server_ram
+    # CPU servers keep bounds: float32 per row and centroid group (at most the default
+    # budget) and the row's centroid; a tree node holds its children's replies
+    bounds = 0.0 if gpus else min(KMEANS_BOUND_BYTES, per_server * 4 * k / 10) + 8 * per_server
+    server_ram = held + 2 * KMEANS_BLOCK_BYTES + k * d * (4 + 8 + 12) + 16 * k + bounds
+    if tree:
+        server_ram += KMEANS_TREE_FANOUT * reply_in
+        client_ram = reply_in + 2 * k * d * 4
+    else:
+        client_ram = (servers + 1) * reply + 2 * k * d * 4 if c.remote else server_ram
     first_read = n_train * w.row_bytes
     s = StageCost(
         "k-means",
@@ -112,15 +143,21 @@ def kmeans_cost(w: Workload, c: Cluster, r: Rates, servers: int) -> StageCost:
     s.extra.update(iter_s=it, compute_s=compute, comm_s=comm + reduce)
     if c.remote and comm + reduce > compute:
         s.flags.append(
-            f"k-means is network-bound: the client receives {servers} x "
-            f"{gib(reply)} = {gib(in_iter)} per iteration ({comm + reduce:.1f} s vs "
-            f"{compute:.1f} s of assignment); fewer servers per client, float32 sums "
-            "or a reduction tree would cut it"
+            f"k-means is network-bound: the client receives "
+            f"{gib(in_iter)} per iteration ({comm + reduce:.1f} s vs "
+            f"{compute:.1f} s of assignment"
+            + (
+                f", tree of {servers} servers)"
+                if tree
+                else f", {servers} replies of {gib(reply)}); the reduction tree "
+                f"(--reduce tree, default from {KMEANS_TREE_MIN_SERVERS} servers) cuts it"
+            )
         )
     if client_ram > RAM_USABLE * c.ram_gb * GB:
         s.flags.append(
-            f"CANNOT FIT: the k-means client holds {servers} replies of "
-            f"{gib(reply)} = {gib(client_ram)} > {RAM_USABLE:.0%} of {c.ram_gb:g} GB"
+            f"CANNOT FIT: the k-means client holds "
+            f"{1 if tree else servers} replies of {gib(reply_in)} = {gib(client_ram)} "
+            f"> {RAM_USABLE:.0%} of {c.ram_gb:g} GB"
         )
     if server_ram > RAM_USABLE * c.ram_gb * GB:
         s.flags.append(f"CANNOT FIT: a k-means server needs {gib(server_ram)} of RAM")
