@@ -95,11 +95,11 @@ def test_train_kmeans_bounded_vs_lloyd_and_sharded() -> None:
     x = make_clustered(8000, 16, n_clusters=200, seed=7)
     cfg = {"k": 50, "niter": 10, "seed": 11, "max_points_per_centroid": 100}
     lloyd = train_kmeans(CPUAssign(RowSource(x), 1), KMeansConfig(**cfg, lloyd=True))
-    acc = train_kmeans(CPUAssign(RowSource(x), 1), KMeansConfig(**cfg))
+    acc = train_kmeans(CPUAssign(RowSource(x), 1), KMeansConfig(**cfg, lloyd=False))
     shards = ShardedAssign(
         [CPUAssign(RowSource(x, a, b), 1) for a, b in ((0, 3000), (3000, 8000))], parallel=False
     )
-    sh = train_kmeans(shards, KMeansConfig(**cfg))
+    sh = train_kmeans(shards, KMeansConfig(**cfg, lloyd=False))
     for s_l, s_a, s_s in zip(lloyd.stats, acc.stats, sh.stats):
         assert abs(s_a["obj"] / s_l["obj"] - 1) < 1e-4
         assert abs(s_s["obj"] / s_l["obj"] - 1) < 1e-4
@@ -113,11 +113,11 @@ def test_resume_rebuilds_bounds(tmp_path) -> None:
     """A run stopped after 4 iterations and resumed in a fresh dataset (no bounds: one
     full pass) ends on the uninterrupted run's centroids, bit for bit."""
     x = make_clustered(5000, 12, n_clusters=100, seed=9)
-    full = train_kmeans(CPUAssign(RowSource(x), 1), KMeansConfig(40, 9, 3))
+    full = train_kmeans(CPUAssign(RowSource(x), 1), KMeansConfig(40, 9, 3, lloyd=False))
     ck = tmp_path / "ck.npz"
-    train_kmeans(CPUAssign(RowSource(x), 1), KMeansConfig(40, 4, 3), checkpoint=ck)
+    train_kmeans(CPUAssign(RowSource(x), 1), KMeansConfig(40, 4, 3, lloyd=False), checkpoint=ck)
     resumed = train_kmeans(
-        CPUAssign(RowSource(x), 1), KMeansConfig(40, 9, 3), checkpoint=ck, resume=True
+        CPUAssign(RowSource(x), 1), KMeansConfig(40, 9, 3, lloyd=False), checkpoint=ck, resume=True
     )
     assert resumed.stats[4]["recomputed"] == 1.0
     np.testing.assert_array_equal(resumed.centroids, full.centroids)
@@ -138,7 +138,7 @@ def test_remote_servers_answer_assign_accel(tmp_path) -> None:
         ds = connect_servers(servers.addresses, secret=servers.secret, timeout=60)
         try:
             assert ds.accelerated and all(s.accelerated for s in ds.shards)
-            acc = train_kmeans(ds, KMeansConfig(**cfg))
+            acc = train_kmeans(ds, KMeansConfig(**cfg, lloyd=False))
             lloyd = train_kmeans(ds, KMeansConfig(**cfg, lloyd=True))
         finally:
             ds.close()
@@ -156,7 +156,7 @@ def test_cli_lloyd_flag(tmp_path) -> None:
     x = make_clustered(3000, 8, n_clusters=60, seed=6)
     np.save(tmp_path / "x.npy", x)
     outs = {}
-    for name, extra in (("lloyd", ["--lloyd"]), ("accel", ["--bound_gb", "0.01"])):
+    for name, extra in (("lloyd", ["--lloyd"]), ("accel", ["--accel", "--bound_gb", "0.01"])):
         out = tmp_path / f"{name}.npy"
         argv = ["--indata", str(tmp_path / "x.npy"), "--k", "20", "--niter", "6", "--nt", "1"]
         assert cli_main([*argv, "--out", str(out), *extra]) == 0

@@ -61,8 +61,13 @@ def build_parser(prog: str | None = "distributed_kmeans.py") -> argparse.Argumen
     g.add_argument(
         "--lloyd",
         action="store_true",
-        help="plain Lloyd assignment (every distance every iteration) instead of the exact "
-        "bounded one that skips distances which cannot change an assignment",
+        help="plain Lloyd assignment (the default until the bounded one is faster in wall time)",
+    )
+    g.add_argument(
+        "--accel",
+        action="store_true",
+        help="the exact bounded assignment that skips distances which cannot change an "
+        "assignment (opt-in: on shared cores it measured 1.04x Lloyd's wall time)",
     )
     g.add_argument(
         "--bound_gb",
@@ -172,7 +177,11 @@ def run_loop(args: argparse.Namespace, data: Any) -> KMeansResult:
     if args.k is None:
         raise InputError("--k is required")
     cfg = KMeansConfig(
-        args.k, args.niter, args.seed, args.max_points_per_centroid, lloyd=args.lloyd
+        args.k,
+        args.niter,
+        args.seed,
+        args.max_points_per_centroid,
+        lloyd=args.lloyd or not args.accel,
     )
     each = (lambda it, c: write_centroids(args.out, c)) if args.store_each_iteration else None
     checkpoint = _checkpoint_path(args)

@@ -48,7 +48,7 @@ class KMeansConfig:
     max_points_per_centroid: int = 256
     #: plain Lloyd assignment (every distance, every iteration) instead of the exact
     #: bounded one (:mod:`.accel`), for comparison and as a fallback
-    lloyd: bool = False
+    lloyd: bool = True  # the bounded assignment is opt-in (lloyd=False)
 
     def validate(self, n: int) -> None:
         if self.k < 1:
