@@ -71,6 +71,20 @@ class AssignResult:
         return self
 
 
+# The DatasetAssign methods a k-means server exposes (CPU, GPU and sharded datasets alike).
+RPC_METHODS = (
+    "count",
+    "dim",
+    "get_subset",
+    "perform_search",
+    "assign_to",
+    "assign_full",
+    "assign_accel",
+    "select",
+    "describe",
+)
+
+
 @runtime_checkable
 class DatasetAssign(Protocol):
     """What the k-means loop needs from the training vectors.

@@ -18,6 +18,7 @@ import numpy as np
 
 from distributed_ondisk.kmeans.accel import DEFAULT_BOUND_BYTES, BoundedAssigner, blas_threads
 from distributed_ondisk.kmeans.base import (
+    RPC_METHODS,
     AssignResult,
     block_rows_for,
     check_centroids,
@@ -28,18 +29,6 @@ from distributed_ondisk.kmeans.base import (
 from distributed_ondisk.kmeans.source import RowSource
 
 log = logging.getLogger(__name__)
-
-RPC_METHODS = (
-    "count",
-    "dim",
-    "get_subset",
-    "perform_search",
-    "assign_to",
-    "assign_full",
-    "assign_accel",
-    "select",
-    "describe",
-)
 
 
 def onehot_sums(

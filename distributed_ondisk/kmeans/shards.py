@@ -17,6 +17,7 @@ import numpy as np
 
 from distributed_ondisk.errors import InputError
 from distributed_ondisk.kmeans.base import (
+    RPC_METHODS,
     AssignResult,
     DatasetAssign,
     accelerated,
@@ -38,17 +39,7 @@ class ShardedAssign:
     """Stack of datasets; calls them in parallel threads when ``parallel`` (remote
     shards), one after the other otherwise (in-process shards already use all cores)."""
 
-    RPC_METHODS = (
-        "count",
-        "dim",
-        "get_subset",
-        "perform_search",
-        "assign_to",
-        "assign_full",
-        "assign_accel",
-        "select",
-        "describe",
-    )
+    RPC_METHODS = RPC_METHODS
 
     def __init__(self, shards: Sequence[DatasetAssign], parallel: bool = True) -> None:
         if not shards:
